@@ -1,0 +1,1 @@
+"""One module per `vacelive` subcommand (see bridge/cli.py)."""

@@ -1,0 +1,106 @@
+"""The contract between the live I/O (bridge) and the engine: one chunk request in, frames out.
+
+Everything above the generator (run loop, remote link, OSC, presets) speaks only these types, so a
+local StreamGenerator and a remote one behind ZMQ are interchangeable.
+
+Frames conventions (DESIGN.md): I/O frames are uint8 RGBA, shape [F, H, W, 4] (or [H, W, 4] for a
+single image), top-left origin. The engine also accepts 1- or 3-channel frames and float frames in
+[0, 1], numpy or torch, on any device; it fits, converts and sanitises them itself and reports what
+it had to fix in `ChunkResult.notices`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Union, runtime_checkable
+
+import numpy as np
+import torch
+
+Frames = Union[np.ndarray, torch.Tensor]
+
+FitPolicy = Literal["crop", "letterbox", "stretch"]
+Annotator = Literal["none", "gray", "edges", "scribble", "depth", "pose"]
+MaskChannel = Literal["alpha", "red", "luma"]
+ExtensionMode = Literal[
+    "firstframe", "lastframe", "firstlastframe", "firstclip", "lastclip", "firstlastclip"
+]
+BlendMethod = Literal["linear", "slerp"]
+
+
+@dataclass
+class Prompt:
+    text: str
+    weight: float = 1.0
+
+
+@dataclass
+class Outpaint:
+    """Expand the canvas: the input video is shrunk into the frame, the new border is generated."""
+
+    left: float = 0.0  # fraction of the output width added on the left, 0..1
+    right: float = 0.0
+    top: float = 0.0
+    bottom: float = 0.0
+
+
+@dataclass
+class Extension:
+    """First/last frame or clip anchors (VACE FrameRefExpand); streaming semantics in docs/vace.md."""
+
+    mode: ExtensionMode
+    first: Frames | None = None  # image [H,W,C] or clip [F,H,W,C]
+    last: Frames | None = None
+    chunks: int = 1  # for how many chunks the anchor(s) condition the stream
+
+
+@dataclass
+class ChunkRequest:
+    """Everything one chunk needs. The task (text, R2V, V2V, MV2V, extension, any mix) is implicit."""
+
+    prompts: list[Prompt] = field(default_factory=lambda: [Prompt("")])
+    transition_chunks: int = 0  # 0: cut (cross-attn reset + KV re-cache); N: blend over N chunks
+    blend: BlendMethod = "linear"
+    seed: int = 42
+    steps: int = 4  # 1..4 denoising steps
+    context_scale: float = 1.0  # VACE hint strength, 0..2
+    lora_scales: dict[str, float] = field(default_factory=dict)
+    # Reference images (R2V): None keeps the current (sticky) set, [] clears it, a list replaces it.
+    refs: list[Frames] | None = None
+    ref_fit: Literal["crop", "letterbox"] = "crop"
+    # Source video for VACE: a control map (depth/pose/flow/scribble/gray/layout) or frames to inpaint.
+    video: Frames | None = None
+    annotator: Annotator = "none"  # weight-free GPU annotators turn a camera feed into control
+    mask: Frames | None = None  # white/1 = generate, black/0 = keep; [H,W(,C)] static or [F,H,W(,C)]
+    mask_channel: MaskChannel = "alpha"
+    outpaint: Outpaint | None = None
+    extension: Extension | None = None
+    fit: FitPolicy = "crop"  # how wrong-size inputs are fitted to the generation size
+    hint_reuse: bool = False  # compute VACE hints once per chunk instead of every step
+    reset: bool = False  # hard reset of every stream state before this chunk
+
+
+@dataclass
+class ChunkResult:
+    frames: torch.Tensor  # uint8 RGBA [F, H, W, 4] on the generator's device
+    chunk_index: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # input problems the engine fixed up
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What the run loop talks to; implemented by engine.generator.StreamGenerator and the remote link."""
+
+    width: int
+    height: int
+
+    @property
+    def next_chunk_frames(self) -> int:
+        """Input frames the next chunk consumes (9 right after a reset, then 12)."""
+
+    def step(self, request: ChunkRequest) -> ChunkResult: ...
+
+    def reset(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Pipeline name, resolution, codec, device, dtype: for status and logs."""
