@@ -1,0 +1,94 @@
+"""Self- and cross-attention of the Wan2.1 block (model-spec §1.3 items 5-6) and the
+chunk-local attention context.
+
+Layout: projections give [B, L, H, D] views (free reshapes of [B, L, dim]); SDPA receives
+`.transpose(1, 2)` views [B, H, L, D] whose last dim is contiguous, which is what the flash /
+cuDNN / efficient kernels want (they work in [B, L, H, D] internally), so no copies are made.
+The KV cache stores [B, M, H, D] for the same reason.
+
+Attention context protocol (what a block needs to run self-attention; implemented by
+`LocalAttention` below and by the KV cache's per-forward `CachedAttention`):
+    q_cos, q_sin   per-token RoPE [L, 1, D/2] for the chunk's queries (fp32)
+    rotate_keys    True if the chunk's new keys must be rotated with (q_cos, q_sin) before
+                   `keys_values` (False when the cache stores un-rotated keys)
+    mask           None or an SDPA attn_mask for [L, M] (dense reference / training path)
+    keys_values(layer, k, v) -> (K, V)  both [B, M, H, D], K already rotated
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """WanRMSNorm: normalise in fp32, cast back to the input dtype, then scale by `weight`."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v for [B, L, H, D] inputs; returns [B, L, H*D]."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2).flatten(2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, L, dim] -> q, k (RMS-normalised over the full dim, before the head split), v as [B, L, H, D]."""
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)
+        k = self.norm_k(self.k(x)).unflatten(-1, heads)
+        v = self.v(x).unflatten(-1, heads)
+        return q, k, v
+
+
+class CrossAttention(nn.Module):
+    """Attention over the (always 512, zero-padded, unmasked) text tokens; K/V cached per prompt."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        heads = (self.num_heads, -1)
+        return self.norm_k(self.k(context)).unflatten(-1, heads), self.v(context).unflatten(-1, heads)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
+        return self.o(attend(q, k, v))
+
+
+class LocalAttention:
+    """Attention context for a chunk that attends only to itself (kv=None): VACE hint blocks,
+    the dense reference path (with an explicit mask) and cache-free runs."""
+
+    rotate_keys = True
+
+    def __init__(self, q_cos: torch.Tensor, q_sin: torch.Tensor, mask: torch.Tensor | None = None):
+        self.q_cos, self.q_sin, self.mask = q_cos, q_sin, mask
+
+    def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return k, v

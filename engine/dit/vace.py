@@ -1,0 +1,124 @@
+"""VACE by composition (model-spec §3.1, §4; seed 002 option D): ONE wrapper for any causal base.
+
+`VaceWanModel(base)` keeps the base model outside its module tree and registers the base's
+children on itself, so parameters are shared (not copied), the state dict is exactly the public
+full VACE layout (825 bare base keys + `vace_blocks.N.*` + `vace_patch_embedding.*` = 1264 for
+1.3B) and PEFT/LoRA names `blocks.N.*` resolve on either object. It relies only on the base
+interface listed in model.py (embed_video, embed_time, prepare_text, local_attention, blocks,
+new_block, forward(block_residuals=...)) — nothing per pipeline or per cache policy.
+
+Hint math (exactly §3.1): c = vace_patch_embedding(vace_context) tokens; at VACE block 0
+c = before_proj(c) + x_embedded (the main tokens right after patch_embedding); every VACE block is
+a full attention block run with the same e0 and text; hint_n = after_proj(c). Hints are computed
+over the current chunk only (no KV cache, RoPE from frame 0). hint_n is added as
+x + hint_n * context_scale right AFTER main block vace_layers[n].
+
+vace_context tokens are zero-padded or truncated to the chunk's token count (what the streaming
+reference does with its padded/sliced context, e.g. one reference-image latent frame with a
+3-frame chunk); its spatial size must match the latents.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.dit.model import Fp32ParamsMixin, TextState
+
+VACE_PREFIXES = ("vace_blocks.", "vace_patch_embedding.")
+
+
+class VaceWanModel(Fp32ParamsMixin, nn.Module):
+    def __init__(self, base_model: nn.Module, vace_layers: Sequence[int] | None = None, vace_in_dim: int | None = None):
+        super().__init__()
+        object.__setattr__(self, "base", base_model)  # not a submodule: its children are ours
+        for name, child in base_model.named_children():
+            self._modules[name] = child  # (add_module would see the name through __getattr__)
+        cfg = base_model.cfg
+        layers = tuple(cfg.vace_layers if vace_layers is None else vace_layers)
+        if not layers or layers[0] != 0 or list(layers) != sorted(set(layers)) or layers[-1] >= cfg.num_layers:
+            raise ValueError(f"vace_layers must be increasing, start at 0 and be < {cfg.num_layers}; got {layers}")
+        self.vace_layers = layers
+        self.vace_in_dim = cfg.vace_in_dim if vace_in_dim is None else vace_in_dim
+        dim = cfg.dim
+        self.vace_blocks = nn.ModuleList()
+        for n in range(len(layers)):
+            block = base_model.new_block()
+            if n == 0:
+                block.before_proj = nn.Linear(dim, dim)
+                nn.init.zeros_(block.before_proj.weight)
+                nn.init.zeros_(block.before_proj.bias)
+            block.after_proj = nn.Linear(dim, dim)
+            nn.init.zeros_(block.after_proj.weight)
+            nn.init.zeros_(block.after_proj.bias)
+            self.vace_blocks.append(block)
+        self.vace_patch_embedding = nn.Conv3d(self.vace_in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["base"], name)
+
+    # weights_version lives on the base so both objects invalidate the same TextStates.
+    @property
+    def weights_version(self) -> int:
+        return self.base.weights_version
+
+    def bump_weights_version(self) -> None:
+        self.base.bump_weights_version()
+
+    def prepare_text(self, t5_embeds: torch.Tensor) -> TextState:
+        return self.base.prepare_text(t5_embeds)
+
+    def new_kv_cache(self, policy, **kwargs):
+        return self.base.new_kv_cache(policy, **kwargs)
+
+    def compute_hints(self, x: torch.Tensor, t, text: TextState, vace_context: torch.Tensor) -> list[torch.Tensor]:
+        """One hint [B, L, dim] per VACE block for this chunk (reusable across denoising steps)."""
+        base = self.base
+        tokens, grid = base.embed_video(x)
+        e0 = base.embed_time(t, x.shape[0], grid[0])[1]
+        text.sync(base.weights_version)
+        c = self._context_tokens(vace_context, x.shape[0], grid)
+        attn = base.local_attention(grid, 0)
+        hints = []
+        for n, block in enumerate(self.vace_blocks):
+            if n == 0:
+                c = block.before_proj(c) + tokens
+            c = block(c, e0, text, attn, n)
+            hints.append(block.after_proj(c.to(block.after_proj.weight.dtype)))
+        return hints
+
+    def _context_tokens(self, vace_context: torch.Tensor, batch: int, grid) -> torch.Tensor:
+        emb = self.vace_patch_embedding
+        if vace_context.dim() != 5 or vace_context.shape[0] != batch or vace_context.shape[1] != self.vace_in_dim:
+            raise ValueError(f"vace_context must be [{batch}, {self.vace_in_dim}, F, H/8, W/8], got {tuple(vace_context.shape)}")
+        c = emb(vace_context.to(emb.weight.dtype))
+        if tuple(c.shape[3:]) != tuple(grid[1:]):
+            raise ValueError(f"vace_context token grid {tuple(c.shape[3:])} != latent token grid {tuple(grid[1:])}")
+        c = c.flatten(2).transpose(1, 2)
+        length = grid[0] * grid[1] * grid[2]
+        if c.shape[1] > length:
+            c = c[:, :length]
+        elif c.shape[1] < length:
+            c = F.pad(c, (0, 0, 0, length - c.shape[1]))
+        return c
+
+    def forward(self, x, t, text: TextState, kv=None, start_frame: int = 0, *, vace_context=None,
+                context_scale: float = 1.0, hints: Sequence[torch.Tensor] | None = None,
+                block_residuals: Mapping[int, torch.Tensor] | None = None, attn_mask=None) -> torch.Tensor:
+        """Base forward plus VACE hints. vace_context=None and hints=None ⇒ exactly the base
+        forward (the clean and re-cache passes). context_scale == 0 skips the hint stream."""
+        residuals = dict(block_residuals or {})
+        if context_scale != 0 and (hints is not None or vace_context is not None):
+            if hints is None:
+                hints = self.compute_hints(x, t, text, vace_context)
+            if len(hints) != len(self.vace_layers):
+                raise ValueError(f"got {len(hints)} hints for {len(self.vace_layers)} VACE blocks")
+            for layer, hint in zip(self.vace_layers, hints):
+                residuals[layer] = hint if layer not in residuals else residuals[layer] + hint
+        return self.base.forward(x, t, text, kv, start_frame, context_scale=context_scale,
+                                 block_residuals=residuals or None, attn_mask=attn_mask)
