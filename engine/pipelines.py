@@ -1,0 +1,211 @@
+"""Pipeline recipes: which weights, which cache policy, which schedule. Declarative, no behaviour.
+
+The causal Wan variants share one DiT; they differ in checkpoint, KV-cache policy, LoRA and
+schedule (DESIGN.md). The generator reads a `Recipe`; `engine.models_dir` resolves its files.
+Facts: shared/reference/model-spec.md §2.1, §2.6-2.8, §3.1, §5, §6, Appendix A; sources and the
+models-folder layout are documented in docs/models.md.
+
+Models-folder layout: every file lives at `<models>/<repo name>/<path in the repo>`, e.g.
+`LongLive-1.3B/models/lora.pt` (the layout Daydream Scope uses too, so a Scope models folder works).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.config import CONFIGS, WanConfig
+from engine.schedule import ScheduleConfig
+
+Codec = Literal["wan", "tae", "lighttae"]
+TextEncoderKind = Literal["bf16", "fp8"]
+CODECS: tuple[str, ...] = ("wan", "tae", "lighttae")
+TEXT_ENCODERS: tuple[str, ...] = ("bf16", "fp8")
+
+# File roles the generator asks for (`Recipe.file(role, options)` / models_dir.resolve()).
+GENERATOR, LORA, VACE, VAE, TAE, LIGHTTAE, TEXT_ENCODER, TOKENIZER = (
+    "generator", "lora", "vace", "vae", "tae", "lighttae", "text_encoder", "tokenizer")
+
+
+@dataclass(frozen=True)
+class WeightOptions:
+    """Run-time choices that change which files are needed."""
+
+    codec: Codec = "wan"  # decoder (and VACE encoder) of the run
+    text_encoder: TextEncoderKind = "bf16"  # bf16 = Wan's reference file; fp8 = half the download
+
+    def __post_init__(self):
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {CODECS}, got {self.codec!r}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of a recipe: its role, where it comes from on Hugging Face, and how to read it."""
+
+    role: str
+    repo_id: str
+    filename: str  # path inside the HF repo
+    option: tuple[str, str] | None = None  # ("codec", "tae"): needed only when that option is chosen
+    required: bool = True  # False: never needed to run (downloaded with --all only)
+    state_keys: tuple[str, ...] = ()  # nested checkpoint dict keys, first present wins; () = flat
+    strip_prefix: str = ""  # prefix on every key (stripped when all keys carry it)
+    verified: bool = True  # False: repo/filename from secondary sources, see docs/models.md
+    note: str = ""
+
+    @property
+    def path(self) -> str:
+        """Where the file lives inside the models folder: <repo name>/<filename>."""
+        return f"{self.repo_id.split('/')[-1]}/{self.filename}"
+
+    def needed(self, options: WeightOptions) -> bool:
+        if not self.required:
+            return False
+        return self.option is None or getattr(options, self.option[0]) == self.option[1]
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Self-attention KV cache of the causal DiT, in latent frames (3 per chunk)."""
+
+    local_frames: int  # KV window incl. the sink (LongLive 12; Self-Forcing 21 = its whole video)
+    sink_frames: int  # first frames never evicted (LongLive 3 = the first chunk)
+    global_sink: bool = True  # on re-cache the sink keeps its old-prompt K/V (LongLive global_sink)
+    recache_on_cut: bool = False  # hard prompt switch -> re-run the last window under the new prompt
+
+    def __post_init__(self):
+        if not 0 <= self.sink_frames < self.local_frames:
+            raise ValueError("need 0 <= sink_frames < local_frames")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA merged into the base DiT (PEFT format, adapter name stripped)."""
+
+    rank: int
+    alpha: float
+    scale: float = 1.0
+    merge: bool = True  # merge once at load (zero run-time cost); False = keep PEFT layers
+    # Every nn.Linear inside every attention block (10 x 30 = 300 targets for 1.3B, spec §2.7).
+    targets: tuple[str, ...] = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+                                "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o",
+                                "ffn.0", "ffn.2")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    title: str
+    model: str  # key of engine.config.CONFIGS
+    cache: CachePolicy
+    schedule: ScheduleConfig = ScheduleConfig()
+    frames_per_chunk: int = 3  # latent frames per chunk (12 video frames; 9 on the first chunk)
+    lora: LoraSpec | None = None
+    files: tuple[WeightFile, ...] = field(default=())
+
+    @property
+    def model_config(self) -> WanConfig:
+        return CONFIGS[self.model]
+
+    def needed(self, options: WeightOptions = WeightOptions()) -> tuple[WeightFile, ...]:
+        """The files a run with these options loads (what `check` requires)."""
+        return tuple(f for f in self.files if f.needed(options))
+
+    def optional(self, options: WeightOptions = WeightOptions()) -> tuple[WeightFile, ...]:
+        """Files of the other options (e.g. the TAE when the codec is wan)."""
+        return tuple(f for f in self.files if not f.needed(options))
+
+    def file(self, role: str, options: WeightOptions = WeightOptions()) -> WeightFile | None:
+        """The (first) needed file of a role; None if this recipe/option set has none."""
+        return next((f for f in self.needed(options) if f.role == role), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files shared by the Wan2.1-1.3B recipes
+# ---------------------------------------------------------------------------------------------
+WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B"
+KIJAI_REPO = "Kijai/WanVideo_comfy"  # Scope mirrors it as daydreamlive/WanVideo_comfy
+AUTOENCODERS_REPO = "lightx2v/Autoencoders"  # Scope mirrors it as daydreamlive/Autoencoders
+TOKENIZER_DIR = "google/umt5-xxl"
+# The tokenizer folder inside the Wan repo. Its exact file list is not in the reference (only the
+# folder path is); these are the files of the google/umt5-xxl tokenizer (see docs/models.md).
+TOKENIZER_FILES = ("special_tokens_map.json", "spiece.model", "tokenizer.json", "tokenizer_config.json")
+
+WAN_1_3B_SHARED: tuple[WeightFile, ...] = (
+    WeightFile(VACE, KIJAI_REPO, "Wan2_1-VACE_module_1_3B_bf16.safetensors",
+               note="VACE-only keys (vace_blocks.*, vace_patch_embedding.*), bf16"),
+    WeightFile(VAE, WAN_REPO, "Wan2.1_VAE.pth", option=("codec", "wan"), note="Wan2.1 VAE, 194 tensors"),
+    WeightFile(TAE, AUTOENCODERS_REPO, "taew2_1.pth", option=("codec", "tae"), verified=False,
+               note="TAEHV for Wan2.1 (madebyollin), latents in Wan's normalised space"),
+    WeightFile(LIGHTTAE, AUTOENCODERS_REPO, "lighttaew2_1.pth", option=("codec", "lighttae"),
+               verified=False, note="TAE architecture with Wan mean/std (de)normalisation"),
+    WeightFile(TEXT_ENCODER, WAN_REPO, "models_t5_umt5-xxl-enc-bf16.pth", option=("text_encoder", "bf16"),
+               note="umT5-XXL encoder, Wan key names, bf16, 11.4 GB"),
+    WeightFile(TEXT_ENCODER, KIJAI_REPO, "umt5-xxl-enc-fp8_e4m3fn.safetensors",
+               option=("text_encoder", "fp8"),
+               note="umT5-XXL encoder, Wan key names, fp8 e4m3 (upcast to bf16 on load), 6.7 GB"),
+) + tuple(
+    WeightFile(TOKENIZER, WAN_REPO, f"{TOKENIZER_DIR}/{name}", verified=False, note="umT5 tokenizer")
+    for name in TOKENIZER_FILES
+)
+
+LONGLIVE = Recipe(
+    name="longlive",
+    title="LongLive 1.3B (frame sink + short window, KV re-cache on prompt switch)",
+    model="wan2.1-1.3b",
+    cache=CachePolicy(local_frames=12, sink_frames=3, global_sink=True, recache_on_cut=True),
+    schedule=ScheduleConfig(shift=5.0, steps=(1000, 750, 500, 250), warp=True),
+    lora=LoraSpec(rank=256, alpha=256, scale=1.0, merge=True),
+    files=(
+        WeightFile(GENERATOR, "Efficient-Large-Model/LongLive-1.3B", "models/longlive_base.pt",
+                   state_keys=("generator", "generator_ema", "model"), strip_prefix="model.",
+                   note="causal DiT; keys model.<WanModel key> under 'generator' (Scope loads that one)"),
+        WeightFile(LORA, "Efficient-Large-Model/LongLive-1.3B", "models/lora.pt",
+                   state_keys=("generator_lora",), strip_prefix="base_model.model.",
+                   note="PEFT LoRA r=256 alpha=256, 300 targets; raw dict or under 'generator_lora'"),
+    ) + WAN_1_3B_SHARED,
+)
+
+SELF_FORCING = Recipe(
+    name="self-forcing",
+    title="Self-Forcing DMD 1.3B (global 21-frame window, no sink)",
+    model="wan2.1-1.3b",
+    # The reference keeps all 21 frames of its video; for an endless stream that becomes a 21-frame
+    # rolling window without sink. No KV re-cache in the reference pipeline (recache_on_cut False).
+    cache=CachePolicy(local_frames=21, sink_frames=0, global_sink=False, recache_on_cut=False),
+    schedule=ScheduleConfig(shift=5.0, steps=(1000, 750, 500, 250), warp=True),
+    lora=None,
+    files=(
+        WeightFile(GENERATOR, "gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt",
+                   state_keys=("generator_ema", "generator"), strip_prefix="model.",
+                   note="causal DiT; README runs it with --use_ema (EMA tensors are float32)"),
+    ) + WAN_1_3B_SHARED,
+)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (LONGLIVE, SELF_FORCING)}
+DEFAULT_RECIPE = "longlive"
+
+# Room for more recipes: facts in model-spec.md §8. Each needs run-time behaviour that the
+# generator does not have yet, so they are listed, not faked.
+PLANNED_RECIPES: dict[str, str] = {
+    "reward-forcing": "RewardForcing 1.3B (Reward-Forcing-T2V-1.3B/rewardforcing.pt, flat): needs un-roped "
+                      "KV cache with window-relative RoPE and EMA-merged sink (local 9, sink 3)",
+    "streamdiffusionv2": "StreamDiffusionV2 1.3B (wan_causal_dmd_v2v/model.pt): 1 latent frame per chunk, "
+                         "shift 8, un-normalised VAE latents, stream-batch pipelining",
+    "krea-realtime": "Krea Realtime 14B (krea-realtime-video-14b.safetensors): 14B config, KV recompute every "
+                     "chunk, attention bias 0.3 on cached keys, VACE 14B module",
+    "memflow": "MemFlow 1.3B (base.pt + lora.pt r=256): LongLive cache plus a text-query-compressed "
+               "memory bank of 3 frames",
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called `name`; ValueError naming the known and the planned ones otherwise."""
+    key = name.strip().lower().replace("_", "-")
+    if key in RECIPES:
+        return RECIPES[key]
+    if key in PLANNED_RECIPES:
+        raise ValueError(f"pipeline {name!r} is planned but not implemented yet: {PLANNED_RECIPES[key]}")
+    raise ValueError(f"unknown pipeline {name!r}; available: {', '.join(RECIPES)} "
+                     f"(planned: {', '.join(PLANNED_RECIPES)})")
