@@ -12,7 +12,9 @@ import logging
 import sys
 
 # name -> (module, one-line help). Keep in the order a new user meets them.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "weights": ("bridge.commands.weights", "list, check and download the weight files of a pipeline"),
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:
