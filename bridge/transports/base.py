@@ -1,0 +1,254 @@
+"""The one transport interface: RGBA frame sources and sinks, plus the input-side frame history.
+
+Conventions (DESIGN.md): frames are uint8 RGBA, [H, W, 4], top-left origin. Every adapter converts
+its platform's layout (BGRA, bottom-up rows) at the boundary, so nothing above this module ever
+sees a platform detail.
+
+- `FrameSource.read()` returns the newest frame the source has *if it is new* since the previous
+  `read()`, else `None` ("is new" semantics: an unchanged texture is never re-read or re-copied).
+  The returned array belongs to the caller (adapters never hand out a buffer they will reuse).
+- `FrameSink.send(frame)` publishes one frame: a numpy uint8 [H,W,4] array, or a torch uint8
+  [H,W,4] tensor on the CPU or on CUDA (sinks with a GPU path use it without a CPU copy).
+- `FrameHistory` runs a reader thread that polls one source and keeps the newest N frames with
+  their counters, so the run loop takes "the newest 12 consecutive frames" and never a backlog.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RGBA8 = "RGBA8"
+
+
+class TransportUnavailable(RuntimeError):
+    """A platform library or capability is missing; the message names what to install."""
+
+
+def require_module(import_name: str, install_hint: str, platform_note: str = "") -> Any:
+    """Import an optional platform module or raise TransportUnavailable with the install command."""
+    import importlib
+
+    try:
+        return importlib.import_module(import_name)
+    except ImportError as exc:
+        extra = f" ({platform_note})" if platform_note else ""
+        raise TransportUnavailable(
+            f"`{import_name}` is not importable{extra}: {exc}. Install it with: {install_hint}"
+        ) from exc
+
+
+def as_rgba_numpy(frame: Any) -> np.ndarray:
+    """Any supported frame (numpy or torch, CPU or CUDA, [H,W,4] uint8) as a C-contiguous numpy
+    array. CUDA tensors are copied to the host here; sinks with a GPU path never call this for them."""
+    if not isinstance(frame, np.ndarray):
+        frame = frame.detach()
+        if frame.device.type != "cpu":
+            frame = frame.cpu()
+        frame = frame.numpy()
+    check_rgba(frame)
+    return np.ascontiguousarray(frame)
+
+
+def check_rgba(frame: Any) -> None:
+    shape = tuple(frame.shape)
+    if len(shape) != 3 or shape[2] != 4:
+        raise ValueError(f"expected an RGBA frame [H, W, 4], got shape {shape}")
+    dtype = str(frame.dtype)
+    if "uint8" not in dtype:
+        raise ValueError(f"expected uint8 pixels, got {dtype}")
+
+
+class FrameSource(ABC):
+    """An input of RGBA frames (a Spout receiver, a Syphon client, a shared-memory ring, ...)."""
+
+    name: str = ""
+
+    @property
+    @abstractmethod
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of the current sender, or None while nothing is connected."""
+
+    @property
+    def format(self) -> str:
+        return RGBA8
+
+    @property
+    @abstractmethod
+    def frame_counter(self) -> int:
+        """Counter of the frame last returned by read(): the sender's own frame number where the
+        platform has one, else the number of new frames this source has seen. 0 before any frame."""
+
+    @abstractmethod
+    def read(self) -> np.ndarray | None:
+        """The newest frame if it is new since the last read(), else None. Never blocks for long."""
+
+    def close(self) -> None:  # noqa: B027 - optional for sources that hold nothing
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FrameSink(ABC):
+    """An output of RGBA frames."""
+
+    name: str = ""
+
+    @abstractmethod
+    def send(self, frame: Any) -> None:
+        """Publish one frame: numpy uint8 [H,W,4] or torch uint8 [H,W,4] (CPU or CUDA)."""
+
+    def close(self) -> None:  # noqa: B027
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class FrameWindow:
+    """Frames taken from a FrameHistory: `frames` [N,H,W,4] oldest first, their source counters,
+    and how many of the N slots are padding (repeats of the oldest frame) because the history held
+    fewer than N frames."""
+
+    frames: np.ndarray
+    counters: list[int]
+    padded: int
+
+    @property
+    def newest_counter(self) -> int:
+        return self.counters[-1]
+
+
+class FrameHistory:
+    """Polls one FrameSource on its own thread and keeps the newest `depth` frames.
+
+    * `window(n)`: the newest n frames in arrival order (a contiguous run of what the source
+      delivered, never a sample of an old backlog), padded by repeating the oldest one when fewer
+      than n have arrived; None before the first frame.
+    * `latest()`: the single newest frame and its counter (use depth=1 for mask/reference slots).
+    * When the source changes size the history restarts with the new size, so a window is always
+      stackable.
+    * A failing source is logged (once per distinct message) and polled again; the history keeps
+      what it had, so the show goes on.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        depth: int = 24,
+        poll_interval: float = 0.002,
+        sleep: Callable[[float], None] = time.sleep,
+        start: bool = True,
+    ) -> None:
+        if depth < 1:
+            raise ValueError("depth must be >= 1")
+        self.source = source
+        self.depth = depth
+        self.poll_interval = poll_interval
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._frames: deque[tuple[int, np.ndarray]] = deque(maxlen=depth)
+        self._received = 0
+        self._gaps = 0  # source counters skipped by the poller (frames it never saw)
+        self._last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    # -- reader side ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"history:{self.source.name}", daemon=True
+            )
+            self._thread.start()
+
+    def poll_once(self) -> bool:
+        """Read the source once; True if a new frame was stored. (The thread calls this.)"""
+        try:
+            frame = self.source.read()
+        except Exception as exc:  # keep polling: a sender may come back
+            msg = f"{type(exc).__name__}: {exc}"
+            if msg != self._last_error:
+                log.warning("source %r failed: %s", self.source.name, msg)
+                self._last_error = msg
+            return False
+        if frame is None:
+            return False
+        self._last_error = None
+        counter = int(self.source.frame_counter)
+        with self._lock:
+            if self._frames:
+                last_counter, last = self._frames[-1]
+                if last.shape != frame.shape:
+                    self._frames.clear()  # new size: a window must stack
+                elif counter > last_counter + 1:
+                    self._gaps += counter - last_counter - 1
+            self._frames.append((counter, frame))
+            self._received += 1
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.poll_once():
+                self._sleep(self.poll_interval)
+
+    # -- consumer side -------------------------------------------------------------------------
+    def window(self, n: int) -> FrameWindow | None:
+        with self._lock:
+            items = list(self._frames)[-n:]
+        if not items:
+            return None
+        pad = n - len(items)
+        items = [items[0]] * pad + items
+        return FrameWindow(
+            frames=np.stack([f for _, f in items]), counters=[c for c, _ in items], padded=pad
+        )
+
+    def latest(self) -> tuple[np.ndarray, int] | None:
+        with self._lock:
+            if not self._frames:
+                return None
+            counter, frame = self._frames[-1]
+        return frame, counter
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "received": self._received,
+                "buffered": len(self._frames),
+                "gaps": self._gaps,
+                "last_error": self._last_error,
+            }
+
+    def close(self, close_source: bool = False) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        if close_source:
+            self.source.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
