@@ -1,0 +1,76 @@
+"""Reading codec checkpoints (.pth / .safetensors) and matching them to a model, with clear errors."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .base import CodecLoadError
+
+_TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a flat tensor dict from `path` on the CPU without copying it into memory where possible
+    (.pth through mmap, .safetensors through safetensors' own lazy loader)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CodecLoadError(f"{path}: checkpoint file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        elif suffix in _TORCH_SUFFIXES:
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+                if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
+                    raise
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise CodecLoadError(f"{path}: unsupported checkpoint type {suffix!r} "
+                                 "(expected .pth or .safetensors)")
+    except CodecLoadError:
+        raise
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise CodecLoadError(f"{path}: cannot read checkpoint: {exc}") from exc
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CodecLoadError(f"{path}: expected a flat dict of tensors, got {type(sd).__name__}")
+    return dict(sd)
+
+
+def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str,
+                     what: str) -> None:
+    """Raise CodecLoadError naming `source` and the first missing / unexpected / mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    misshaped = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
+                 for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    if not (missing or unexpected or misshaped):
+        return
+    parts = [f"{source}: not a {what} checkpoint: {len(missing)} missing, "
+             f"{len(unexpected)} unexpected, {len(misshaped)} mis-shaped of {len(expected)} keys"]
+    for label, keys in (("missing", missing), ("unexpected", unexpected),
+                        ("mis-shaped", misshaped)):
+        if keys:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            parts.append(f"first {label}: {', '.join(keys[:3])}{more}")
+    raise CodecLoadError("; ".join(parts))
+
+
+def build_and_load(factory: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor], source: str,
+                   what: str, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+    """Build the model on the meta device (no memory, no init), check the keys, adopt the tensors
+    with `assign=True` and move them once to (device, dtype)."""
+    with torch.device("meta"):
+        model = factory()
+    check_state_dict(model, sd, source, what)
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.requires_grad_(False)
+    return model.to(device=device, dtype=dtype).eval()
