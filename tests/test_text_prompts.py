@@ -169,3 +169,12 @@ def test_bad_input_is_fixed_up_with_notices():
     assert u.cut and any("transition" in n for n in u.notices)
     u = s.update([{"text": "a blue dog", "weight": "x"}], blend="cubic")
     assert not u.changed and u.notices  # unusable weight: current prompt kept
+
+
+def test_cache_keys_by_cleaned_text_but_encoder_cleans_once():
+    enc = FakeEncoder()
+    cache = EmbeddingCache(enc, capacity=4)
+    cache.get(["a &amp;amp;amp; b"])  # cleaned once: "a &amp; b"; cleaning twice would give "a & b"
+    assert enc.texts == ["a &amp;amp;amp; b"]
+    cache.get([" a  &amp;amp;amp; b "])
+    assert enc.calls == 1 and cache.stats.hits == 1

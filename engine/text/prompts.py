@@ -69,10 +69,12 @@ class EmbeddingCache:
     def get(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """Embeddings for `texts` in order; all misses are encoded in one batch."""
         keys = [clean_prompt(t) for t in texts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._store))
+        # key -> raw text: the encoder cleans itself (cleaning twice is not idempotent for HTML)
+        raw = {k: t for k, t in zip(keys, texts) if k not in self._store}
+        missing = list(raw)
         found = {}
         if missing:
-            out = self._encode(missing)
+            out = self._encode([raw[k] for k in missing])
             for i, k in enumerate(missing):
                 found[k] = out[i] if len(missing) == 1 else out[i].clone()  # don't pin the batch
         result = []
@@ -263,7 +265,7 @@ class PromptState:
         key = (spatial, tuple(zip(texts, (w for _, w in active))))
         if key == self._target_key:
             return None
-        embeds = self.cache.get(texts)
+        embeds = self.cache.get([t for t, _ in active])
         target = blend(embeds, [w for _, w in active], spatial)
         return key, frozenset(texts), method, target
 
