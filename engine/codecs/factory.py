@@ -49,16 +49,20 @@ def random_codec(kind: str, small: bool = True, seed: int = 0,
             return cls(config).to(dtype=dtype).requires_grad_(False).eval()
     codec = cls(config)
     gen = torch.Generator().manual_seed(seed)
+    # Gains that keep activations O(1) through the deep stacks (ReLU nets need sqrt 2), so tests
+    # compare meaningful numbers instead of values clamped to the pixel range.
+    gain = 1.0 if kind == "wan" else math.sqrt(2.0)
     with torch.no_grad():
         for module in codec.modules():
             if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                # Unit-gain init keeps activations O(1) through the deep stacks, so tests compare
-                # meaningful numbers instead of values clamped to the pixel range.
-                fan_in = module.weight[0].numel()
-                module.weight.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=gen)
+                module.weight.normal_(0.0, gain / math.sqrt(module.weight[0].numel()),
+                                      generator=gen)
                 if module.bias is not None:
                     module.bias.normal_(0.0, 0.05, generator=gen)
         for name, p in codec.named_parameters():
             if name.endswith("gamma"):
                 p.uniform_(0.5, 1.5, generator=gen)
+        if isinstance(codec, TAECodec):  # TAE pixels are [0, 1]: aim the output at mid-grey
+            codec.decoder[-1].weight.mul_(0.05)
+            codec.decoder[-1].bias.fill_(0.5)
     return codec.requires_grad_(False).to(device=device, dtype=dtype).eval()
