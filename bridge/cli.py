@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help). Keep in the order a new user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("bridge.commands.weights", "list, check and download the weight files of a pipeline"),
+    "keys": ("bridge.commands.keys", "create CURVE keys for the remote engine link"),
 }
 
 
