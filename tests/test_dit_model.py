@@ -13,6 +13,15 @@ import torch.nn.functional as F
 from engine.config import WAN_1_3B, WAN_14B, tiny_config
 from engine.dit import CausalWanModel, RopeTable, VaceWanModel, keeps_fp32, rope_split
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run faster on one thread (and do not fight parallel test runs for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 MANIFESTS = Path(__file__).parent / "manifests"
 
 
