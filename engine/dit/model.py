@@ -65,11 +65,11 @@ class TextState:
     cross-attention K/V. A new prompt = a new TextState (that IS the cross-attention cache reset).
     `kv_computations` counts K/V computations (a test hook: recomputation is observable)."""
 
-    def __init__(self, context: torch.Tensor):
+    def __init__(self, context: torch.Tensor, weights_version: int = 0):
         self.context = context  # [B, text_len, dim], model dtype
         self.kv_computations = 0
         self._kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._version: int | None = None
+        self._version = weights_version
 
     def sync(self, weights_version: int) -> None:
         """Drop cached K/V computed with other weights (LoRA merge / scale change, reload)."""
@@ -191,7 +191,7 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
             raise ValueError(f"text embeddings must be [B, <= {cfg.text_len}, {cfg.text_dim}], got {tuple(t5_embeds.shape)}")
         w = self.text_embedding[0].weight
         ctx = F.pad(t5_embeds.to(device=w.device, dtype=w.dtype), (0, 0, 0, cfg.text_len - t5_embeds.shape[1]))
-        return TextState(self.text_embedding(ctx))
+        return TextState(self.text_embedding(ctx), self.weights_version)
 
     def local_attention(self, grid, start_frame: int = 0, mask: torch.Tensor | None = None) -> LocalAttention:
         f, h, w = grid
