@@ -256,3 +256,19 @@ def test_frame_history_thread_survives_a_failing_source(caplog):
     assert "sender vanished" in caplog.text
     src.close()
     sink.close()
+
+
+def test_open_by_spec():
+    from bridge.transports import open_sink, open_source
+
+    name = _name()
+    with open_sink(f"shm:{name}") as sink, open_source(f"shm:{name}") as src:
+        sink.send(_pattern(4, 2, 2))
+        assert _frame_number(src.read()) == 4
+    with pytest.raises(ValueError, match="spec"):
+        open_source("ndi:cam")
+    if sys.platform != "win32":
+        from bridge.transports.base import TransportUnavailable
+
+        with pytest.raises(TransportUnavailable, match="pip install SpoutGL"):
+            open_sink("spout:out")
