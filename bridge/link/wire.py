@@ -70,13 +70,28 @@ def _encode_jpeg_frames(frames: Any, quality: int) -> list[bytes]:
     from PIL import Image
 
     arr = frames.detach().cpu().numpy() if _is_torch(frames) else np.asarray(frames)
-    out = []
-    for f in arr:
+
+    def one(f: np.ndarray) -> bytes:
         buf = io.BytesIO()
-        img = Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f)
-        img.save(buf, format="JPEG", quality=quality)
-        out.append(buf.getvalue())
-    return out
+        Image.fromarray(np.ascontiguousarray(f[..., 0] if f.shape[-1] == 1 else f)).save(
+            buf, format="JPEG", quality=quality)
+        return buf.getvalue()
+
+    return list(_pool().map(one, arr))
+
+
+_POOL = None
+
+
+def _pool():
+    """Pillow releases the GIL while coding, so a chunk's frames are coded in parallel."""
+    global _POOL
+    if _POOL is None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="jpeg")
+    return _POOL
 
 
 def _decode_jpeg_frames(blobs: list[Any], channels: int, device: str) -> Any:
@@ -92,7 +107,7 @@ def _decode_jpeg_frames(blobs: list[Any], channels: int, device: str) -> Any:
     from PIL import Image
 
     mode = "L" if channels == 1 else "RGB"
-    frames = [np.asarray(Image.open(io.BytesIO(b)).convert(mode)) for b in blobs]
+    frames = list(_pool().map(lambda b: np.asarray(Image.open(io.BytesIO(b)).convert(mode)), blobs))
     arr = np.stack(frames)
     return arr[..., None] if channels == 1 else arr
 
@@ -158,11 +173,15 @@ def unpack_array(meta: dict, blobs: list[Any], device: str = "cpu") -> Any:
             np_dtype = np.int16 if dtype == "bfloat16" else np.dtype(dtype).newbyteorder("<")
             raw = np.frombuffer(_buffer(blobs[int(meta["blob"])]), dtype=np_dtype)
             arr = raw.reshape(shape)
+            # Zero-copy: a received zmq.Frame is writable and stays alive as long as the array
+            # views it. Read-only inputs (bytes) are copied so callers always get writable memory.
+            if not arr.flags.writeable:
+                arr = arr.copy()
             if lib == "numpy":
-                return arr.copy()  # own, writable memory (the message buffer is freed after use)
+                return arr
             import torch
 
-            t = torch.from_numpy(arr.copy())
+            t = torch.from_numpy(arr)
             if dtype == "bfloat16":
                 t = t.view(torch.bfloat16)
             return t.to(device) if device != "cpu" else t
