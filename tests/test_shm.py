@@ -272,3 +272,41 @@ def test_open_by_spec():
 
         with pytest.raises(TransportUnavailable, match="pip install SpoutGL"):
             open_sink("spout:out")
+
+
+def test_documented_plain_python_reader_works_in_another_process():
+    """docs/transports.md's reader (numpy + stdlib only) against a live writer, in its own process."""
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "transports.md"
+    block = re.search(r"<!-- reader:start -->\s*```python\n(.*?)```\s*<!-- reader:end -->",
+                      doc.read_text(), re.S)
+    assert block, "reader block missing from docs/transports.md"
+    name = _name()
+    script = block.group(1) + r"""
+import sys, time
+reader = VaceliveShmReader(sys.argv[1])
+got, deadline = [], time.monotonic() + 20
+while len(got) < 2 and time.monotonic() < deadline:
+    img = reader.read()
+    if img is None:
+        time.sleep(0.005)
+        continue
+    words = img.view("<u4")
+    assert words.min() == words.max(), "torn"
+    got.append((int(words.flat[0]), img.shape))
+    print("GOT", got[-1][0], *got[-1][1], flush=True)
+"""
+    sink = ShmFrameSink(name)
+    proc = subprocess.Popen([sys.executable, "-c", script, name], stdout=subprocess.PIPE, text=True)
+    try:
+        sink.send(_pattern(41, 6, 8))
+        assert proc.stdout.readline().split() == ["GOT", "41", "6", "8", "4"]
+        sink.send(_pattern(42, 5, 3))  # resize: the reader follows the new generation
+        assert proc.stdout.readline().split() == ["GOT", "42", "5", "3", "4"]
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sink.close()
