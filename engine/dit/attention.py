@@ -8,8 +8,8 @@ The KV cache stores [B, M, H, D] for the same reason.
 
 Attention context protocol (what a block needs to run self-attention; implemented by
 `LocalAttention` below and by the KV cache's per-forward `CachedAttention`):
-    q_cos, q_sin   per-token RoPE [L, 1, D/2] for the chunk's queries (fp32)
-    rotate_keys    True if the chunk's new keys must be rotated with (q_cos, q_sin) before
+    q_freqs        per-token RoPE rotations [L, 1, D/2, 2] (cos, sin) fp32 for the chunk's queries
+    rotate_keys    True if the chunk's new keys must be rotated with q_freqs before
                    `keys_values` (False when the cache stores un-rotated keys)
     mask           None or an SDPA attn_mask for [L, M] (dense reference / training path)
     keys_values(layer, k, v) -> (K, V)  both [B, M, H, D], K already rotated
@@ -87,8 +87,8 @@ class LocalAttention:
 
     rotate_keys = True
 
-    def __init__(self, q_cos: torch.Tensor, q_sin: torch.Tensor, mask: torch.Tensor | None = None):
-        self.q_cos, self.q_sin, self.mask = q_cos, q_sin, mask
+    def __init__(self, q_freqs: torch.Tensor, mask: torch.Tensor | None = None):
+        self.q_freqs, self.mask = q_freqs, mask
 
     def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return k, v

@@ -56,7 +56,7 @@ class WanBlock(nn.Module):
         """x [B, L, dim] (fp32 residual), e0 [B, F, 6, dim] fp32, text: TextState, attn: attention
         context (see attention.py), layer: index used by the KV cache."""
         mods = self.modulations(e0)
-        q, k, v = self.pre_attention(x, mods, attn.q_cos, attn.q_sin, attn.rotate_keys)
+        q, k, v = self.pre_attention(x, mods, attn.q_freqs, attn.rotate_keys)
         k, v = attn.keys_values(layer, k, v)
         y = attend(q, k, v, attn.mask)
         text_k, text_v = text.kv(self.cross_attn)
@@ -68,12 +68,12 @@ class WanBlock(nn.Module):
         m = self.modulation.float().unsqueeze(1) + e0  # [B, F, 6, dim]
         return m.unsqueeze(3).unbind(2)  # six [B, F, 1, dim]
 
-    def pre_attention(self, x, mods, q_cos, q_sin, rotate_keys: bool):
+    def pre_attention(self, x, mods, q_freqs, rotate_keys: bool):
         shift, scale = mods[0], mods[1]
         q, k, v = self.self_attn.qkv(modulate(x, shift, scale, self.eps, self.compute_dtype))
-        q = RopeTable.rotate(q, q_cos, q_sin)
+        q = RopeTable.rotate(q, q_freqs)
         if rotate_keys:
-            k = RopeTable.rotate(k, q_cos, q_sin)
+            k = RopeTable.rotate(k, q_freqs)
         return q, k, v
 
     def post_attention(self, x, y, mods, text_k, text_v):

@@ -30,7 +30,7 @@ RoPE modes
 Interfaces (so new policies need no model change)
   1. Model-facing, implemented by KVCache (and by any future cache class):
        attn = kv.begin(start_frame, grid, batch)   once per forward, before the blocks
-       attn.q_cos, attn.q_sin, attn.rotate_keys, attn.mask      (attention context, attention.py)
+       attn.q_freqs, attn.rotate_keys, attn.mask              (attention context, attention.py)
        K, V = attn.keys_values(layer, k, v)        per block: store the chunk's k/v, return what
                                                    to attend ([B, M, H, D], K rotated)
        kv.commit(attn)                             after the last block: bookkeeping
@@ -159,11 +159,10 @@ class CachedAttention:
 
     mask = None
 
-    def __init__(self, cache: "KVCache", plan: ChunkPlan, q_cos, q_sin, k_cos, k_sin):
+    def __init__(self, cache: "KVCache", plan: ChunkPlan, q_freqs, k_freqs):
         self.cache, self.plan = cache, plan
-        self.q_cos, self.q_sin = q_cos, q_sin
-        self.k_cos, self.k_sin = k_cos, k_sin
-        self.rotate_keys = k_cos is None
+        self.q_freqs, self.k_freqs = q_freqs, k_freqs
+        self.rotate_keys = k_freqs is None
 
     def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ft = self.cache.frame_tokens
@@ -174,8 +173,8 @@ class CachedAttention:
             ks[:, dst].copy_(k[:, src])
             vs[:, dst].copy_(v[:, src])
         K, V = self.cache.gather(ks, self.plan.attend), self.cache.gather(vs, self.plan.attend)
-        if self.k_cos is not None:
-            K = RopeTable.rotate(K, self.k_cos, self.k_sin)
+        if self.k_freqs is not None:
+            K = RopeTable.rotate(K, self.k_freqs)
         return K, V
 
 
@@ -231,11 +230,9 @@ class KVCache:
             raise ValueError(f"start_frame {start_frame} is before the cache origin {self.origin}")
         state = CacheState(self.state.slot_frame, self.state.head, self.protect_sink)
         plan = self.policy.plan(state, start, f, self.rope_mode)
-        q_cos, q_sin = self.rope.token_freqs(plan.q_positions, h, w)
-        k_cos = k_sin = None
-        if plan.key_positions is not None:
-            k_cos, k_sin = self.rope.token_freqs(plan.key_positions, h, w)
-        return CachedAttention(self, plan, q_cos, q_sin, k_cos, k_sin)
+        q_freqs = self.rope.token_freqs(plan.q_positions, h, w)
+        k_freqs = None if plan.key_positions is None else self.rope.token_freqs(plan.key_positions, h, w)
+        return CachedAttention(self, plan, q_freqs, k_freqs)
 
     def commit(self, attn: CachedAttention) -> None:
         self.state = attn.plan.state
@@ -255,7 +252,7 @@ class KVCache:
         inverse = mode == "relative"
         for layer in range(self.storage.shape[0]):
             keys = self.storage[layer, 0]
-            for a, b, (cos, sin) in tables:
+            for a, b, freqs in tables:
                 view = keys[:, a * ft:b * ft]
-                view.copy_(RopeTable.rotate(view, cos, sin, inverse=inverse))
+                view.copy_(RopeTable.rotate(view, freqs, inverse=inverse))
         self.rope_mode = mode

@@ -160,7 +160,7 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
             raise ValueError(f"latent size {tuple(x.shape[2:])} is not a multiple of the patch {self.cfg.patch_size}")
         u = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         grid = tuple(u.shape[2:])
-        return u.flatten(2).transpose(1, 2).float(), grid
+        return u.flatten(2).transpose(1, 2).contiguous().float(), grid
 
     def embed_time(self, t, batch: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """t: [B, F] per-frame timesteps (also accepts [B], a 0-d tensor or a float)."""
@@ -195,8 +195,7 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
 
     def local_attention(self, grid, start_frame: int = 0, mask: torch.Tensor | None = None) -> LocalAttention:
         f, h, w = grid
-        cos, sin = self.rope.token_freqs(range(start_frame, start_frame + f), h, w)
-        return LocalAttention(cos, sin, mask)
+        return LocalAttention(self.rope.token_freqs(range(start_frame, start_frame + f), h, w), mask)
 
     def new_kv_cache(self, policy, *, batch: int = 1, latent_hw: tuple[int, int], dtype=None, device=None, rope_mode: str = "absolute", origin: int = 0):
         """A KV cache for latents of spatial size latent_hw = (H/8, W/8), sized from it."""

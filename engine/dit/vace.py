@@ -99,7 +99,7 @@ class VaceWanModel(Fp32ParamsMixin, nn.Module):
         c = emb(vace_context.to(emb.weight.dtype))
         if tuple(c.shape[3:]) != tuple(grid[1:]):
             raise ValueError(f"vace_context token grid {tuple(c.shape[3:])} != latent token grid {tuple(grid[1:])}")
-        c = c.flatten(2).transpose(1, 2)
+        c = c.flatten(2).transpose(1, 2).contiguous()
         length = grid[0] * grid[1] * grid[2]
         if c.shape[1] > length:
             c = c[:, :length]
