@@ -94,9 +94,12 @@ class EngineServer:
         keys: EngineKeys | str | os.PathLike | None = None,
         *,
         client_timeout: float = 3.0,
+        decode_device: str | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         """keys: EngineKeys or the engine folder written by `vacelive keys` (DIR/engine).
+        decode_device: where request arrays are decoded ("cuda": JPEG decodes on the GPU and
+        tensors arrive there); None lets each relay ask (default "cpu").
         Raises ValueError for a network-reachable endpoint without keys."""
         self.generator = generator
         self.keys = EngineKeys.from_dir(keys) if isinstance(keys, (str, os.PathLike)) else keys
@@ -107,6 +110,8 @@ class EngineServer:
         self.requested_endpoint = endpoint
         self.endpoint = endpoint  # resolved after bind (port 0 / wildcard)
         self.client_timeout = client_timeout
+        self.decode_device = decode_device
+        self._describe_cache: tuple[float, dict] | None = None
         self.engine_id = uuid.uuid4().hex[:12]
         self._ctx = context or zmq.Context.instance()
         self._auth = None
@@ -260,7 +265,7 @@ class EngineServer:
         if kind == "ping":
             self._reply(sock, identity, "pong", id=header.get("id"), t=header.get("t"),
                         busy=self._busy, next_chunk_frames=_next_frames(self.generator),
-                        describe=_safe_describe(self.generator))
+                        describe=self._describe(now))
         elif kind == "step":
             if (header.get("refs_held") and header.get("engine_id") != self.engine_id):
                 # The relay holds sticky references this engine never received (it restarted).
@@ -277,6 +282,12 @@ class EngineServer:
                 self._cond.notify()
         else:
             self._reply(sock, identity, "error", id=header.get("id"), message=f"unknown kind {kind!r}")
+
+    def _describe(self, now: float) -> dict:
+        """generator.describe(), refreshed at most once a second (pongs go out 4x a second)."""
+        if self._describe_cache is None or now - self._describe_cache[0] > 1.0:
+            self._describe_cache = (now, _safe_describe(self.generator))
+        return self._describe_cache[1]
 
     def _sweep_clients(self, now: float) -> None:
         for identity, seen in list(self._clients.items()):
@@ -333,7 +344,7 @@ class EngineServer:
         rid = header.get("id")
         t0 = time.perf_counter()
         try:
-            device = str(header.get("decode_device") or "cpu")
+            device = str(self.decode_device or header.get("decode_device") or "cpu")
             request = wire.unpack_value(header.get("request"), blobs, device)
             if not isinstance(request, ChunkRequest):
                 raise wire.WireError("step without a ChunkRequest")
