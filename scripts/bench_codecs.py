@@ -84,13 +84,7 @@ def apply_variant(codec, flags: set[str], compile_mode: str, device: torch.devic
     codec.use_channels_last("channels_last" in flags)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = "cudnn_benchmark" in flags
-    # torch.compile wraps the per-chunk functions on this instance only (attribute shadowing).
-    for name in ("_encode_chunk", "_decode_chunk"):
-        if name in vars(codec):
-            delattr(codec, name)
-        if "compile" in flags:
-            setattr(codec, name, torch.compile(getattr(codec, name), mode=compile_mode,
-                                                   dynamic=False))
+    codec.use_compile("compile" in flags, mode=None if compile_mode == "default" else compile_mode)
 
 
 def bench_case(codec, width: int, height: int, args, device: torch.device) -> dict:

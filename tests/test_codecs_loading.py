@@ -121,3 +121,27 @@ def test_tgrow_weights_with_more_channels_keep_the_last_ones(tmp_path):
     assert full.state_dict()[key].shape[0] == 2 * model.state_dict()[key].shape[0]
     assert torch.equal(model.state_dict()[key], full.state_dict()[key][-8:])
     assert model.frames_to_trim == 1
+
+
+@pytest.mark.parametrize("kind", ["wan", "tae"])
+def test_compiled_stream_matches_and_compiles_once_per_shape(kind):
+    """The torch.compile switch (traced with dynamo's cheap 'eager' backend here): same numbers,
+    and steady-state calls reuse one graph instead of recompiling per call."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    plain = random_codec(kind, small=True, seed=9)
+    fast = random_codec(kind, small=True, seed=9).use_compile(backend="eager")
+    chunks = [clip(12, seed=i) for i in range(4)]
+    e0, e1 = plain.encoder_stream(), fast.encoder_stream()
+    d0, d1 = plain.decoder_stream(), fast.decoder_stream()
+    for c in chunks:
+        z = e0.encode(c)
+        assert torch.allclose(e1.encode(c), z, atol=1e-5)
+        assert torch.allclose(d1.decode(z), d0.decode(z), atol=1e-5)
+    frames = counters["stats"]["unique_graphs"]
+    for c in chunks[:2]:
+        d1.decode(e1.encode(c))
+    assert counters["stats"]["unique_graphs"] == frames  # no recompiles in steady state
+    fast.use_compile(False)
+    assert "_encode_chunk" not in vars(fast)

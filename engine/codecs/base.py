@@ -56,12 +56,11 @@ class StreamState:
         self.slots: dict[int, torch.Tensor] = {}
         self._pending: dict[int, torch.Tensor] | None = None
         self.calls = 0
+        # A plain bool, not derived from `calls`: torch.compile specialises on what compiled code
+        # reads, and a growing counter would recompile every call.
+        self.first = True
         self.signature: tuple | None = None  # (batch, height, width, device, dtype) of the first call
         self.channels_last = False
-
-    @property
-    def first(self) -> bool:
-        return self.calls == 0
 
     def read(self, slot: int) -> torch.Tensor | None:
         return self.slots.get(slot)
@@ -79,6 +78,7 @@ class StreamState:
         self.slots.update(self._pending)
         self._pending = None
         self.calls += 1
+        self.first = False
         self.signature = signature
 
     def abort(self) -> None:
@@ -88,6 +88,7 @@ class StreamState:
         self.slots.clear()
         self._pending = None
         self.calls = 0
+        self.first = True
         self.signature = None
 
     def memory_format(self, ndim: int) -> torch.memory_format:
@@ -207,7 +208,11 @@ class Codec(nn.Module):
         return DecoderStream(self)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """One-shot encode of a whole clip (a fresh stream's first call)."""
+        """One-shot encode of a whole clip: a fresh stream's first call, ceil(T/4) latents.
+
+        For T = 1 + 4k frames this is Wan's one-shot `encode`. For other T, Wan's one-shot encode
+        ignores the frames after 1 + 4 * ((T - 1) // 4) (the reference's `use_cache=False` path
+        on 12 frames reads frames 0..8): pass `frames[:, :, :9]` to reproduce that exactly."""
         return self.encoder_stream().encode(frames)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -230,6 +235,18 @@ class Codec(nn.Module):
                 if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.weight.device.type != "meta":
                     fmt = torch.channels_last_3d if m.weight.ndim == 5 else torch.channels_last
                     m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+        return self
+
+    def use_compile(self, enabled: bool = True, mode: str | None = None,
+                    backend: str = "inductor") -> "Codec":
+        """torch.compile the per-chunk encode/decode functions of this instance (a speed switch:
+        fuses norms, activations and concats). Static shapes: one graph per chunk shape (first
+        call and steady state compile separately, on first use)."""
+        for name in ("_encode_chunk", "_decode_chunk"):
+            self.__dict__.pop(name, None)
+            if enabled:
+                fn = getattr(self, name)
+                self.__dict__[name] = torch.compile(fn, mode=mode, dynamic=False, backend=backend)
         return self
 
     @property
