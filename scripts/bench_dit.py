@@ -4,14 +4,14 @@ cached + 3 current frames) with random full-size Wan2.1-1.3B weights.
 
 Modes: `dit` (base forward through the KV cache), `vace` (the same + the 15-block VACE hint
 stream computed inside the forward), `hints` (the hint stream alone). Variants: SDPA backend
-(auto / flash / cudnn / efficient / math) and torch.compile of the blocks' pure parts
-(engine.dit.compile). Every combination is timed with CUDA events after a warm-up, median of
+(auto / flash / cudnn / efficient / math), torch.compile of the blocks' pure parts
+(engine.dit.compile) and the KV-cache RoPE mode (absolute / relative). Every combination is timed with CUDA events after a warm-up, median of
 `--iters` runs; peak memory per variant; achieved TFLOP/s with the model-spec §7 FLOP formula:
 per token per block 12 d^2 + 4 d ffn (linear) + 4 d (M + 512) (attention; M = keys attended);
 a VACE block adds after_proj (2 d^2), VACE block 0 before_proj (2 d^2).
 
     python scripts/bench_dit.py --out bench.json                       # H100: both resolutions
-    python scripts/bench_dit.py --sdpa auto,flash,cudnn --compile none,blocks --out b.json
+    python scripts/bench_dit.py --sdpa auto,flash,cudnn --compile none,blocks --rope absolute,relative --out b.json
     python scripts/bench_dit.py --smoke                                 # CPU, tiny model
 """
 from __future__ import annotations
@@ -103,25 +103,30 @@ def bench_resolution(model, res, args, device, timer) -> list[dict]:
     vc = torch.randn(1, model.vace_in_dim, CHUNK, lh, lw, generator=g).to(device)
     t = torch.full((1, CHUNK), 937.5, device=device)
     text = model.prepare_text(torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(device))
-    kv = model.new_kv_cache(SinkWindow(WINDOW, SINK), latent_hw=(lh, lw))
-    ft = kv.frame_tokens
+    ft = (lh // 2) * (lw // 2)
     tokens, keys = CHUNK * ft, WINDOW * ft
     start = WINDOW - CHUNK  # frames 9..11: sink 0..2 + cached 3..8 + current = full window
-    with torch.inference_mode():
-        for s in range(0, start, CHUNK):  # fill the window
-            model(x, torch.zeros_like(t), text, kv, s)
-    calls = {
-        "dit": lambda: model(x, t, text, kv, start),
-        "vace": lambda: model(x, t, text, kv, start, vace_context=vc),
-        "hints": lambda: model.compute_hints(x, t, text, vc),
-    }
     rows = []
-    for compile_mode in args.compile:
+    for compile_mode, rope in [(c, r) for c in args.compile for r in args.rope]:
+        kv = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        kv = model.new_kv_cache(SinkWindow(WINDOW, SINK), latent_hw=(lh, lw), rope_mode=rope)
+        with torch.inference_mode():
+            for s in range(0, start, CHUNK):  # fill the window
+                model(x, torch.zeros_like(t), text, kv, s)
+        calls = {
+            "dit": lambda: model(x, t, text, kv, start),
+            "vace": lambda: model(x, t, text, kv, start, vace_context=vc),
+            "hints": lambda: model.compute_hints(x, t, text, vc),
+        }
         restore = compile_blocks(model, dynamic=False) if compile_mode == "blocks" else (lambda: None)
         for sdpa in args.sdpa:
             for mode in args.modes:
+                if mode == "hints" and rope != args.rope[0]:
+                    continue  # the hint stream has no KV cache: RoPE mode does not apply
                 row = {"resolution": f"{w}x{h}", "latent": [lh, lw], "tokens": tokens, "keys": keys, "mode": mode,
-                       "sdpa": sdpa, "compile": compile_mode}
+                       "sdpa": sdpa, "compile": compile_mode, "rope": rope}
                 try:
                     with torch.inference_mode(), sdpa_context(sdpa):
                         if device.type == "cuda":
@@ -152,13 +157,13 @@ def bench_resolution(model, res, args, device, timer) -> list[dict]:
 
 def format_row(r: dict) -> str:
     if "error" in r:
-        return f"{r['resolution']:>9} {r['mode']:>6} {r['sdpa']:>9} {r['compile']:>7}  ERROR {r['error']}"
+        return f"{r['resolution']:>9} {r['mode']:>6} {r['sdpa']:>9} {r['compile']:>7} {r['rope'][:3]:>4}  ERROR {r['error']}"
     mem = f"{r['peak_mem_gb']:7.2f}" if "peak_mem_gb" in r else "      -"
-    return (f"{r['resolution']:>9} {r['mode']:>6} {r['sdpa']:>9} {r['compile']:>7} {r['ms_median']:9.2f} "
+    return (f"{r['resolution']:>9} {r['mode']:>6} {r['sdpa']:>9} {r['compile']:>7} {r['rope'][:3]:>4} {r['ms_median']:9.2f} "
             f"{r['ms_p10']:8.2f} {r['ms_p90']:8.2f} {r['tflop']:7.3g} {r['tflops_per_s']:8.3g} {mem}")
 
 
-HEADER = (f"{'res':>9} {'mode':>6} {'sdpa':>9} {'compile':>7} {'median ms':>9} {'p10':>8} {'p90':>8} "
+HEADER = (f"{'res':>9} {'mode':>6} {'sdpa':>9} {'compile':>7} {'rope':>4} {'median ms':>9} {'p10':>8} {'p90':>8} "
           f"{'TFLOP':>7} {'TFLOP/s':>8} {'peak GB':>7}")
 
 
@@ -168,6 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="dit,vace,hints", help="comma list of dit,vace,hints")
     p.add_argument("--sdpa", default="auto", help="comma list of auto,flash,cudnn,efficient,math")
     p.add_argument("--compile", default="none", help="comma list of none,blocks")
+    p.add_argument("--rope", default="absolute", help="comma list of absolute,relative (KV-cache RoPE mode)")
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -175,7 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--smoke", action="store_true", help="tiny model and sizes on CPU (end-to-end check)")
     args = p.parse_args(argv)
-    for name in ("modes", "sdpa", "compile"):
+    for name in ("modes", "sdpa", "compile", "rope"):
         setattr(args, name, [v.strip() for v in getattr(args, name).split(",") if v.strip()])
     if args.smoke:
         cfg = tiny_config(num_layers=4)
