@@ -15,8 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.codecs import (CodecInputError, WanVAECodec, latent_frames, pixel_frames,
-                           random_codec, tiny_wan_vae_config)
+from engine.codecs import CodecInputError, WanVAECodec, latent_frames, pixel_frames, random_codec
 from engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD
 
 MANIFEST = Path(__file__).parent / "manifests" / "wan_vae_keys.txt"

@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .base import Codec
 from .tae import TAEW2_1, LightTAECodec, TAECodec, TAEConfig, tiny_tae_config
@@ -44,24 +43,25 @@ def random_codec(kind: str, small: bool = True, seed: int = 0,
     built without initialisation: full-size key/shape checks cost no memory."""
     cls = _class(kind)
     config = config or codec_config(kind, small)
+    with torch.device("meta"):
+        codec = cls(config)
     if torch.device(device).type == "meta":
-        with torch.device("meta"):
-            return cls(config).to(dtype=dtype).requires_grad_(False).eval()
-    codec = cls(config)
-    gen = torch.Generator().manual_seed(seed)
+        return codec.to(dtype=dtype).requires_grad_(False).eval()
+    codec = codec.to_empty(device=device)  # initialised below, directly where it will run
+    gen = torch.Generator(device=device).manual_seed(seed)
     # Gains that keep activations O(1) through the deep stacks (ReLU nets need sqrt 2), so tests
     # compare meaningful numbers instead of values clamped to the pixel range.
     gain = 1.0 if kind == "wan" else math.sqrt(2.0)
     with torch.no_grad():
-        for module in codec.modules():
-            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                module.weight.normal_(0.0, gain / math.sqrt(module.weight[0].numel()),
-                                      generator=gen)
-                if module.bias is not None:
-                    module.bias.normal_(0.0, 0.05, generator=gen)
         for name, p in codec.named_parameters():
-            if name.endswith("gamma"):
+            if name.endswith(".gamma"):
                 p.uniform_(0.5, 1.5, generator=gen)
+            elif name.endswith(".weight") and p.ndim >= 4:
+                p.normal_(0.0, gain / math.sqrt(p[0].numel()), generator=gen)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.05, generator=gen)
+            else:
+                raise AssertionError(f"random_codec: no init rule for {name}")
         if isinstance(codec, TAECodec):  # TAE pixels are [0, 1]: aim the output at mid-grey
             codec.decoder[-1].weight.mul_(0.05)
             codec.decoder[-1].bias.fill_(0.5)
