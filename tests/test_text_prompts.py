@@ -178,3 +178,23 @@ def test_cache_keys_by_cleaned_text_but_encoder_cleans_once():
     assert enc.texts == ["a &amp;amp;amp; b"]
     cache.get([" a  &amp;amp;amp; b "])
     assert enc.calls == 1 and cache.stats.hits == 1
+
+
+def test_encoder_failure_leaves_state_intact_and_retries():
+    enc = FakeEncoder()
+    fail = {"on": False}
+
+    def encode(texts):
+        if fail["on"]:
+            raise RuntimeError("CUDA out of memory")
+        return enc(texts)
+
+    s = PromptState(EmbeddingCache(encode))
+    s.update("a red cat")
+    fail["on"] = True
+    with pytest.raises(RuntimeError):
+        s.update("a blue dog")
+    assert torch.equal(s.current, A)
+    fail["on"] = False
+    u = s.update("a blue dog")  # same request again: tried again, not skipped as "unchanged"
+    assert u.changed and u.cut and torch.equal(u.embeds[0], B)

@@ -231,8 +231,8 @@ class PromptState:
         notices: list[str] = []
         request_key = (_raw_key(prompts), blend)
         if request_key != self._request_key or self._current is None:
+            target = self._resolve(prompts, blend, notices)  # may raise (encoder): retried next chunk
             self._request_key = request_key
-            target = self._resolve(prompts, blend, notices)
             if target is not None:
                 return self._retarget(*target, _transition(transition_chunks, notices), notices)
         if self.in_transition:
