@@ -9,8 +9,11 @@ Slots hold whole latent frames and are FRAME-INDEXED (frame indices relative to 
 any later frame in slot `sink + (f - sink) % (window - sink)`. Hence the 4 denoising passes and
 the clean pass of one chunk overwrite the same slots, eviction is implicit (the ring slot of
 frame f - (window - sink) is reused), and a re-cache of past frames (prompt switch) rewrites
-exactly their slots. With `protect_sink = True` writes never touch sink slots that already hold
-K/V (LongLive keeps the old prompt's sink). Attention has no mask inside the window (RoPE carries
+exactly their slots. Re-caching the last 12 frames after a late prompt switch therefore keeps the
+old prompt's sink K/V automatically (frames >= sink never map to sink slots) — LongLive's
+global_sink behaviour. `protect_sink = True` also keeps sink slots that already hold K/V when a
+re-cache covers frames < sink (an early switch; LongLive rewrites them there, which is the
+default here). Attention has no mask inside the window (RoPE carries
 position; order of keys is irrelevant), so it reads the valid slots in slot order: a prefix
 until the ring is full, then everything. At steady state a LongLive chunk sees 3 sink + 9 recent
 frames including itself = 12 frames, exactly like the reference's rolling buffer.
@@ -21,7 +24,10 @@ RoPE modes
   "relative"  keys are stored UN-rotated and rotated at attention time with window-relative
               positions: sink frames 0..s-1, ring frames s, s+1, ... in time order; the chunk's
               queries get the positions of their own frames. Positions stay < window forever.
-              Cost: one rotation of the attended K per block per forward (a read+write of K).
+              Cost: one rotation of the attended K per block per forward (read K, write a
+              rotated temp; ~3 elementwise passes over the window's keys). A cheaper variant
+              (ring keys stored rotated with a periodically re-based frame index, only the sink
+              re-rotated per chunk) is possible without changing the semantics.
   set_rope_mode() switches at any time keeping all cached state: absolute -> relative
   un-rotates the stored keys once with their absolute positions (one pass over the valid K,
   layer by layer; exact up to one rounding of the stored dtype); relative -> absolute rotates
