@@ -8,7 +8,8 @@ Variants are switches so one GPU call compares them:
   eager            the default exact path
   channels_last    activations in channels-last (NDHWC / NHWC)
   cudnn_benchmark  torch.backends.cudnn.benchmark = True
-  compile          torch.compile of the per-chunk encode/decode functions (slow to start; opt in)
+  compile          torch.compile of the per-chunk encode/decode functions (slow to start: each
+                   case compiles its shapes; opt in, e.g. --codecs wan --res 832x480)
 Variants combine with '+', e.g. channels_last+cudnn_benchmark.
 
     python scripts/bench_codecs.py --out bench_codecs.json            # GPU, defaults
@@ -81,6 +82,10 @@ class Timer:
 
 
 def apply_variant(codec, flags: set[str], compile_mode: str, device: torch.device):
+    if "compile" in flags:
+        # Fresh compile caches per case: dynamo's per-function recompile limit would otherwise make
+        # later cases (other dtypes/resolutions/layouts) silently fall back to eager.
+        torch._dynamo.reset()
     codec.use_channels_last("channels_last" in flags)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = "cudnn_benchmark" in flags
