@@ -39,6 +39,9 @@ def _gl():
         from OpenGL import GL
     except ImportError as exc:
         raise TransportUnavailable(f"PyOpenGL is not importable ({exc}): {INTEROP_HINT}") from exc
+    except Exception as exc:  # PyOpenGL present but no GL/EGL library to bind to
+        raise TransportUnavailable(f"PyOpenGL could not load an OpenGL library ({type(exc).__name__}: "
+                                   f"{exc}); install {EGL_HINT}") from exc
     return GL
 
 
