@@ -629,3 +629,9 @@ def build_schema(loras: Sequence[str | tuple[str, float]] = ()) -> Schema:
 
 
 DEFAULT_SCHEMA = build_schema()
+
+
+if __name__ == "__main__":  # `python -m bridge.schema [lora ...]`: the schema as JSON (stdlib only)
+    import sys
+
+    print(json.dumps(build_schema(sys.argv[1:]).to_json(), indent=2, ensure_ascii=False))

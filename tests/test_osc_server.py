@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import socket
+import sys
 import threading
 import time
 
@@ -297,9 +298,10 @@ def test_bundles_are_atomic_against_a_racing_run_loop(rig, peer):
             seen.add(i)
             if i and (v["transition_chunks"] != i % 33 or v["extension_chunks"] != i % 64 + 1):
                 torn.append(dict(v))
-            time.sleep(0.0002)
 
     t = threading.Thread(target=run_loop)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # force thread switches inside packet handling
     t.start()
     try:
         n = 300
@@ -315,6 +317,7 @@ def test_bundles_are_atomic_against_a_racing_run_loop(rig, peer):
     finally:
         stop.set()
         t.join()
+        sys.setswitchinterval(switch)
     assert rig.store.get("seed") == n
     assert not torn, torn[:2]
     assert len(seen) > 10  # the run loop really interleaved with the bundles
@@ -482,3 +485,31 @@ def test_oscquery_http_namespace(rig, peer):
     with pytest.raises(urllib.error.HTTPError) as exc:
         get("/vace/nope")
     assert exc.value.code == 404
+
+
+def test_a_new_senders_first_message_is_echoed(rig):
+    for i in range(20):
+        fresh = Peer(rig.address)
+        try:
+            fresh.send("/vace/seed", 500 + i)
+            fresh.expect("/vace/seed", [500 + i], timeout=2.0)
+        finally:
+            fresh.close()
+
+
+def test_cli_arguments_build_the_config():
+    import argparse
+
+    from bridge.osc import add_cli_arguments
+
+    ap = argparse.ArgumentParser()
+    add_cli_arguments(ap)
+    cfg = OscConfig.from_args(ap.parse_args([]))
+    assert (cfg.host, cfg.port, cfg.oscquery_port, cfg.feedback) == ("127.0.0.1", 7700, 7701, ())
+    cfg = OscConfig.from_args(ap.parse_args([
+        "--osc-host", "0.0.0.0", "--osc-port", "9000", "--oscquery-port", "0",
+        "--osc-feedback", "127.0.0.1:7710", "--osc-feedback", "10.0.0.5:9001"]))
+    assert cfg.host == "0.0.0.0" and cfg.port == 9000 and cfg.oscquery_port is None
+    assert cfg.feedback == (("127.0.0.1", 7710), ("10.0.0.5", 9001))
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--osc-feedback", "nohost"])

@@ -1,4 +1,5 @@
 """Parameter store: latest value wins, actions coalesce, snapshots are consistent."""
+import sys
 import threading
 
 import pytest
@@ -88,6 +89,8 @@ def test_concurrent_batches_land_whole_in_one_snapshot():
             st.apply({"seed": i, "transition_chunks": i % 33, "context_scale": (i % 200) / 100})
 
     t = threading.Thread(target=writer)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # force thread switches inside apply()
     t.start()
     try:
         seen = 0
@@ -101,6 +104,7 @@ def test_concurrent_batches_land_whole_in_one_snapshot():
     finally:
         stop.set()
         t.join()
+        sys.setswitchinterval(switch)
     assert seen > 0
 
 

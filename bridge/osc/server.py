@@ -185,7 +185,9 @@ class OscServer:
             raise OSError(f"cannot listen for OSC on {cfg.host}:{cfg.port}: {exc}") from exc
         sock.settimeout(0.2)  # lets stop() end the loop promptly
         self._sock = sock
-        logging.getLogger().addFilter(_PythonOscNoise())
+        root = logging.getLogger()
+        if not any(isinstance(f, _PythonOscNoise) for f in root.filters):
+            root.addFilter(_PythonOscNoise())
         self.feedback = Feedback(sock, cfg.feedback, self._status_provider, cfg.status_hz)
         self.feedback.start()
         self.store.add_listener(self._on_change)
@@ -271,6 +273,8 @@ class OscServer:
             self.rejected += 1
             self.feedback.error(sender, f"malformed OSC packet ({len(data)} bytes): {exc}")
             return
+        if sender is not None:  # before applying: the echo thread must already know it
+            self.feedback.note_sender(sender)
         changes: dict[str, Any] = {}
         actions: list[Action] = []
         after: list[Callable[[], None]] = []
@@ -285,8 +289,6 @@ class OscServer:
                 self.store.apply(changes, actions, origin=sender)
             except ParamError as exc:  # cannot happen for coerced values; stay safe anyway
                 self.feedback.error(sender, str(exc))
-        if sender is not None and (changes or actions or after):
-            self.feedback.note_sender(sender)
         for fn in after:  # queries see the packet's own values
             try:
                 fn()
