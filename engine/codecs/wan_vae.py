@@ -220,18 +220,15 @@ class Resample(nn.Module):
             tc = self.time_conv
             first = st.read(tc.slot) is None  # the reference's "Rep" call
             rest = x[:, :, 1:] if first else x
-            if rest.shape[2] > 0:
-                y = tc(rest, st)  # [B, 2C, n, H, W], zero past on the first call
-                pairs = y.unflatten(1, (2, c)).permute(0, 3, 1, 2, 4, 5)  # [B, n, 2, C, H, W]
-            elif first:  # a one-latent first call: no time conv yet, history stays zero
+            if rest.shape[2] == 0:  # one-latent first call: the time conv's past stays zero
                 st.write(tc.slot, x.new_zeros(b, c, tc.context, h, w))
-            if not first:
-                frames = pairs
-            elif rest.shape[2] == 0:
-                frames = x[:, :, :1].transpose(1, 2)
-            else:  # first frame untouched, then the doubled ones (first call only)
-                frames = torch.cat([x[:, :, :1].transpose(1, 2),
-                                    pairs.reshape(b, -1, c, h, w)], dim=1)
+                frames = x.transpose(1, 2)
+            else:
+                y = tc(rest, st)  # [B, 2C, n, H, W]; zero past on the first call
+                frames = y.unflatten(1, (2, c)).permute(0, 3, 1, 2, 4, 5)  # [B, n, 2, C, H, W]
+                if first:  # the stream's first frame goes through untouched, not doubled
+                    frames = torch.cat([x[:, :, :1].transpose(1, 2),
+                                        frames.reshape(b, -1, c, h, w)], dim=1)
         up = upsample_frames(frames, st.channels_last)
         conv = self.resample[1]
         out = F.conv2d(up, conv.weight, conv.bias, padding=1)
