@@ -110,14 +110,17 @@ def render(schema: Schema = DEFAULT_SCHEMA) -> str:
         "It binds to loopback unless you opt into the LAN with `--osc-host 0.0.0.0` (a warning "
         f"is logged: anyone on the network can then steer the stream). Every address lives "
         f"under `{PREFIX}/`. An OSCQuery HTTP namespace answers on "
-        f"**http://127.0.0.1:{DEFAULT_OSCQUERY_PORT}/** (`--oscquery-port`, 0 = off).",
+        f"**http://127.0.0.1:{DEFAULT_OSCQUERY_PORT}/** (`--oscquery-port`, 0 = off; it binds "
+        "the same host as OSC; no WebSocket or zeroconf).",
         "",
         "- Changes apply at the **next chunk boundary** (one chunk = 12 frames). The store keeps "
         "only the latest value per parameter, so a fast fader never builds up lag.",
         "- A **bundle** is applied atomically: all its messages land in the same chunk. Time "
-        "tags are ignored (applied on arrival; the server never sleeps on them). Inside one "
-        "packet, values are applied first, then queries (`get`, `describe`, preset save/list) "
-        "are answered, so they see the packet's own values.",
+        "tags are ignored (applied on arrival; the server never sleeps on them). A message "
+        "with a bad value is rejected on its own (its `/vace/error`) and the rest of the "
+        "bundle still lands together; a structurally broken bundle is rejected whole. Inside "
+        "one packet, values are applied first, then queries (`get`, `describe`, preset "
+        "save/list) are answered, so they see the packet's own values.",
         "- Every applied value is **echoed** at its address (clamped / canonical form) to every "
         "registered peer and recent sender, so several surfaces stay in sync.",
         "- Every rejected message gets **`/vace/error <message>`** back, plus a log line. The "
