@@ -1,7 +1,7 @@
 """Codecs on CUDA (skipped without a GPU): the CUDA kernels (cuDNN conv3d, channels-last, SDPA,
 bf16/fp16) give the same streams as the CPU checks in test_wan_vae.py / test_tae.py.
 
-Tolerances: fp32 with TF32 off: 1e-4 relative to the output range; bf16/fp16: 5e-2.
+Tolerances: fp32 with TF32 off: 1e-4 relative to the output range; bf16/fp16: relative L2 2e-2.
 """
 from __future__ import annotations
 
@@ -25,6 +25,14 @@ def close(a, b, tol):
     a, b = a.float().cpu(), b.float().cpu()
     assert a.shape == b.shape
     return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
+
+
+def rel_l2(a, b):
+    """||a - b|| / ||b||: the precision measure for low-precision paths (bf16 lands near 1e-2;
+    a max-abs bound over a deep random-weight decoder is dominated by single rounding outliers)."""
+    a, b = a.float().cpu(), b.float().cpu()
+    assert a.shape == b.shape
+    return ((a - b).norm() / b.norm()).item()
 
 
 def clip(t, hw=32, seed=0, device="cuda"):
@@ -59,12 +67,12 @@ def test_full_size_stream_equals_oneshot_low_precision(kind, dtype, channels_las
     first = 13 if kind == "wan" else 12  # Wan: 1 + 4k for one-shot equality; TAE: multiple of 4
     parts = torch.cat([enc.encode(x[:, :, :first]), enc.encode(x[:, :, first:first + 12])], 2)
     assert parts.dtype == dtype and torch.isfinite(parts).all()
-    assert close(parts, whole[:, :, :parts.shape[2]], 5e-2)
+    assert rel_l2(parts, whole[:, :, :parts.shape[2]]) <= 2e-2
     z = whole[:, :, :6]
     dec = codec.decoder_stream()
     frames = torch.cat([dec.decode(z[:, :, :3]), dec.decode(z[:, :, 3:])], 2)
     assert frames.shape == (1, 3, 21, 64, 64) and torch.isfinite(frames).all()
-    assert close(frames, codec.decode(z), 5e-2)
+    assert rel_l2(frames, codec.decode(z)) <= 2e-2
 
 
 def test_channels_last_matches_default_fp32_cuda():

@@ -20,7 +20,7 @@ def model_and_inputs(frames, dtype=torch.bfloat16):
     x = torch.randn(1, 16, frames, *LATENT_HW, device="cuda", generator=g)
     vc = torch.randn(1, 96, frames, *LATENT_HW, device="cuda", generator=g)
     t = torch.rand(1, frames, device="cuda", generator=g) * 1000
-    text = model.prepare_text(torch.randn(1, 20, cfg.text_dim, device="cuda", generator=g))
+    text = model.prepare_text(torch.randn(1, cfg.text_len - 4, cfg.text_dim, device="cuda", generator=g))
     return model, x, vc, t, text
 
 
