@@ -26,7 +26,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from engine.weights import CheckpointError, CheckpointReader, LoadReport, _first
+from engine.checkpoint import CheckpointError, CheckpointReader, first_keys
+from engine.weights import LoadReport
 
 TARGET_PATTERN = re.compile(r"blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])")
 _KEY = re.compile(r"(?:base_model\.model\.)?(?P<target>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_\-]+)?\.weight")
@@ -166,14 +167,14 @@ class LoraSet:
         targets = set(lora_target_names(self.model))
         unknown = sorted(set(weights) - targets)
         if unknown:
-            raise CheckpointError(f"{path}: LoRA targets not in the model: {_first(unknown)}")
+            raise CheckpointError(f"{path}: LoRA targets not in the model: {first_keys(unknown)}")
         bad = []
         for target, (a, b) in weights.items():
             lin = _linear(self.model.get_submodule(target))
             if a.shape[1] != lin.in_features or b.shape[0] != lin.out_features:
                 bad.append(f"{target} (A {tuple(a.shape)}, B {tuple(b.shape)} vs Linear {lin.in_features}->{lin.out_features})")
         if bad:
-            raise CheckpointError(f"{path}: LoRA shapes do not match the model: {_first(bad, 3)}")
+            raise CheckpointError(f"{path}: LoRA shapes do not match the model: {first_keys(bad, 3)}")
 
     @torch.no_grad()
     def _merge(self, lora: _Lora, scale: float) -> None:

@@ -20,26 +20,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from engine.checkpoint import CheckpointError, CheckpointReader, first_keys, progress_bar
 from engine.dit.vace import VACE_PREFIXES
-
-FSDP_TAG = "_fsdp_wrapped_module."
-# sub-dicts of trainer checkpoints, in order of preference
-GENERATOR_KEYS = ("generator", "model", "state_dict", "generator_ema")
-_ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked; the message names the file and the first keys."""
-
-
-def _first(items: Sequence, limit: int = 5) -> str:
-    shown = ", ".join(str(i) for i in list(items)[:limit])
-    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 @dataclass
@@ -61,123 +48,13 @@ class LoadReport:
         head = f"{self.path} [{self.kind}, {self.source}]: {self.loaded} tensors loaded, {self.skipped} skipped"
         lines = [head]
         if self.missing:
-            lines.append(f"  {len(self.missing)} missing: {_first(self.missing)}")
+            lines.append(f"  {len(self.missing)} missing: {first_keys(self.missing)}")
         if self.unexpected:
-            lines.append(f"  {len(self.unexpected)} unexpected: {_first(self.unexpected)}")
+            lines.append(f"  {len(self.unexpected)} unexpected: {first_keys(self.unexpected)}")
         if self.mismatched:
             shown = [f"{k} (file {tuple(a)} vs model {tuple(b)})" for k, a, b in self.mismatched]
-            lines.append(f"  {len(self.mismatched)} shape mismatches: {_first(shown, 3)}")
+            lines.append(f"  {len(self.mismatched)} shape mismatches: {first_keys(shown, 3)}")
         return "\n".join(lines)
-
-
-def normalize_keys(keys: Iterable[str]) -> dict[str, str]:
-    """{normalized key: key in file}: drop `_fsdp_wrapped_module.`, then a leading `model.` when
-    every key has it (trainer wrappers); collisions are an error."""
-    keys = list(keys)
-    cleaned = [k.replace(FSDP_TAG, "") for k in keys]
-    if cleaned and all(k.startswith("model.") for k in cleaned):
-        cleaned = [k[len("model."):] for k in cleaned]
-    out: dict[str, str] = {}
-    for new, old in zip(cleaned, keys):
-        if new in out:
-            raise CheckpointError(f"keys {out[new]!r} and {old!r} both normalize to {new!r}")
-        out[new] = old
-    return out
-
-
-class CheckpointReader:
-    """Lazy, per-tensor access to one checkpoint file (use as a context manager).
-
-    prefer: names of sub-dicts to pick in a dict checkpoint, in order (default: the generator
-    ones; with ema=True `generator_ema` is required)."""
-
-    def __init__(self, path: str | os.PathLike, *, ema: bool = False, prefer: Sequence[str] | None = None):
-        self.path = str(path)
-        self._st = None
-        self._dict: dict[str, torch.Tensor] | None = None
-        if not os.path.exists(self.path):
-            raise CheckpointError(f"{self.path}: file not found")
-        try:
-            if self.path.endswith(".safetensors"):
-                from safetensors import safe_open
-
-                self._st = safe_open(self.path, framework="pt", device="cpu")
-                self.source = "safetensors"
-                raw_keys = list(self._st.keys())
-            else:
-                obj = self._torch_load()
-                self._dict, self.source = self._select(obj, ema, prefer)
-                raw_keys = list(self._dict.keys())
-        except CheckpointError:
-            raise
-        except Exception as exc:  # corrupt / unknown file: say which one
-            raise CheckpointError(f"{self.path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
-        self._names = normalize_keys(raw_keys)
-
-    def _torch_load(self):
-        try:
-            return torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc) and "zip" not in str(exc):
-                raise
-            return torch.load(self.path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-
-    def _select(self, obj, ema: bool, prefer):
-        if not isinstance(obj, dict):
-            raise CheckpointError(f"{self.path}: expected a dict of tensors, got {type(obj).__name__}")
-        order = list(prefer) if prefer is not None else list(GENERATOR_KEYS)
-        if ema:
-            if not isinstance(obj.get("generator_ema"), dict):
-                raise CheckpointError(f"{self.path}: EMA weights requested but there is no 'generator_ema' (top-level keys: {_first(sorted(map(str, obj)))})")
-            order = ["generator_ema"]
-        for name in order:
-            sub = obj.get(name)
-            if isinstance(sub, dict):
-                return {k: v for k, v in sub.items() if isinstance(v, torch.Tensor)}, name
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if not tensors:
-            raise CheckpointError(f"{self.path}: no tensors found (top-level keys: {_first(sorted(map(str, obj)))})")
-        return tensors, "flat"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        self._st = None
-        self._dict = None
-
-    def keys(self) -> list[str]:
-        return list(self._names)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        raw = self._names[key]
-        if self._st is not None:
-            return tuple(self._st.get_slice(raw).get_shape())
-        return tuple(self._dict[raw].shape)
-
-    def nbytes(self, key: str) -> int:
-        raw = self._names[key]
-        if self._st is not None:
-            sl = self._st.get_slice(raw)
-            n = 1
-            for s in sl.get_shape():
-                n *= s
-            return n * _ST_BYTES.get(sl.get_dtype(), 4)
-        t = self._dict[raw]
-        return t.numel() * t.element_size()
-
-    def tensor(self, key: str) -> torch.Tensor:
-        raw = self._names[key]
-        return self._st.get_tensor(raw) if self._st is not None else self._dict[raw]
-
-
-def _progress(total_bytes: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not enabled or total_bytes < (512 << 20))
 
 
 def place_buffers(model: nn.Module, device) -> None:
@@ -196,7 +73,7 @@ def load_matching(model: nn.Module, path, *, select: Callable[[str], bool], kind
         present = [k for k in ck.keys() if select(k)]
         report = LoadReport(str(path), kind, ck.source, skipped=len(ck.keys()) - len(present))
         if not present:
-            raise CheckpointError(f"{path}: no {kind} keys in this file (first keys: {_first(ck.keys())})")
+            raise CheckpointError(f"{path}: no {kind} keys in this file (first keys: {first_keys(ck.keys())})")
         report.missing = sorted(set(expected) - set(present))
         report.unexpected = sorted(set(present) - set(expected))
         for k in present:
@@ -207,7 +84,7 @@ def load_matching(model: nn.Module, path, *, select: Callable[[str], bool], kind
         bad = {k for k, _, _ in report.mismatched}
         todo = [k for k in present if k in expected and k not in bad]
         tensors: dict[str, torch.Tensor] = {}
-        with _progress(sum(ck.nbytes(k) for k in todo), f"{kind} {os.path.basename(str(path))}", progress) as bar:
+        with progress_bar(sum(ck.nbytes(k) for k in todo), f"{kind} {os.path.basename(str(path))}", progress) as bar:
             for k in todo:
                 ref = expected[k]
                 dev = device if device is not None else (ref.device if ref.device.type != "meta" else "cpu")

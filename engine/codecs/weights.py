@@ -1,47 +1,31 @@
 """Reading codec checkpoints (.pth / .safetensors) and matching them to a model, with clear errors."""
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
+from engine.checkpoint import CheckpointError, CheckpointReader
+
 from .base import CodecLoadError
 
-_TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
+_SUFFIXES = {".safetensors", ".pth", ".pt", ".bin", ".ckpt"}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a flat tensor dict from `path` on the CPU without copying it into memory where possible
-    (.pth through mmap, .safetensors through safetensors' own lazy loader)."""
+    """Read a flat tensor dict from `path` on the CPU through the shared lazy reader (mmap: tensors
+    are paged in as they are moved to their device)."""
     path = Path(path)
-    if not path.is_file():
-        raise CodecLoadError(f"{path}: checkpoint file not found")
-    suffix = path.suffix.lower()
+    if path.suffix.lower() not in _SUFFIXES:
+        raise CodecLoadError(f"{path}: unsupported checkpoint type {path.suffix!r} "
+                             "(expected .pth or .safetensors)")
     try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path), device="cpu")
-        elif suffix in _TORCH_SUFFIXES:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
-                if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
-                    raise
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise CodecLoadError(f"{path}: unsupported checkpoint type {suffix!r} "
-                                 "(expected .pth or .safetensors)")
-    except CodecLoadError:
-        raise
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise CodecLoadError(f"{path}: cannot read checkpoint: {exc}") from exc
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CodecLoadError(f"{path}: expected a flat dict of tensors, got {type(sd).__name__}")
-    return dict(sd)
+        with CheckpointReader(path, prefer=("state_dict", "model")) as ck:
+            return {k: ck.tensor(k) for k in ck.keys()}
+    except CheckpointError as exc:
+        raise CodecLoadError(str(exc)) from exc
 
 
 def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str,

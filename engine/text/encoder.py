@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
+from engine.checkpoint import CheckpointError, CheckpointReader, progress_bar
 from engine.text.umt5_keys import HF_SHARED, HF_TIED, to_hf_names, umt5_xxl_config
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 Placement = Literal["gpu", "cpu", "offload"]
 PLACEMENTS: tuple[str, ...] = ("gpu", "cpu", "offload")
 SEQ_LEN = 512  # Wan text_len: every prompt is padded/truncated to this many tokens
-_PROGRESS_MIN_BYTES = 256 << 20  # progress bar only for files worth waiting on
 
 
 class TextEncoderLoadError(ValueError):
@@ -71,54 +70,6 @@ def clean_prompt(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoint reading (lazy: shapes first, tensors one at a time)
-# ---------------------------------------------------------------------------------------------
-class _Checkpoint:
-    """Read-only view of a .safetensors or torch .pth/.pt/.bin state dict without loading it all."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._st = None
-        self._sd: dict[str, torch.Tensor] | None = None
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                self._st = safe_open(str(path), framework="pt", device="cpu")
-            else:
-                try:  # mmap: tensors are paged in as they are copied to their device
-                    sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-                except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
-                    sd = torch.load(path, map_location="cpu", weights_only=True)
-                self._sd = _unwrap_state_dict(sd, path)
-        except TextEncoderLoadError:
-            raise
-        except Exception as exc:  # unreadable, truncated, not a checkpoint
-            raise TextEncoderLoadError(f"{path}: cannot read checkpoint: {exc}") from exc
-
-    def keys(self) -> list[str]:
-        return list(self._st.keys()) if self._st is not None else list(self._sd)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        if self._st is not None:
-            return tuple(self._st.get_slice(key).get_shape())
-        return tuple(self._sd[key].shape)
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._st.get_tensor(key) if self._st is not None else self._sd[key]
-
-
-def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "module"):
-            if isinstance(obj.get(key), dict):
-                return _unwrap_state_dict(obj[key], path)
-    raise TextEncoderLoadError(f"{path}: not a flat state dict of tensors (top-level {type(obj).__name__})")
-
-
 def _shorten(keys: Sequence[str], n: int = 5) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
@@ -146,7 +97,10 @@ def load_umt5(
         model = UMT5EncoderModel(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != HF_TIED}
 
-    ckpt = _Checkpoint(path)
+    try:
+        ckpt = CheckpointReader(path, prefer=("state_dict", "model", "module"))
+    except CheckpointError as exc:
+        raise TextEncoderLoadError(str(exc)) from exc
     try:
         mapping, unknown = to_hf_names(ckpt.keys())
     except ValueError as exc:
@@ -165,13 +119,12 @@ def load_umt5(
         )
 
     total = sum(_numel(ckpt.shape(mapping[k])) for k in expected) * torch.finfo(dtype).bits // 8
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"text encoder {path.name}",
-               disable=not progress or total < _PROGRESS_MIN_BYTES)
+    bar = progress_bar(total, f"text encoder {path.name}", progress)
     device = torch.device(device)
     state: dict[str, torch.Tensor] = {}
     with bar:
         for hf_key in expected:
-            t = ckpt.get(mapping[hf_key])
+            t = ckpt.tensor(mapping[hf_key])
             t = t.to(device)  # move first: an fp8 tensor crosses the bus at half the bytes
             if t.dtype != dtype:
                 t = t.to(dtype)
