@@ -32,6 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.config import WAN_1_3B, tiny_config  # noqa: E402
 from engine.dit import CausalWanModel, SinkWindow, VaceWanModel  # noqa: E402
 from engine.dit.compile import compile_blocks  # noqa: E402
+from engine.dit.fp8 import Fp8Linears, relative_error  # noqa: E402
+
+# --compile variants: torch.compile kwargs for engine.dit.compile.compile_blocks
+COMPILE_VARIANTS = {
+    "none": None,
+    "blocks": {"dynamic": False},
+    "blocks-max": {"dynamic": False, "mode": "max-autotune-no-cudagraphs"},
+    "blocks-ro": {"dynamic": False, "mode": "reduce-overhead"},  # CUDA graphs per compiled region
+}
 
 CHUNK = 3
 WINDOW, SINK = 12, 3
@@ -107,7 +116,8 @@ def bench_resolution(model, res, args, device, timer) -> list[dict]:
     tokens, keys = CHUNK * ft, WINDOW * ft
     start = WINDOW - CHUNK  # frames 9..11: sink 0..2 + cached 3..8 + current = full window
     rows = []
-    for compile_mode, rope in [(c, r) for c in args.compile for r in args.rope]:
+    exact: dict[str, torch.Tensor] = {}  # eager, no FP8: the reference for each mode's rel_err
+    for compile_mode, rope, fp8 in [(c, r, f) for c in args.compile for r in args.rope for f in args.fp8]:
         kv = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -120,23 +130,30 @@ def bench_resolution(model, res, args, device, timer) -> list[dict]:
             "vace": lambda: model(x, t, text, kv, start, vace_context=vc),
             "hints": lambda: model.compute_hints(x, t, text, vc),
         }
-        restore = compile_blocks(model, dynamic=False) if compile_mode == "blocks" else (lambda: None)
+        fp8_handle = Fp8Linears(model) if fp8 == "on" else None
+        kwargs = COMPILE_VARIANTS[compile_mode]
+        restore = compile_blocks(model, **kwargs) if kwargs is not None else (lambda: None)
         for sdpa in args.sdpa:
             for mode in args.modes:
                 if mode == "hints" and rope != args.rope[0]:
                     continue  # the hint stream has no KV cache: RoPE mode does not apply
                 row = {"resolution": f"{w}x{h}", "latent": [lh, lw], "tokens": tokens, "keys": keys, "mode": mode,
-                       "sdpa": sdpa, "compile": compile_mode, "rope": rope}
+                       "sdpa": sdpa, "compile": compile_mode, "rope": rope, "fp8": fp8}
                 try:
                     with torch.inference_mode(), sdpa_context(sdpa):
                         if device.type == "cuda":
                             torch.cuda.synchronize()
                             torch.cuda.reset_peak_memory_stats()
                         t0 = time.perf_counter()
-                        calls[mode]()
+                        out = calls[mode]()
                         if device.type == "cuda":
                             torch.cuda.synchronize()
                         row["first_call_s"] = round(time.perf_counter() - t0, 3)
+                        out = torch.cat(out, 1) if isinstance(out, (list, tuple)) else out
+                        if compile_mode == "none" and fp8 == "off" and rope == "absolute" and mode not in exact:
+                            exact[mode] = out.float().clone()
+                        if mode in exact:
+                            row["rel_err"] = relative_error(out, exact[mode])
                         timer.run(calls[mode], args.warmup)
                         ms = timer.run(calls[mode], args.iters)
                     ms.sort()
@@ -152,19 +169,23 @@ def bench_resolution(model, res, args, device, timer) -> list[dict]:
                 rows.append(row)
                 print(format_row(row), flush=True)
         restore()
+        if fp8_handle is not None:
+            fp8_handle.restore()
     return rows
 
 
 def format_row(r: dict) -> str:
+    head = f"{r['resolution']:>9} {r['mode']:>6} {r['sdpa']:>9} {r['compile']:>10} {r['rope'][:3]:>4} {r['fp8']:>4}"
     if "error" in r:
-        return f"{r['resolution']:>9} {r['mode']:>6} {r['sdpa']:>9} {r['compile']:>7} {r['rope'][:3]:>4}  ERROR {r['error']}"
+        return f"{head}  ERROR {r['error']}"
     mem = f"{r['peak_mem_gb']:7.2f}" if "peak_mem_gb" in r else "      -"
-    return (f"{r['resolution']:>9} {r['mode']:>6} {r['sdpa']:>9} {r['compile']:>7} {r['rope'][:3]:>4} {r['ms_median']:9.2f} "
-            f"{r['ms_p10']:8.2f} {r['ms_p90']:8.2f} {r['tflop']:7.3g} {r['tflops_per_s']:8.3g} {mem}")
+    err = f"{r['rel_err']:8.1e}" if "rel_err" in r else "       -"
+    return (f"{head} {r['ms_median']:9.2f} {r['ms_p10']:8.2f} {r['ms_p90']:8.2f} {r['tflop']:7.3g} "
+            f"{r['tflops_per_s']:8.3g} {mem} {err}")
 
 
-HEADER = (f"{'res':>9} {'mode':>6} {'sdpa':>9} {'compile':>7} {'rope':>4} {'median ms':>9} {'p10':>8} {'p90':>8} "
-          f"{'TFLOP':>7} {'TFLOP/s':>8} {'peak GB':>7}")
+HEADER = (f"{'res':>9} {'mode':>6} {'sdpa':>9} {'compile':>10} {'rope':>4} {'fp8':>4} {'median ms':>9} {'p10':>8} {'p90':>8} "
+          f"{'TFLOP':>7} {'TFLOP/s':>8} {'peak GB':>7} {'rel_err':>8}")
 
 
 def main(argv=None) -> int:
@@ -172,7 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--res", default="832x480,576x320", help="comma list of WxH (pixels)")
     p.add_argument("--modes", default="dit,vace,hints", help="comma list of dit,vace,hints")
     p.add_argument("--sdpa", default="auto", help="comma list of auto,flash,cudnn,efficient,math")
-    p.add_argument("--compile", default="none", help="comma list of none,blocks")
+    p.add_argument("--compile", default="none", help="comma list of " + ",".join(COMPILE_VARIANTS))
+    p.add_argument("--fp8", default="off", help="comma list of off,on (FP8 e4m3 block Linears, engine.dit.fp8)")
     p.add_argument("--rope", default="absolute", help="comma list of absolute,relative (KV-cache RoPE mode)")
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
@@ -181,7 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--smoke", action="store_true", help="tiny model and sizes on CPU (end-to-end check)")
     args = p.parse_args(argv)
-    for name in ("modes", "sdpa", "compile", "rope"):
+    for name in ("modes", "sdpa", "compile", "rope", "fp8"):
         setattr(args, name, [v.strip() for v in getattr(args, name).split(",") if v.strip()])
     if args.smoke:
         cfg = tiny_config(num_layers=4)
