@@ -156,6 +156,8 @@ def bench_resolution(model, res, args, device, timer) -> list[dict]:
                             row["rel_err"] = relative_error(out, exact[mode])
                         timer.run(calls[mode], args.warmup)
                         ms = timer.run(calls[mode], args.iters)
+                    if args.profile and device.type == "cuda" and mode == args.modes[0]:
+                        row["profile"] = profile_kernels(calls[mode], sdpa)
                     ms.sort()
                     row["ms_median"] = statistics.median(ms)
                     row["ms_p10"] = ms[len(ms) // 10]
@@ -171,6 +173,25 @@ def bench_resolution(model, res, args, device, timer) -> list[dict]:
         restore()
         if fp8_handle is not None:
             fp8_handle.restore()
+    return rows
+
+
+def profile_kernels(fn, sdpa: str, calls: int = 3, top: int = 14) -> list[dict]:
+    """CUDA time per kernel (torch.profiler) over `calls` calls: where a forward's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), sdpa_context(sdpa), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in events)
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    rows = [{"kernel": e.key[:90], "ms_per_call": e.device_time_total / 1e3 / calls, "share": e.device_time_total / total,
+             "launches_per_call": e.count / calls} for e in events[:top]]
+    print(f"    profile: {total / 1e3 / calls:.2f} ms GPU time per call, {sum(e.count for e in events) / calls:.0f} kernels per call")
+    for r in rows:
+        print(f"    {r['ms_per_call']:8.3f} ms {100 * r['share']:5.1f}% x{r['launches_per_call']:<5.0f} {r['kernel']}")
     return rows
 
 
@@ -202,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--smoke", action="store_true", help="tiny model and sizes on CPU (end-to-end check)")
+    p.add_argument("--profile", action="store_true", help="CUDA kernel breakdown (torch.profiler) of the first mode of every variant")
     args = p.parse_args(argv)
     for name in ("modes", "sdpa", "compile", "rope", "fp8"):
         setattr(args, name, [v.strip() for v in getattr(args, name).split(",") if v.strip()])
