@@ -16,6 +16,15 @@ x + hint_n * context_scale right AFTER main block vace_layers[n].
 vace_context tokens are zero-padded or truncated to the chunk's token count (what the streaming
 reference does with its padded/sliced context, e.g. one reference-image latent frame with a
 3-frame chunk); its spatial size must match the latents.
+
+Reference prefix (`vace_prefix`, docs/vace.md): reference images live in conditioning space only.
+The hint stream then runs over P prefix frames + the chunk's F frames, exactly the original's
+layout `[refs | video]`: vace_context has P + F frames, the prefix "x" is the clean reference
+latents [B, 16, P, h, w] embedded with the main patch_embedding, RoPE frame positions are 0..P-1
+for the references and P..P+F-1 for the chunk, and the prefix frames carry timestep 0 (clean
+frames at t = 0, the same convention as the causal model's KV-cache context). Only the chunk's
+tokens' hints are injected; the denoised latents never contain references. P = 0 (None) is
+exactly the path without a prefix.
 """
 from __future__ import annotations
 
@@ -28,6 +37,8 @@ from torch import nn
 from engine.dit.model import Fp32ParamsMixin, TextState
 
 VACE_PREFIXES = ("vace_blocks.", "vace_patch_embedding.")
+# Timestep of the reference-prefix frames: they are clean latents, so they are labelled clean.
+PREFIX_TIMESTEP = 0.0
 
 
 class VaceWanModel(Fp32ParamsMixin, nn.Module):
@@ -76,29 +87,52 @@ class VaceWanModel(Fp32ParamsMixin, nn.Module):
     def new_kv_cache(self, policy, **kwargs):
         return self.base.new_kv_cache(policy, **kwargs)
 
-    def compute_hints(self, x: torch.Tensor, t, text: TextState, vace_context: torch.Tensor) -> list[torch.Tensor]:
-        """One hint [B, L, dim] per VACE block for this chunk (reusable across denoising steps)."""
+    def compute_hints(self, x: torch.Tensor, t, text: TextState, vace_context: torch.Tensor,
+                      vace_prefix: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """One hint [B, L, dim] per VACE block for this chunk's L tokens (reusable across
+        denoising steps). vace_prefix [B, 16, P, h, w]: clean reference latents run in front of
+        the chunk (vace_context then has P + F frames); their hints are computed but not returned."""
         base = self.base
         tokens, grid = base.embed_video(x)
         e0 = base.embed_time(t, x.shape[0], grid[0])[1]
         text.sync(base.weights_version)
-        c = self._context_tokens(vace_context, x.shape[0], grid)
+        skip = 0
+        if vace_prefix is not None:
+            tokens, grid, e0, skip = self._with_prefix(vace_prefix, tokens, grid, e0)
+        c = self._context_tokens(vace_context, x.shape[0], grid, exact=vace_prefix is not None)
         attn = base.local_attention(grid, 0)
         hints = []
         for n, block in enumerate(self.vace_blocks):
             if n == 0:
                 c = block.before_proj(c) + tokens
             c = block(c, e0, text, attn, n)
-            hints.append(block.after_proj(c.to(block.after_proj.weight.dtype)))
+            h = c[:, skip:] if skip else c
+            hints.append(block.after_proj(h.to(block.after_proj.weight.dtype)))
         return hints
 
-    def _context_tokens(self, vace_context: torch.Tensor, batch: int, grid) -> torch.Tensor:
+    def _with_prefix(self, prefix: torch.Tensor, tokens: torch.Tensor, grid, e0: torch.Tensor):
+        """Prepend the reference frames: tokens, grid, per-frame e0 over P + F frames, and the
+        number of prefix tokens to drop from the hints."""
+        base = self.base
+        batch = tokens.shape[0]
+        if prefix.dim() != 5 or prefix.shape[0] != batch or prefix.shape[1] != base.cfg.in_dim or prefix.shape[2] == 0:
+            raise ValueError(f"vace_prefix must be [{batch}, {base.cfg.in_dim}, P>0, H/8, W/8], got {tuple(prefix.shape)}")
+        p_tokens, p_grid = base.embed_video(prefix)
+        if tuple(p_grid[1:]) != tuple(grid[1:]):
+            raise ValueError(f"vace_prefix token grid {tuple(p_grid[1:])} != latent token grid {tuple(grid[1:])}")
+        p_e0 = base.embed_time(PREFIX_TIMESTEP, batch, p_grid[0])[1]
+        full = (p_grid[0] + grid[0], grid[1], grid[2])
+        return torch.cat([p_tokens, tokens], 1), full, torch.cat([p_e0, e0], 1), p_tokens.shape[1]
+
+    def _context_tokens(self, vace_context: torch.Tensor, batch: int, grid, exact: bool = False) -> torch.Tensor:
         emb = self.vace_patch_embedding
         if vace_context.dim() != 5 or vace_context.shape[0] != batch or vace_context.shape[1] != self.vace_in_dim:
             raise ValueError(f"vace_context must be [{batch}, {self.vace_in_dim}, F, H/8, W/8], got {tuple(vace_context.shape)}")
         c = emb(vace_context.to(emb.weight.dtype))
         if tuple(c.shape[3:]) != tuple(grid[1:]):
             raise ValueError(f"vace_context token grid {tuple(c.shape[3:])} != latent token grid {tuple(grid[1:])}")
+        if exact and c.shape[2] != grid[0]:
+            raise ValueError(f"vace_context has {c.shape[2]} frames; with a reference prefix it needs prefix + chunk = {grid[0]}")
         c = c.flatten(2).transpose(1, 2).contiguous()
         length = grid[0] * grid[1] * grid[2]
         if c.shape[1] > length:
@@ -108,14 +142,16 @@ class VaceWanModel(Fp32ParamsMixin, nn.Module):
         return c
 
     def forward(self, x, t, text: TextState, kv=None, start_frame: int = 0, *, vace_context=None,
+                vace_prefix: torch.Tensor | None = None,
                 context_scale: float = 1.0, hints: Sequence[torch.Tensor] | None = None,
                 block_residuals: Mapping[int, torch.Tensor] | None = None, attn_mask=None) -> torch.Tensor:
         """Base forward plus VACE hints. vace_context=None and hints=None ⇒ exactly the base
-        forward (the clean and re-cache passes). context_scale == 0 skips the hint stream."""
+        forward (the clean and re-cache passes). context_scale == 0 skips the hint stream.
+        vace_prefix: reference latents for the hint stream (see compute_hints)."""
         residuals = dict(block_residuals or {})
         if context_scale != 0 and (hints is not None or vace_context is not None):
             if hints is None:
-                hints = self.compute_hints(x, t, text, vace_context)
+                hints = self.compute_hints(x, t, text, vace_context, vace_prefix)
             if len(hints) != len(self.vace_layers):
                 raise ValueError(f"got {len(hints)} hints for {len(self.vace_layers)} VACE blocks")
             for layer, hint in zip(self.vace_layers, hints):
