@@ -1,0 +1,400 @@
+"""The streaming generator: one ChunkRequest in, one chunk of decoded RGBA frames out, forever.
+
+Per chunk (`StreamGenerator.step`), at the chunk boundary:
+  1. live parameters: steps clamped to 1..4, context_scale to 0..2, LoRA scales to 0..2 (fixed-up
+     values are reported in ChunkResult.notices, never raised); the seed picks this chunk's noise.
+  2. prompt: PromptState.update (LRU embedding cache, blends, N-chunk transitions). A changed
+     embedding gives a new TextState, which IS the cross-attention cache reset (its text K/V are
+     computed lazily once per block). A hard cut (transition 0, other prompts) in a recipe with
+     `recache_on_cut` runs LongLive's KV re-cache: the last min(window, frames so far) clean
+     latents are run once through the DiT at the context timestep (0) under the new prompt, at
+     their own start frame. With `global_sink` (LongLive) the sink slots keep the old prompt's K/V
+     whenever the re-cached frames start after frame 0 (frame-indexed slots: frames >= sink never
+     map to sink slots); a re-cache that starts at frame 0 rewrites them, exactly as LongLive's
+     `is_recompute = current_start > 0` rule does. Without global_sink the cache is emptied and
+     re-based on the first re-cached frame first.
+  3. endless RoPE: see `rope` below.
+  4. VACE: the Conditioner (engine.vace_input) turns the request into a VaceInput (or None).
+  5. noise = the first draw of chunk_generator(seed, chunk_index); for each step i:
+     hints (VACE) -> v = DiT(x, t_i) -> x0 = x - sigma_i v -> x = renoise(x0, eps_i, sigma_{i+1});
+     with `request.hint_reuse` the hints of step 0 serve every step of the chunk.
+  6. clean pass: DiT(x0, t = 0) without VACE writes the chunk's K/V into the cache.
+  7. decode through the codec's decoder stream (9 frames on the first chunk, then 12) and
+     convert to uint8 RGBA [F, H, W, 4] on the generator's device.
+Only then is the chunk committed (clean latents into the re-cache history, frame counter). A step
+that raises restores the KV cache state, the prompt state, the text state and the decoder stream,
+so the next step regenerates the same chunk (the conditioner's encoder streams are the one
+exception: they have no rollback in the Conditioner protocol).
+
+RoPE and endless streams (`rope`, decided by the lead; docs/streaming.md):
+  "auto"      (default) keys cached rotated with absolute frame positions (reference parity) until
+              the next chunk would pass the table end (cfg.rope_max_positions = 1024 latent
+              frames); then the KV cache switches once to "relative" (keys un-rotated in place,
+              window-relative positions at attention time) and stays there until a hard reset.
+  "absolute"  the same, but the switch at the table end is logged as a warning and reported in the
+              chunk's notices (it never crashes).
+  "relative"  window-relative from the first chunk.
+
+Hot path (issue 8): shapes are static per resolution (3 latent frames per chunk; only a re-cache
+has up to `window` frames); the latent, x0 and eps buffers are preallocated and filled in place;
+sigmas are Python floats and timesteps small device tensors from the schedule, so there is no
+.item(), no float64 and no host sync inside a chunk; per-stage timings use CUDA events and wait
+once per chunk. `compile=True` compiles the DiT blocks (engine.dit.compile.compile_blocks).
+
+Not thread-safe: call step()/reset() from one thread (the run loop).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Sequence
+
+import torch
+
+from engine.codecs import pixel_frames
+from engine.dit import SinkWindow
+from engine.pipelines import Recipe, get_recipe
+from engine.request import ChunkRequest, ChunkResult
+from engine.schedule import FlowSchedule, chunk_seed, renoise, x0_from_flow
+from engine.stream_state import LatentHistory, StageClock, frames_to_rgba
+from engine.text import EmbeddingCache, PromptState
+
+log = logging.getLogger(__name__)
+
+ROPE_SETTINGS = ("auto", "absolute", "relative")
+STAGES = ("text", "recache", "vace", "hints", "dit", "decode", "output")
+CONTEXT_SCALE_RANGE = (0.0, 2.0)
+LORA_SCALE_RANGE = (0.0, 2.0)  # the OSC schema's /vace/lora/<name> range
+BATCH = 1
+
+
+class StreamGenerator:
+    """A live stream of one causal Wan2.1 pipeline (implements engine.request.Generator)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        codec,
+        text_encoder,
+        *,
+        recipe: Recipe | str = "longlive",
+        width: int = 832,
+        height: int = 480,
+        conditioner=None,
+        loras=None,
+        rope: str = "auto",
+        compile: bool = False,
+        compile_codec: bool = False,
+        embedding_cache_size: int = 32,
+    ):
+        """model: CausalWanModel or VaceWanModel; codec: engine.codecs.Codec; text_encoder: anything
+        with `.encode(list[str]) -> [B, L, text_dim]` (engine.text.TextEncoder); conditioner:
+        engine.vace_input.Conditioner (needs a VaceWanModel) or None for text-only; loras:
+        engine.lora.LoraSet of `model` (live scales) or None."""
+        self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+        if rope not in ROPE_SETTINGS:
+            raise ValueError(f"rope must be one of {ROPE_SETTINGS}, got {rope!r}")
+        if width % 16 or height % 16 or width <= 0 or height <= 0:
+            raise ValueError(f"width and height must be positive multiples of 16, got {width}x{height}")
+        if conditioner is not None and not hasattr(model, "compute_hints"):
+            raise ValueError("a VACE conditioner needs a VACE-wrapped model (engine.dit.VaceWanModel)")
+        self.width, self.height = width, height
+        self.model, self.codec, self.text_encoder = model, codec, text_encoder
+        self.conditioner, self.loras = conditioner, loras
+        self.rope = rope
+        param = model.patch_embedding.weight
+        self.device, self.dtype = param.device, param.dtype
+        cfg = model.cfg
+        self.frames_per_chunk = self.recipe.frames_per_chunk
+        latent_hw = (height // 8, width // 8)
+
+        cache = self.recipe.cache
+        self.policy = SinkWindow(cache.local_frames, cache.sink_frames)
+        self._start_rope = "relative" if rope == "relative" else "absolute"
+        self.kv = model.new_kv_cache(self.policy, batch=BATCH, latent_hw=latent_hw, dtype=self.dtype,
+                                     device=self.device, rope_mode=self._start_rope)
+        self.kv.protect_sink = False  # LongLive rewrites the sink only when a re-cache starts at frame 0
+        self.history = LatentHistory(cache.local_frames, BATCH, cfg.in_dim, latent_hw, device=self.device)
+        self.schedule = FlowSchedule(self.recipe.schedule, device=self.device)
+        self.decoder = codec.decoder_stream()
+        self.prompt_state = PromptState(EmbeddingCache(text_encoder.encode, capacity=embedding_cache_size))
+        self.text = None  # TextState of the current prompt embedding
+
+        shape = (BATCH, cfg.in_dim, self.frames_per_chunk, *latent_hw)
+        self._x = torch.empty(shape, device=self.device)  # fp32 latents being denoised
+        self._x0 = torch.empty(shape, device=self.device)
+        self._eps = torch.empty(shape, device=self.device)
+        self._rng = torch.Generator(device=self.device)
+        self._clock = StageClock(self.device, STAGES)
+
+        self._restore_compile = None
+        if compile:
+            from engine.dit.compile import compile_blocks
+
+            self._restore_compile = compile_blocks(model, dynamic=False)
+        self.compiled = compile
+        if compile_codec:
+            codec.use_compile(True)
+
+        self.counters = {"chunks": 0, "recaches": 0, "rope_switches": 0, "resets": 0, "failed_steps": 0}
+        self.frame = 0  # latent frames generated since the last reset (= the next chunk's start frame)
+        self.chunk_index = 0  # chunks generated since the last reset (selects the noise)
+        self._warned_no_vace = False
+
+    # ---- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def from_recipe(cls, recipe: str = "longlive", models_dir=None, *, width: int = 832, height: int = 480,
+                    codec: str = "wan", text_encoder: str = "bf16", text_placement: str = "gpu", vace: bool = True,
+                    device="cuda", dtype: torch.dtype = torch.bfloat16, loras: Sequence = (), rope: str = "auto",
+                    compile: bool = False, progress: bool = True) -> "StreamGenerator":
+        """Load the recipe's real weights from the models folder (engine.models_dir). Raises
+        MissingWeightsError listing every missing file before loading anything."""
+        from engine.factory import build_from_recipe
+
+        rec = get_recipe(recipe)
+        parts = build_from_recipe(rec, models_dir, codec=codec, text_encoder=text_encoder,
+                                  text_placement=text_placement, vace=vace, device=device, dtype=dtype,
+                                  loras=loras, width=width, height=height, progress=progress)
+        return cls(parts.model, parts.codec, parts.text_encoder, recipe=rec, width=width, height=height,
+                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile)
+
+    @classmethod
+    def random(cls, size: str = "tiny", width: int = 832, height: int = 480, codec: str = "wan",
+               device="cpu", dtype: torch.dtype | None = None, seed: int = 0, vace: bool = True, *,
+               recipe: str = "longlive", text_encoder_size: str = "tiny", rope: str = "auto",
+               compile: bool = False, cfg=None) -> "StreamGenerator":
+        """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
+        (Wan2.1-1.3B + full codec; GPU benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
+        `text_encoder_size="full"` builds a random umT5-XXL (11 GB bf16). `cfg` overrides the DiT
+        config."""
+        from engine.factory import build_random
+
+        parts = build_random(size, device=device, dtype=dtype, codec=codec, seed=seed, vace=vace,
+                             text_encoder_size=text_encoder_size, cfg=cfg, width=width, height=height)
+        return cls(parts.model, parts.codec, parts.text_encoder, recipe=recipe, width=width, height=height,
+                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile)
+
+    # ---- Generator protocol -------------------------------------------------------------------
+    @property
+    def next_chunk_frames(self) -> int:
+        return pixel_frames(self.frames_per_chunk, first=self.chunk_index == 0)
+
+    def reset(self) -> None:
+        """Hard reset: KV cache, re-cache history, decoder stream, conditioner and prompt state
+        (the embedding LRU is kept) start over; frame counter 0."""
+        self.kv.reset(0)
+        self.kv.set_rope_mode(self._start_rope)  # empty cache: nothing to rotate
+        self.history.reset()
+        self.decoder.reset()
+        if self.conditioner is not None:
+            self.conditioner.reset()
+        self.prompt_state.reset()
+        self.text = None
+        self.frame = self.chunk_index = 0
+        self._warned_no_vace = False
+        self.counters["resets"] += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.recipe.name,
+            "title": self.recipe.title,
+            "width": self.width,
+            "height": self.height,
+            "codec": getattr(self.codec, "name", type(self.codec).__name__),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "vace": self.conditioner is not None,
+            "window": self.policy.window,
+            "sink": self.policy.sink,
+            "steps_max": self.schedule.max_steps,
+            "rope": self.rope,
+            "rope_mode": self.kv.rope_mode,
+            "compile": self.compiled,
+            "loras": dict(self.loras.scales) if self.loras is not None else {},
+            "kv_cache_mb": round(self.kv.nbytes / 2**20, 1),
+            "chunk_index": self.chunk_index,
+            "frame": self.frame,
+            "next_chunk_frames": self.next_chunk_frames,
+        }
+
+    def step(self, request: ChunkRequest) -> ChunkResult:
+        wall0 = time.perf_counter()
+        notices: list[str] = []
+        clock = self._clock
+        with torch.no_grad():
+            clock.start()
+            if request.reset:
+                self.reset()
+            steps, scale, seed = self._live_parameters(request, notices)
+            saved = self._snapshot()
+            try:
+                frames, x0 = self._generate(request, steps, scale, seed, notices, clock)
+            except BaseException:
+                self._restore(saved)
+                self.counters["failed_steps"] += 1
+                raise
+            self.history.write(self.frame, x0)  # commit: only a finished chunk moves the stream on
+            index = self.chunk_index
+            self.frame += self.frames_per_chunk
+            self.chunk_index += 1
+            self.counters["chunks"] += 1
+            timings = clock.finish()
+        timings["wall"] = (time.perf_counter() - wall0) * 1e3
+        return ChunkResult(frames=frames, chunk_index=index, timings_ms=timings, notices=notices)
+
+    # ---- one chunk ------------------------------------------------------------------------------
+    def _generate(self, request: ChunkRequest, steps: int, scale: float, seed: int, notices: list[str], clock):
+        model, kv = self.model, self.kv
+        plan = self.schedule.plan(steps)
+
+        update = self.prompt_state.update(request.prompts, request.transition_chunks, request.blend)
+        notices.extend(update.notices)
+        if update.changed or self.text is None:
+            self.text = model.prepare_text(update.embeds)
+        clock.mark("text")
+        if update.cut and self.recipe.cache.recache_on_cut and self.frame > 0:
+            self._recache(plan.context_tensor)
+            clock.mark("recache")
+        self._ensure_rope_room(notices)
+
+        vace = self._vace_kwargs(request, notices)
+        clock.mark("vace")
+
+        start = self.frame
+        x, x0, eps, g = self._x, self._x0, self._eps, self._rng
+        g.manual_seed(chunk_seed(seed, self.chunk_index))  # == chunk_generator(seed, chunk_index)
+        torch.randn(x.shape, generator=g, out=x)
+        hints = None
+        for i in range(len(plan)):
+            t = plan.timestep_tensor[i]
+            if vace is not None and scale != 0:
+                if hints is None or not request.hint_reuse:
+                    hints = model.compute_hints(x, t, self.text, **vace)
+                    clock.mark("hints")
+                flow = model(x, t, self.text, kv, start, hints=hints, context_scale=scale)
+            else:
+                flow = model(x, t, self.text, kv, start)
+            x0_from_flow(x, flow, plan.sigmas[i], out=x0)
+            sigma_next = plan.sigma_next(i)
+            if sigma_next is not None:
+                torch.randn(eps.shape, generator=g, out=eps)
+                renoise(x0, eps, sigma_next, out=x)
+            clock.mark("dit")
+        model(x0, plan.context_tensor, self.text, kv, start)  # clean pass: commits K/V, no VACE
+        clock.mark("dit")
+
+        decoded = self.decoder.decode(x0)
+        clock.mark("decode")
+        frames = frames_to_rgba(decoded)
+        clock.mark("output")
+        return frames, x0
+
+    def _recache(self, context_t: torch.Tensor) -> None:
+        """LongLive's KV re-cache after a prompt cut (module doc, step 2)."""
+        n = min(self.policy.window, self.frame, self.history.capacity)
+        start = self.frame - n
+        latents = self.history.last(n)
+        if not self.recipe.cache.global_sink:
+            self.kv.reset(origin=start)  # re-cached frames become the new sink + window
+        self.model(latents, context_t, self.text, self.kv, start)
+        self.counters["recaches"] += 1
+
+    def _ensure_rope_room(self, notices: list[str]) -> None:
+        """Switch the cache to window-relative RoPE before a chunk that would leave the table."""
+        if self.kv.rope_mode != "absolute":
+            return
+        table = self.model.cfg.rope_max_positions
+        if self.frame - self.kv.origin + self.frames_per_chunk <= table:
+            return
+        self.kv.set_rope_mode("relative")
+        self.counters["rope_switches"] += 1
+        msg = (f"RoPE: latent frame {self.frame} reaches the end of the {table}-position table; the KV "
+               f"cache now uses window-relative positions (no reset)")
+        if self.rope == "absolute":
+            log.warning("%s (rope='absolute' was requested)", msg)
+            notices.append(msg)
+        else:
+            log.info("%s", msg)
+
+    def _vace_kwargs(self, request: ChunkRequest, notices: list[str]) -> dict | None:
+        if self.conditioner is None:
+            wants = (request.video is not None or request.mask is not None or bool(request.refs)
+                     or request.extension is not None or request.outpaint is not None)
+            if wants and not self._warned_no_vace:
+                notices.append("this generator was built without VACE: video, mask, references, "
+                               "outpaint and extension inputs are ignored")
+                self._warned_no_vace = True
+            return None
+        vin = self.conditioner.prepare(request, first_chunk=self.chunk_index == 0, num_frames=self.next_chunk_frames)
+        if vin is None:
+            return None
+        notices.extend(vin.notices)
+        return vin.model_kwargs()
+
+    # ---- live parameters --------------------------------------------------------------------------
+    def _live_parameters(self, request: ChunkRequest, notices: list[str]) -> tuple[int, float, int]:
+        max_steps = self.schedule.max_steps
+        steps = _clamped("steps", request.steps, 1, max_steps, max_steps, notices, integer=True)
+        scale = _clamped("context_scale", request.context_scale, *CONTEXT_SCALE_RANGE, 1.0, notices)
+        seed = request.seed
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            try:
+                fixed = int(seed)
+            except (TypeError, ValueError, OverflowError):
+                fixed = 42
+            notices.append(f"seed {seed!r} is not an integer: using {fixed}")
+            seed = fixed
+        self._apply_lora_scales(request.lora_scales, notices)
+        return int(steps), scale, seed
+
+    def _apply_lora_scales(self, scales, notices: list[str]) -> None:
+        """LoRA scales of the request; merged LoRAs re-merge (~300 rank-r matmuls) on a change."""
+        if not scales:
+            return
+        known = self.loras.scales if self.loras is not None else {}
+        for name, value in scales.items():
+            if name not in known:
+                notices.append(f"no LoRA named {name!r} (have: {sorted(known) or 'none'}): ignored")
+                continue
+            value = _clamped(f"lora_scales[{name!r}]", value, *LORA_SCALE_RANGE, known[name], notices)
+            if value != known[name]:
+                self.loras.set_scale(name, value)  # bumps weights_version: text K/V are recomputed
+
+    # ---- rollback -------------------------------------------------------------------------------
+    def _snapshot(self):
+        st = self.decoder.state
+        return (self.kv.state, self.kv.origin, dict(self.prompt_state.__dict__), self.text,
+                (dict(st.slots), st.calls, st.first, st.signature))
+
+    def _restore(self, saved) -> None:
+        """Undo a failed chunk. KV storage may hold K/V of the failed chunk in slots that the
+        restored state marks as free or as older frames: the cache policy is frame-indexed, so the
+        retried chunk writes those same slots before any attention reads them."""
+        kv_state, origin, prompt, text, (slots, calls, first, signature) = saved
+        self.kv.state, self.kv.origin = kv_state, origin
+        self.prompt_state.__dict__.update(prompt)
+        self.text = text
+        st = self.decoder.state
+        st.abort()
+        st.slots.clear()
+        st.slots.update(slots)
+        st.calls, st.first, st.signature = calls, first, signature
+
+
+def _clamped(name: str, value, low: float, high: float, default: float, notices: list[str], integer: bool = False):
+    """value clamped to [low, high] (rounded when `integer`); unusable values give `default`.
+    Every fix-up is reported in `notices`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        v = math.nan
+    if math.isnan(v):
+        notices.append(f"{name} {value!r} is not a number: using {default}")
+        return default
+    fixed = min(max(v, low), high)
+    if integer:
+        fixed = int(round(fixed))
+    if fixed != v:
+        notices.append(f"{name} {value!r} out of range {low:g}..{high:g}: using {fixed}")
+    return fixed
