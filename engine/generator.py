@@ -45,6 +45,7 @@ Not thread-safe: call step()/reset() from one thread (the run loop).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -67,6 +68,8 @@ STAGES = ("text", "recache", "vace", "hints", "dit", "decode", "output")
 CONTEXT_SCALE_RANGE = (0.0, 2.0)
 LORA_SCALE_RANGE = (0.0, 2.0)  # the OSC schema's /vace/lora/<name> range
 BATCH = 1
+SDPA_BACKENDS = {"auto": None, "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                 "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 
 
 class StreamGenerator:
@@ -86,17 +89,23 @@ class StreamGenerator:
         rope: str = "auto",
         compile: bool = False,
         compile_codec: bool = False,
+        fp8: bool = False,
+        sdpa: str = "auto",
         embedding_cache_size: int = 32,
     ):
         """model: CausalWanModel or VaceWanModel; codec: engine.codecs.Codec; text_encoder: anything
         with `.encode(list[str]) -> [B, L, text_dim]` (engine.text.TextEncoder); conditioner:
         engine.vace_input.Conditioner (needs a VaceWanModel) or None for text-only; loras:
-        engine.lora.LoraSet of `model` (live scales) or None."""
+        engine.lora.LoraSet of `model` (live scales) or None.
+        Speed switches (the exact path is the default): compile (DiT blocks), compile_codec,
+        fp8 (e4m3 block Linears, engine.dit.fp8), sdpa (attention backend, SDPA_BACKENDS)."""
         self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         if rope not in ROPE_SETTINGS:
             raise ValueError(f"rope must be one of {ROPE_SETTINGS}, got {rope!r}")
         if width % 16 or height % 16 or width <= 0 or height <= 0:
             raise ValueError(f"width and height must be positive multiples of 16, got {width}x{height}")
+        if sdpa not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa must be one of {SDPA_BACKENDS}, got {sdpa!r}")
         if conditioner is not None and not hasattr(model, "compute_hints"):
             raise ValueError("a VACE conditioner needs a VACE-wrapped model (engine.dit.VaceWanModel)")
         self.width, self.height = width, height
@@ -128,12 +137,11 @@ class StreamGenerator:
         self._rng = torch.Generator(device=self.device)
         self._clock = StageClock(self.device, STAGES)
 
+        self.sdpa = sdpa
         self._restore_compile = None
-        if compile:
-            from engine.dit.compile import compile_blocks
-
-            self._restore_compile = compile_blocks(model, dynamic=False)
-        self.compiled = compile
+        self._fp8 = None
+        self.set_compile(compile)
+        self.set_fp8(fp8)
         if compile_codec:
             codec.use_compile(True)
 
@@ -147,7 +155,8 @@ class StreamGenerator:
     def from_recipe(cls, recipe: str = "longlive", models_dir=None, *, width: int = 832, height: int = 480,
                     codec: str = "wan", text_encoder: str = "bf16", text_placement: str = "gpu", vace: bool = True,
                     device="cuda", dtype: torch.dtype = torch.bfloat16, loras: Sequence = (), rope: str = "auto",
-                    compile: bool = False, progress: bool = True) -> "StreamGenerator":
+                    compile: bool = False, fp8: bool = False, sdpa: str = "auto",
+                    progress: bool = True) -> "StreamGenerator":
         """Load the recipe's real weights from the models folder (engine.models_dir). Raises
         MissingWeightsError listing every missing file before loading anything."""
         from engine.factory import build_from_recipe
@@ -157,13 +166,13 @@ class StreamGenerator:
                                   text_placement=text_placement, vace=vace, device=device, dtype=dtype,
                                   loras=loras, width=width, height=height, progress=progress)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=rec, width=width, height=height,
-                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile)
+                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa)
 
     @classmethod
     def random(cls, size: str = "tiny", width: int = 832, height: int = 480, codec: str = "wan",
                device="cpu", dtype: torch.dtype | None = None, seed: int = 0, vace: bool = True, *,
                recipe: str = "longlive", text_encoder_size: str = "tiny", rope: str = "auto",
-               compile: bool = False, cfg=None) -> "StreamGenerator":
+               compile: bool = False, fp8: bool = False, sdpa: str = "auto", cfg=None) -> "StreamGenerator":
         """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
         (Wan2.1-1.3B + full codec; GPU benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
         `text_encoder_size="full"` builds a random umT5-XXL (11 GB bf16). `cfg` overrides the DiT
@@ -173,7 +182,38 @@ class StreamGenerator:
         parts = build_random(size, device=device, dtype=dtype, codec=codec, seed=seed, vace=vace,
                              text_encoder_size=text_encoder_size, cfg=cfg, width=width, height=height)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=recipe, width=width, height=height,
-                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile)
+                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa)
+
+    # ---- speed switches -----------------------------------------------------------------------
+    @property
+    def compiled(self) -> bool:
+        return self._restore_compile is not None
+
+    def set_compile(self, enabled: bool) -> None:
+        """torch.compile the pure parts of every DiT block (engine.dit.compile), or restore eager."""
+        if enabled and self._restore_compile is None:
+            from engine.dit.compile import compile_blocks
+
+            self._restore_compile = compile_blocks(self.model, dynamic=False)
+        elif not enabled and self._restore_compile is not None:
+            self._restore_compile()
+            self._restore_compile = None
+
+    @property
+    def fp8(self) -> bool:
+        return self._fp8 is not None
+
+    def set_fp8(self, enabled: bool) -> None:
+        """e4m3 block Linears (engine.dit.fp8: quantised once, reversible), or restore bf16."""
+        if enabled and self._fp8 is None:
+            from engine.dit.fp8 import Fp8Linears, fp8_supported
+
+            if not fp8_supported(self.device):
+                raise ValueError(f"FP8 matmuls are not supported on {self.device}")
+            self._fp8 = Fp8Linears(self.model)
+        elif not enabled and self._fp8 is not None:
+            self._fp8.restore()
+            self._fp8 = None
 
     # ---- Generator protocol -------------------------------------------------------------------
     @property
@@ -211,6 +251,8 @@ class StreamGenerator:
             "rope": self.rope,
             "rope_mode": self.kv.rope_mode,
             "compile": self.compiled,
+            "fp8": self.fp8,
+            "sdpa": self.sdpa,
             "loras": dict(self.loras.scales) if self.loras is not None else {},
             "kv_cache_mb": round(self.kv.nbytes / 2**20, 1),
             "chunk_index": self.chunk_index,
@@ -222,7 +264,7 @@ class StreamGenerator:
         wall0 = time.perf_counter()
         notices: list[str] = []
         clock = self._clock
-        with torch.no_grad():
+        with torch.no_grad(), sdpa_context(self.sdpa):
             clock.start()
             if request.reset:
                 self.reset()
@@ -360,6 +402,8 @@ class StreamGenerator:
             value = _clamped(f"lora_scales[{name!r}]", value, *LORA_SCALE_RANGE, known[name], notices)
             if value != known[name]:
                 self.loras.set_scale(name, value)  # bumps weights_version: text K/V are recomputed
+                if self._fp8 is not None:
+                    self._fp8.refresh()  # re-quantise the re-merged weights
 
     # ---- rollback -------------------------------------------------------------------------------
     def _snapshot(self):
@@ -380,6 +424,15 @@ class StreamGenerator:
         st.slots.clear()
         st.slots.update(slots)
         st.calls, st.first, st.signature = calls, first, signature
+
+
+def sdpa_context(name: str):
+    """Context restricting scaled_dot_product_attention to one backend ("auto": PyTorch chooses)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
 
 
 def _clamped(name: str, value, low: float, high: float, default: float, notices: list[str], integer: bool = False):

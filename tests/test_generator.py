@@ -377,3 +377,54 @@ def test_vace_true_without_the_conditioning_module_is_a_clear_error():
             StreamGenerator.random("tiny", width=W, height=H, codec="tae", vace=True)
     else:
         pytest.skip("engine.conditioning exists: VACE construction is covered by its tests")
+
+
+# ---- speed switches -----------------------------------------------------------------------------------
+def _lora(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name in lora_target_names(model):
+        lin = model.get_submodule(name)
+        sd[f"base_model.model.{name}.lora_A.weight"] = torch.randn(2, lin.in_features, generator=g) * 0.2
+        sd[f"base_model.model.{name}.lora_B.weight"] = torch.randn(lin.out_features, 2, generator=g) * 0.2
+    return sd
+
+
+def test_fp8_switch_is_reversible_and_requantises_after_a_lora_rescale():
+    exact = make().step(req()).frames
+    gen = make(fp8=True)
+    assert gen.describe()["fp8"] is True
+    assert not torch.equal(gen.step(req()).frames, exact)  # a different (approximate) path
+    gen.set_fp8(False)
+    gen.reset()
+    assert torch.equal(gen.step(req()).frames, exact)  # restored bf16/fp32 Linears: exact again
+
+    a, b = make(), make()
+    for g in (a, b):
+        g.loras.add("style", _lora(g.model), scale=1.0)
+    a.set_fp8(True)
+    a.step(req(lora_scales={"style": 0.5}))  # re-merge while FP8 is on: must re-quantise
+    b.step(req(lora_scales={"style": 0.5}))
+    b.set_fp8(True)  # quantised from the already re-merged weights
+    for g in (a, b):
+        g.reset()
+    assert torch.equal(a.step(req()).frames, b.step(req()).frames)
+
+
+def test_sdpa_backend_switch_math_matches_auto_on_cpu():
+    auto = make().step(req()).frames
+    math_ = make(sdpa="math").step(req()).frames
+    assert (auto.int() - math_.int()).abs().max() <= 1
+    with pytest.raises(ValueError, match="sdpa"):
+        make(sdpa="fastest")
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_blocks_match_eager_and_bf16_stream_is_finite():
+    eager = StreamGenerator.random("tiny", width=64, height=64, codec="tae", device="cuda", vace=False)
+    comp = StreamGenerator.random("tiny", width=64, height=64, codec="tae", device="cuda", vace=False, compile=True)
+    for _ in range(3):
+        a, b = eager.step(req()), comp.step(req())
+        assert a.frames.device.type == "cuda" and a.frames.shape == b.frames.shape
+        assert (a.frames.int() - b.frames.int()).abs().float().mean() < 2.0
+        assert set(a.timings_ms) >= {"dit", "decode", "total"}
