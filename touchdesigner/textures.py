@@ -1,0 +1,52 @@
+"""Which shared-texture transport to use and how to name the streams (stdlib only).
+
+TouchDesigner's Syphon Spout In/Out TOPs are one operator pair: Spout on Windows, Syphon on
+macOS. The component publishes its Control, Mask and Ref inputs through Syphon Spout Out TOPs
+and receives the engine's output through a Syphon Spout In TOP; the engine is started with the
+matching `--control/--mask/--ref/--output SPEC` flags (SPEC = spout:NAME | syphon:NAME |
+shm:NAME). Shared memory has no TOP in TouchDesigner: with `shm` the TOPs are switched off and
+the vacelive ring is read with the Script TOP reader of docs/transports.md.
+"""
+
+import sys
+
+STREAMS = ("control", "mask", "ref", "output")  # engine flag names, in TOP wiring order
+
+
+def platform_transport(platform: str | None = None) -> str:
+    platform = sys.platform if platform is None else platform
+    if platform.startswith("win"):
+        return "spout"
+    if platform == "darwin":
+        return "syphon"
+    return "shm"
+
+
+def resolve_transport(choice: str, platform: str | None = None) -> str:
+    if choice in ("", "auto"):
+        return platform_transport(platform)
+    if choice not in ("spout", "syphon", "shm"):
+        raise ValueError(f"unknown transport {choice!r} (auto, spout, syphon or shm)")
+    return choice
+
+
+def engine_specs(transport: str, names: dict[str, str]) -> dict[str, str]:
+    """{'--control': 'spout:vacelive-control', ...} for the streams that have a name."""
+    return {f"--{s}": f"{transport}:{names[s]}" for s in STREAMS if names.get(s)}
+
+
+def match_sender(available: list[str], wanted: str, app: str = "") -> str | None:
+    """The entry of a Syphon Spout In TOP's sender menu that is the engine's stream.
+
+    Spout lists bare sender names. TouchDesigner's Syphon list has been seen to show another
+    app's server as 'app:server' (and other apps list 'app - server'), and the engine's app
+    name is its Python executable, so an exact match is tried first, then app:name, then any
+    entry ending in the server name."""
+    if app and f"{app}:{wanted}" in available:
+        return f"{app}:{wanted}"
+    if wanted in available:
+        return wanted
+    for entry in available:
+        if entry.endswith(":" + wanted) or entry.endswith(" - " + wanted):
+            return entry
+    return None
