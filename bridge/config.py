@@ -1,0 +1,247 @@
+"""Settings of `vacelive serve`, `engine` and `relay`: command-line flags plus an optional TOML file.
+
+Precedence: a flag given on the command line > the config file (`--config FILE`) > the built-in
+default. The config file uses the flag names as keys (`osc_port = 7800` or `"osc-port" = 7800`)
+and may carry a `[params]` table of initial live parameter values (same names and rules as OSC,
+e.g. `prompt = "a forest"`, `context_scale = 1.2`); see docs/running.md.
+
+One source of truth for names, types and choices: the config file is checked by feeding its values
+through the very same argparse definitions the flags use, so `osc_port = "x"` fails exactly like
+`--osc-port x` would, with the file named in the message.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from bridge.osc import add_cli_arguments as add_osc_arguments
+
+# Groups of flags a command can register (serve: model, io, osc, run; engine: model, listen;
+# relay: link, io, osc, run).
+GROUPS = ("model", "io", "osc", "run", "listen", "link")
+
+_DEFAULTS_KEY = "_config_builtin_defaults"
+_GROUPS_KEY = "_config_groups"
+
+
+def default_transport() -> str:
+    """Spout on Windows, Syphon on macOS, shared memory elsewhere."""
+    if sys.platform == "win32":
+        return "spout"
+    if sys.platform == "darwin":
+        return "syphon"
+    return "shm"
+
+
+def default_spec(name: str) -> str:
+    return f"{default_transport()}:{name}"
+
+
+class ConfigError(ValueError):
+    """A config file or flag combination that cannot be used; the message says what to change."""
+
+
+def add_arguments(parser: argparse.ArgumentParser, *groups: str) -> None:
+    """Register the flags of the given groups, then turn every default into None so that
+    `resolve()` can tell a flag the user typed from one left at its default."""
+    for g in groups:
+        if g not in GROUPS:
+            raise ValueError(f"unknown flag group {g!r}")
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (flags given on the "
+                        "command line win over it); see docs/running.md")
+    if "model" in groups:
+        _add_model(parser)
+    if "listen" in groups:
+        g = parser.add_argument_group("engine endpoint")
+        g.add_argument("--listen", default="tcp://127.0.0.1:5555", metavar="ENDPOINT",
+                       help="where relays connect (default loopback; a network address needs --keys)")
+        g.add_argument("--keys", metavar="DIR", help="engine key folder from `vacelive keys` "
+                       "(KEYS/engine): CURVE-authenticated, encrypted link")
+    if "link" in groups:
+        g = parser.add_argument_group("remote engine")
+        g.add_argument("--engine", default="tcp://127.0.0.1:5555", metavar="ENDPOINT",
+                       help="the `vacelive engine` to use, tcp://HOST:PORT")
+        g.add_argument("--keys", metavar="DIR", help="relay key folder from `vacelive keys` "
+                       "(KEYS/relay, holds engine.key too); needed when the engine uses keys")
+        g.add_argument("--link-codec", choices=("raw", "jpeg"), default="raw",
+                       help="frames over the link: raw (10 GbE, loopback) or jpeg (1 GbE)")
+        g.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..100")
+    if "io" in groups:
+        g = parser.add_argument_group("textures (SPEC = shm:NAME | spout:NAME | syphon:[APP/]NAME | none)")
+        g.add_argument("--control", default=default_spec("vacelive-control"), metavar="SPEC",
+                       help="control/source video input")
+        g.add_argument("--mask", default=default_spec("vacelive-mask"), metavar="SPEC",
+                       help="mask input (white = generate, black = keep)")
+        g.add_argument("--ref", default=default_spec("vacelive-ref"), metavar="SPEC",
+                       help="live reference image input (added to the refs files)")
+        g.add_argument("--output", default=default_spec("vacelive-out"), metavar="SPEC",
+                       help="generated frames output")
+    if "osc" in groups:
+        add_osc_arguments(parser)
+    if "run" in groups:
+        g = parser.add_argument_group("output")
+        g.add_argument("--fps", type=float, default=0.0,
+                       help="output frame rate (0 = follow the measured generation rate); "
+                       "the live parameter /vace/output_fps changes it on stage")
+        g.add_argument("--snapshots", default="vacelive-snapshots", metavar="DIR",
+                       help="folder for /vace/snapshot PNGs (default ./vacelive-snapshots)")
+    defaults = {}
+    for action in parser._actions:  # argparse has no public accessor for this
+        if action.dest in ("help", "config") or action.default is argparse.SUPPRESS:
+            continue
+        defaults[action.dest] = action.default
+        action.default = None
+    parser.set_defaults(**{_DEFAULTS_KEY: defaults, _GROUPS_KEY: groups})
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--pipeline", default="longlive", help="causal pipeline recipe (longlive, "
+                   "self-forcing); `vacelive weights list` shows them")
+    g.add_argument("--models", metavar="DIR", help="models folder (default $VACELIVE_MODELS or "
+                   "~/.vacelive/models)")
+    g.add_argument("--width", type=int, default=832, help="generation width (multiple of 16)")
+    g.add_argument("--height", type=int, default=480, help="generation height (multiple of 16)")
+    g.add_argument("--codec", choices=("wan", "tae", "lighttae"), default="wan",
+                   help="VAE that encodes inputs and decodes frames")
+    g.add_argument("--device", default="cuda", help="torch device (cuda, cuda:1, cpu)")
+    g.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                   help="model compute dtype (default: bf16 on a GPU, fp32 on the CPU)")
+    g.add_argument("--random-weights", choices=("tiny", "full"), default=None,
+                   help="no weight files: a random-weight model (tiny: CPU rehearsal of the whole "
+                   "rig; full: full-size shapes for GPU timing). Output is abstract noise-art")
+
+
+def _flag_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def _config_argv(data: dict[str, Any], actions: dict[str, argparse.Action], source: str) -> list[str]:
+    """TOML key/values → the argv that the same flags would be; ConfigError for unknown keys."""
+    argv: list[str] = []
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        action = actions.get(dest)
+        if action is None or dest == "config":
+            close = difflib.get_close_matches(dest, [d for d in actions if d != "config"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{source}: unknown setting {key!r}{hint}; known: "
+                              f"{', '.join(sorted(d for d in actions if d != 'config'))}, [params]")
+        flag = action.option_strings[-1]
+        if action.nargs == 0:  # store_true
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: {key} must be true or false")
+            if value:
+                argv.append(flag)
+            continue
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not isinstance(action, argparse._AppendAction):
+            raise ConfigError(f"{source}: {key} takes one value, not a list")
+        for v in values:
+            if isinstance(v, (dict, list)):
+                raise ConfigError(f"{source}: {key}: expected a plain value, got {v!r}")
+            argv += [flag, str(v).lower() if isinstance(v, bool) else str(v)]
+    return argv
+
+
+def read_config_file(path: str | Path, parser_factory) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parse a TOML file with the flags of `parser_factory()`; returns (settings, params)."""
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {source} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {source}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    params = data.pop("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: [params] must be a table of live parameter values")
+    parser = parser_factory()
+    actions = _flag_of(parser)
+    argv = _config_argv(data, actions, source)
+    parser.exit_on_error = False
+    try:
+        ns = parser.parse_args(argv)
+    except argparse.ArgumentError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    settings = {d: getattr(ns, d) for d in actions if getattr(ns, d, None) is not None}
+    settings.pop("config", None)
+    return settings, params
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Flags > config file > built-in defaults. Returns a new namespace with every setting filled,
+    `params` (initial live values from the file's [params] table) and `config` (the file or None).
+    Raises ConfigError with a message for the user."""
+    defaults: dict[str, Any] = getattr(args, _DEFAULTS_KEY)
+    groups: tuple[str, ...] = getattr(args, _GROUPS_KEY)
+    from_file: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    if args.config:
+        def factory() -> argparse.ArgumentParser:
+            p = argparse.ArgumentParser(add_help=False)
+            add_arguments(p, *groups)
+            return p
+
+        from_file, params = read_config_file(args.config, factory)
+    merged = argparse.Namespace(**vars(args))
+    for dest, default in defaults.items():
+        given = getattr(args, dest, None)
+        if given is not None:
+            value = given
+        elif dest in from_file:
+            value = from_file[dest]
+        else:
+            value = default
+        setattr(merged, dest, value)
+    merged.params = params
+    return merged
+
+
+def parse_spec(spec: str | None) -> str | None:
+    """A transport spec, or None for "none"/"off"/"" (input disabled)."""
+    if spec is None or spec.strip().lower() in ("", "none", "off"):
+        return None
+    return spec.strip()
+
+
+def to_toml(settings: dict[str, Any], params: dict[str, Any] | None = None) -> str:
+    """The effective settings as a TOML config file (`vacelive serve --print-config`)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        s = str(v)
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = []
+    for key, v in settings.items():
+        if v is None:
+            lines.append(f"# {key} =  (not set)")
+        else:
+            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], int):  # host:port
+                v = f"{v[0]}:{v[1]}"
+            elif isinstance(v, list):
+                v = [f"{x[0]}:{x[1]}" if isinstance(x, tuple) else x for x in v]
+            lines.append(f"{key} = {value(v)}")
+    if params:
+        lines += ["", "[params]"]
+        for key, v in params.items():
+            k = key if key.replace("_", "").isalnum() else f'"{key}"'
+            lines.append(f"{k} = {value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def effective_settings(cfg: argparse.Namespace) -> dict[str, Any]:
+    """The resolved settings (not the bookkeeping entries), in flag order."""
+    defaults = getattr(cfg, _DEFAULTS_KEY)
+    return {dest: getattr(cfg, dest) for dest in defaults}

@@ -1,0 +1,80 @@
+"""Building the generator a command runs: the local StreamGenerator from the model flags, or the
+RemoteGenerator of a relay. Every failure here is a ConfigError that tells the user what to do
+(missing weights → the download command; no CUDA → the flags for a CPU rehearsal)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from bridge.config import ConfigError
+
+log = logging.getLogger("bridge.run")
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {device}: no CUDA GPU is visible to torch ({torch.__version__}). On a GPU box "
+            "install a CUDA build of torch; for a CPU rehearsal of the rig use "
+            "`--device cpu --random-weights tiny` (or `vacelive demo`)")
+    if device.startswith("mps") and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: Metal (MPS) is not available here")
+
+
+def vace_available() -> bool:
+    """Whether this build has VACE conditioning (engine.conditioning.VaceConditioner)."""
+    try:
+        from engine.conditioning import VaceConditioner  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_dtype(flag: str | None, device: str) -> str:
+    """--dtype, or by default bf16 on a GPU and fp32 on the CPU (bf16 matmuls are slow there)."""
+    if flag:
+        return DTYPES[flag]
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def build_local_generator(cfg: argparse.Namespace) -> Any:
+    """The StreamGenerator of `vacelive serve` / `vacelive engine` from the model flags."""
+    import torch
+
+    _check_device(cfg.device)
+    from engine.generator import StreamGenerator
+
+    dtype = getattr(torch, resolve_dtype(cfg.dtype, cfg.device))
+    vace = vace_available()
+    if not vace:
+        log.warning("VACE conditioning is not in this build: text-only generation (control video, "
+                    "masks, references and extension anchors are ignored by the engine)")
+    try:
+        if cfg.random_weights:
+            log.warning("random weights (%s): the output is abstract noise-art, not a picture; for "
+                        "real output run `vacelive weights download %s` and drop --random-weights",
+                        cfg.random_weights, cfg.pipeline)
+            return StreamGenerator.random(cfg.random_weights, width=cfg.width, height=cfg.height,
+                                          codec=cfg.codec, device=cfg.device, dtype=dtype, vace=vace,
+                                          recipe=cfg.pipeline)
+        return StreamGenerator.from_recipe(cfg.pipeline, cfg.models, width=cfg.width,
+                                           height=cfg.height, codec=cfg.codec, device=cfg.device,
+                                           dtype=dtype, vace=vace)
+    except (ValueError, FileNotFoundError) as exc:  # bad size/pipeline, MissingWeightsError
+        raise ConfigError(str(exc)) from None
+
+
+def build_remote_generator(cfg: argparse.Namespace) -> Any:
+    """The relay's RemoteGenerator (connects in the background; reconnects by itself)."""
+    from bridge.link import RemoteGenerator
+
+    try:
+        return RemoteGenerator(cfg.engine, client_key=cfg.keys, codec=cfg.link_codec,
+                               jpeg_quality=cfg.jpeg_quality, connect_timeout=5.0)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--engine {cfg.engine}: {exc}") from None

@@ -1,0 +1,382 @@
+"""The run loop: parameter snapshot → ChunkRequest → generator.step() → pacer → output texture.
+
+One thread, one chunk at a time, forever:
+
+1. wait while paused (the pacer keeps showing the last frame), and in fixed-fps mode while more
+   than a chunk is already queued (generating further ahead only adds latency);
+2. take ONE parameter snapshot (the chunk boundary: OSC changes, preset morph steps, actions);
+3. assemble the request: `snapshot.request_fields()` + the newest `generator.next_chunk_frames`
+   control frames (FrameHistory.window: never an old backlog) + the newest mask + references and
+   extension anchors when they changed;
+4. `generator.step()`; its frames (GPU tensors when local) go to the Pacer, which emits them one
+   by one at a steady rate to the sink (Spout's CUDA zero-copy path takes GPU tensors as they are);
+5. a chunk that raises is logged and reported (/vace/error) and nothing is pushed: the pacer holds
+   the last frame, the output never stops, the next chunk is tried (with a short back-off while
+   failures repeat). Notices of the result go to /vace/notice.
+
+Observers (`add_observer`) see a ChunkRecord of every attempt: the demo's summary and the tests
+read what each request carried and when it ran.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from bridge.pacer import Pacer
+from bridge.run.inputs import ExtensionInput, RefsInput
+from bridge.run.media import write_png
+from bridge.store import ParamStore, Snapshot
+from engine.request import ChunkRequest, ChunkResult, Generator
+
+log = logging.getLogger("bridge.run")
+
+
+class Reporter(Protocol):
+    """Where run-loop messages go: OscServer has both (/vace/notice, /vace/error)."""
+
+    def notice(self, message: str) -> None: ...
+
+    def error(self, message: str) -> None: ...
+
+
+class LogReporter:
+    def notice(self, message: str) -> None:
+        log.info("%s", message)
+
+    def error(self, message: str) -> None:
+        log.warning("%s", message)
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One attempt of the run loop (successful or not)."""
+
+    seq: int  # attempts so far, from 1
+    boundary: float  # time.monotonic() just before the parameter snapshot was taken
+    snapshot: Snapshot
+    request: ChunkRequest | None
+    result: ChunkResult | None
+    error: str | None
+    started: float  # time.monotonic() right after the snapshot
+    finished: float
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.finished - self.started) * 1e3
+
+
+class _Tap:
+    """The sink as the pacer sees it: remembers the frame on screen (for /vace/snapshot)."""
+
+    def __init__(self, sink: Any) -> None:
+        self._send = sink.send if hasattr(sink, "send") else sink
+        self.last: Any = None
+        self.sent = 0
+
+    def send(self, frame: Any) -> None:
+        self._send(frame)
+        self.last = frame
+        self.sent += 1
+
+
+class _ErrorGate:
+    """Repeated identical errors (an engine that stays down) are reported once, then at most every
+    `every` seconds with a count, so OSC surfaces and logs are not flooded."""
+
+    def __init__(self, report: Callable[[str], None], every: float = 2.0) -> None:
+        self._report, self.every = report, every
+        self._last: str | None = None
+        self._since = 0.0
+        self._repeats = 0
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if message != self._last:
+            self._last, self._since, self._repeats = message, now, 0
+            self._report(message)
+        elif now - self._since >= self.every:
+            self._report(f"{message} (repeated {self._repeats + 1} times)")
+            self._since, self._repeats = now, 0
+        else:
+            self._repeats += 1
+
+    def clear(self) -> None:
+        self._last = None
+
+
+def _check_frames(result: Any) -> None:
+    frames = getattr(result, "frames", None)
+    shape = tuple(getattr(frames, "shape", ()))
+    if len(shape) != 4 or shape[-1] != 4 or "uint8" not in str(getattr(frames, "dtype", "")):
+        raise TypeError(f"generator returned frames of shape {shape} "
+                        f"{getattr(frames, 'dtype', type(frames).__name__)}; expected uint8 [F,H,W,4]")
+
+
+class RunLoop:
+    def __init__(
+        self,
+        generator: Generator,
+        store: ParamStore,
+        sink: Any,
+        *,
+        control: Any = None,  # FrameHistory of the control/source video
+        mask: Any = None,  # FrameHistory of the mask texture
+        ref: Any = None,  # FrameHistory of the live reference texture
+        reporter: Reporter | None = None,
+        snapshot_dir: str | Path = "vacelive-snapshots",
+        pacer: Pacer | None = None,
+        pacer_options: dict[str, Any] | None = None,
+        idle_sleep: float = 0.01,
+        max_backoff: float = 1.0,
+    ) -> None:
+        self.generator = generator
+        self.store = store
+        self.control, self.mask = control, mask
+        self.reporter = reporter or LogReporter()
+        self.snapshot_dir = Path(snapshot_dir)
+        self.idle_sleep = idle_sleep
+        self.max_backoff = max_backoff
+        self.tap = _Tap(sink)
+        fps = store.get("output_fps")
+        self.pacer = pacer or Pacer(self.tap, target_fps=fps or None, **(pacer_options or {}))
+        self.refs = RefsInput(ref)
+        self.extension = ExtensionInput()
+        store.add_listener(self.refs.writes)
+        store.add_listener(self.extension.writes)
+        self._error = _ErrorGate(self.reporter.error)
+        self._observers: list[Callable[[ChunkRecord], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._failures = 0  # consecutive
+        self._last_notices: frozenset[str] = frozenset()
+        self._output_fps = fps
+        self._force_refs = False
+        self.chunks = 0  # successful chunks
+        self.errors = 0  # failed chunks
+        self.last_chunk_index = -1
+        self.last_latency_ms = 0.0
+        self.paused = False
+        self.describe: dict[str, Any] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def add_observer(self, fn: Callable[[ChunkRecord], None]) -> None:
+        self._observers.append(fn)
+
+    def start(self) -> "RunLoop":
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="run-loop", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0, drain: float = 0.0) -> None:
+        """Stop after the chunk in progress (bounded wait), then stop the pacer; with `drain` > 0
+        the frames still buffered are played out first (for at most `drain` seconds)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("run loop still inside generator.step() after %.0f s; leaving it", timeout)
+            self._thread = None
+        deadline = time.monotonic() + drain
+        while drain > 0 and self.pacer.stats.buffered and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.pacer.stop()
+        self.store.remove_listener(self.refs.writes)
+        self.store.remove_listener(self.extension.writes)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- status (/vace/status/*, called from the OSC feedback thread) -------------------------------
+    def status(self) -> dict[str, Any]:
+        ps = self.pacer.stats
+        return {
+            "fps": 0.0 if self.paused else float(ps.fps_generation or 0.0),
+            "fps_out": float(ps.fps_out),
+            "latency_ms": float(self.last_latency_ms),
+            "chunk": int(self.last_chunk_index),
+            "dropped": int(ps.dropped + ps.repeated),
+            "gpu_mem_mb": float(self._gpu_mem_mb()),
+            "errors": int(self.errors),
+            "paused": bool(self.paused),
+            "jitter_p99_ms": float(ps.jitter_p99_ms),
+        }
+
+    def _gpu_mem_mb(self) -> float:
+        remote = self.describe.get("gpu_mem_mb")
+        if isinstance(remote, (int, float)):
+            return float(remote)
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return torch.cuda.memory_allocated() / 2**20
+        return 0.0
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception as exc:  # a bug in assembly must not end the show either
+                log.exception("run loop iteration failed")
+                self._error(f"run loop: {type(exc).__name__}: {exc}")
+                self._stop.wait(self.max_backoff)
+
+    def _wait_ready(self) -> bool:
+        """Pause and fixed-fps throttle. False when stopping."""
+        while not self._stop.is_set():
+            self._apply_output_fps(self.store.get("output_fps"))
+            if self.store.get("pause"):
+                if not self.paused:
+                    log.info("paused: holding the last frame")
+                self.paused = True
+                self._stop.wait(self.idle_sleep)
+                continue
+            if self.paused:
+                log.info("resumed")
+            self.paused = False
+            if self.pacer.target_fps and self.pacer.stats.buffered > self._frames_needed():
+                self._stop.wait(0.002)
+                continue
+            return True
+        return False
+
+    def _frames_needed(self) -> int:
+        try:
+            return max(1, int(self.generator.next_chunk_frames))
+        except Exception:
+            return 12
+
+    def _apply_output_fps(self, fps: float) -> None:
+        if fps != self._output_fps:
+            self._output_fps = fps
+            self.pacer.set_target_fps(fps or None)
+            log.info("output fps: %s", f"{fps:g} (fixed)" if fps else "follows generation")
+
+    def run_once(self) -> ChunkRecord | None:
+        """One chunk boundary (the thread calls this in a loop). None when stopping."""
+        if not self._wait_ready():
+            return None
+        ref_writes, ext_writes = self.refs.take_writes(), self.extension.take_writes()
+        boundary = time.monotonic()
+        snap = self.store.snapshot()
+        started = time.monotonic()
+        self._seq += 1
+        request = result = None
+        error = None
+        try:
+            request = self.build_request(snap, ref_writes, ext_writes)
+            result = self.generator.step(request)
+            _check_frames(result)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            result = None
+        finished = time.monotonic()
+        record = ChunkRecord(self._seq, boundary, snap, request, result, error, started, finished)
+        if error is None:
+            self._on_result(record)
+        else:
+            self._on_failure(record)
+        if snap.action("snapshot") is not None:
+            self._save_snapshot()
+        for fn in list(self._observers):
+            try:
+                fn(record)
+            except Exception:
+                log.exception("run-loop observer failed")
+        if error is not None:
+            backoff = min(self.max_backoff, 0.05 * 2 ** min(self._failures - 1, 5))
+            self._stop.wait(backoff)
+        return record
+
+    def build_request(self, snap: Snapshot, ref_writes: int | None = None,
+                      ext_writes: int | None = None) -> ChunkRequest:
+        fields = snap.request_fields()
+        if fields["reset"]:
+            # The engine's reset clears its sticky references; the refs parameter still names
+            # them, so they go along with the reset chunk.
+            self._force_refs = True
+            try:
+                # Reset first, so the control window below has the post-reset size (the first
+                # chunk takes fewer frames); only if that fails does the request carry it.
+                self.generator.reset()
+                fields["reset"] = False
+                log.info("stream reset")
+            except Exception as exc:
+                self._error(f"reset failed ({type(exc).__name__}: {exc}); sent with the chunk")
+        n = self._frames_needed()
+        if snap["video_enabled"] and self.control is not None:
+            window = self.control.window(n)
+            if window is not None:
+                fields["video"] = window.frames
+        if snap["mask_enabled"] and self.mask is not None:
+            latest = self.mask.latest()
+            if latest is not None:
+                fields["mask"] = latest[0]
+        ref_writes = self.refs.take_writes() if ref_writes is None else ref_writes
+        fields["refs"] = self.refs.update(snap["refs"], ref_writes, self._force_refs,
+                                          self._error, self.reporter.notice)
+        ext_writes = self.extension.take_writes() if ext_writes is None else ext_writes
+        fields["extension"] = self.extension.update(snap.values, ext_writes, self._error)
+        return ChunkRequest(**fields)
+
+    def _on_result(self, record: ChunkRecord) -> None:
+        result = record.result
+        if record.request is not None and record.request.refs is not None:
+            self._force_refs = False
+        self._failures = 0
+        self._error.clear()
+        self.chunks += 1
+        self.last_chunk_index = int(result.chunk_index)
+        self.last_latency_ms = record.latency_ms
+        if len(result.frames):
+            self.pacer.push(result.frames)
+        notices = frozenset(result.notices)
+        for n in result.notices:
+            if n not in self._last_notices:  # the same fix-up every chunk is said once
+                self.reporter.notice(n)
+        self._last_notices = notices
+        try:
+            self.describe = dict(self.generator.describe())
+        except Exception:
+            pass
+        log.debug("chunk %d: %d frames in %.0f ms", result.chunk_index, len(result.frames),
+                  record.latency_ms)
+
+    def _on_failure(self, record: ChunkRecord) -> None:
+        self._failures += 1
+        self.errors += 1
+        if record.request is not None and record.request.refs is not None:
+            self._force_refs = True  # the engine may not have taken them: send again
+        if self._failures == 1:
+            log.error("chunk failed (holding the last frame): %s", record.error)
+        self._error(f"chunk failed, holding the last frame: {record.error}")
+
+    # -- snapshot action ----------------------------------------------------------------------------
+    def _save_snapshot(self) -> None:
+        frame = self.tap.last
+        if frame is None:
+            self._error("snapshot: no output frame yet")
+            return
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
+        path = self.snapshot_dir / f"vacelive-{stamp}-chunk{max(self.last_chunk_index, 0):06d}.png"
+
+        def write() -> None:  # PNG encoding stays off the chunk path
+            try:
+                write_png(frame, path)
+            except Exception as exc:
+                self._error(f"snapshot: cannot write {path}: {exc}")
+                return
+            log.info("snapshot saved: %s", path)
+            self.reporter.notice(f"snapshot saved: {path.resolve()}")
+
+        threading.Thread(target=write, name="snapshot", daemon=True).start()
