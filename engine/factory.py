@@ -197,7 +197,8 @@ def build_from_recipe(recipe, models_dir=None, *, codec: str = "wan", text_encod
                             dtype=dtype, progress=progress)
     parts = Parts(loaded.model, codec_obj, text, loaded.loras)
     if vace:
-        parts.conditioner = make_conditioner(loaded.model, codec_obj, width=width, height=height, device=device, dtype=dtype)
+        parts.conditioner = make_conditioner(loaded.model, codec_obj, width=width, height=height, device=device,
+                                             dtype=dtype, models=models_dir)
     return parts
 
 
@@ -216,9 +217,10 @@ def _require(recipe, options, models_dir, skip_roles=None):
 # ---------------------------------------------------------------------------------------------
 # VACE conditioner (engine.conditioning, built by another module; imported lazily)
 # ---------------------------------------------------------------------------------------------
-def make_conditioner(model, codec, *, width, height, device, dtype):
+def make_conditioner(model, codec, *, width, height, device, dtype, models=None):
     """engine.conditioning.VaceConditioner for this model/codec/resolution. The constructor is
-    called with the subset of (model, codec, width, height, device, dtype) its signature names."""
+    called with the subset of (model, codec, width, height, device, dtype, models) its signature
+    names (models: the models folder, where weight-based annotators look for their files)."""
     if not hasattr(model, "compute_hints"):
         raise ValueError("VACE conditioning needs a VACE-wrapped model (engine.dit.VaceWanModel)")
     try:
@@ -228,7 +230,7 @@ def make_conditioner(model, codec, *, width, height, device, dtype):
             "VACE was requested but engine.conditioning.VaceConditioner is not available "
             f"({exc}); build the generator with vace=False for text-only streams") from exc
     offered = {"model": model, "codec": codec, "width": width, "height": height, "device": torch.device(device),
-               "dtype": dtype}
+               "dtype": dtype, "models": models}
     params = inspect.signature(VaceConditioner).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return VaceConditioner(**offered)

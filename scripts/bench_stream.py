@@ -1,0 +1,351 @@
+#!/usr/bin/env python
+"""Benchmark the real chunk loop (engine.generator.StreamGenerator.step) with random full-size
+weights: control frames in (uint8 host frames of a synthetic moving depth video in `depth` mode),
+decoded RGBA frames out (copied to pinned host memory, timed separately).
+
+One table row per case (resolution x mode x codec) and speed variant (--compile, --fp8, --sdpa,
+--hint-reuse): steady-state fps (wall clock of the loop incl. the host copy) and GPU fps (CUDA-event
+chunk time), median ms per stage from ChunkResult.timings_ms (text, VACE encode, hint stream, DiT
+forwards, decode, RGBA conversion) + host copy, first-chunk latency after a reset (steady state:
+warm-up/compile time is reported separately as warmup_s), the cost of a prompt cut (KV re-cache),
+peak VRAM. `--text-encoder full` also times the full-size umT5-XXL encode of one prompt (random
+weights, 11 GB bf16; the stream itself uses a tiny random text encoder: text embeddings of a
+random encoder carry no meaning and cached prompts cost nothing per chunk).
+
+    python scripts/bench_stream.py --out stream.json                        # 832x480 + 576x320, text + depth, wan + tae
+    python scripts/bench_stream.py --compile off,on --hint-reuse off,on --sdpa auto,cudnn --fp8 off,on
+    python scripts/bench_stream.py --res 576x320 --codecs tae --modes depth --text-encoder full
+    python scripts/bench_stream.py --smoke                                  # CPU, tiny model, end to end
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.codecs import random_codec  # noqa: E402
+from engine.config import WAN_1_3B, tiny_config  # noqa: E402
+from engine.factory import make_conditioner, random_dit, random_text_encoder  # noqa: E402
+from engine.generator import SDPA_BACKENDS, StreamGenerator  # noqa: E402
+from engine.request import ChunkRequest, Prompt  # noqa: E402
+
+PROMPT = "a neon city street at night, rain, reflections, slow camera move"
+CUT_PROMPT = "a quiet forest lake at dawn, mist over the water"
+STAGES = ("text", "vace", "hints", "dit", "decode", "output")
+
+
+def parse_res(text: str) -> tuple[int, int]:
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
+
+
+def onoff(text: str) -> list[bool]:
+    out = []
+    for v in text.split(","):
+        v = v.strip().lower()
+        if v:
+            if v not in ("on", "off"):
+                raise SystemExit(f"expected on/off, got {v!r}")
+            out.append(v == "on")
+    return out
+
+
+def depth_video(width: int, height: int, frames: int = 48) -> np.ndarray:
+    """A synthetic moving depth map (near = bright): a sphere orbiting over a tilted floor, as uint8
+    RGBA host frames [frames, H, W, 4] (one period, looped)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    floor = 0.25 + 0.5 * y / height
+    out = np.empty((frames, height, width, 4), dtype=np.uint8)
+    for i in range(frames):
+        a = 2 * math.pi * i / frames
+        cx, cy, r = width * (0.5 + 0.3 * math.cos(a)), height * (0.55 + 0.2 * math.sin(a)), 0.22 * height
+        d2 = ((x - cx) ** 2 + (y - cy) ** 2) / r**2
+        sphere = np.where(d2 < 1, 0.6 + 0.4 * np.sqrt(np.clip(1 - d2, 0, 1)), 0)
+        depth = (np.maximum(floor, sphere) * 255).astype(np.uint8)
+        out[i, ..., :3] = depth[..., None]
+        out[i, ..., 3] = 255
+    return out
+
+
+class HostCopy:
+    """Output frames -> pinned host memory, timed with perf_counter (the generator already synced)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, frames: torch.Tensor) -> float:
+        t0 = time.perf_counter()
+        if self.cuda:
+            buf = self.buffers.get(tuple(frames.shape))
+            if buf is None:
+                buf = self.buffers[tuple(frames.shape)] = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+            buf.copy_(frames, non_blocking=True)
+            torch.cuda.current_stream().synchronize()
+        else:
+            frames.numpy()  # already host memory: what a sink would read
+        return (time.perf_counter() - t0) * 1e3
+
+
+class Source:
+    """Chunk requests: a fixed prompt, and in depth mode the next frames of the depth video."""
+
+    def __init__(self, mode: str, video: np.ndarray | None, steps: int, hint_reuse: bool):
+        self.mode, self.video, self.steps, self.hint_reuse = mode, video, steps, hint_reuse
+        self.pos = 0
+
+    def request(self, gen: StreamGenerator, prompt: str = PROMPT) -> ChunkRequest:
+        video = None
+        if self.mode == "depth":
+            n = gen.next_chunk_frames
+            idx = [(self.pos + i) % len(self.video) for i in range(n)]
+            self.pos += n
+            video = self.video[idx]
+        return ChunkRequest(prompts=[Prompt(prompt)], steps=self.steps, video=video, hint_reuse=self.hint_reuse)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_variant(gen: StreamGenerator, source: Source, args, device, host: HostCopy) -> dict:
+    row: dict = {}
+    gen.reset()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        host(gen.step(source.request(gen)).frames)
+    sync(device)
+    row["warmup_s"] = round(time.perf_counter() - t0, 2)
+
+    per_stage = {s: [] for s in STAGES + ("total", "host")}
+    frames = 0
+    t0 = time.perf_counter()
+    for _ in range(args.chunks):
+        r = gen.step(source.request(gen))
+        h = host(r.frames)
+        frames += r.frames.shape[0]
+        for s in STAGES + ("total",):
+            per_stage[s].append(r.timings_ms.get(s, 0.0))
+        per_stage["host"].append(h)
+    wall = time.perf_counter() - t0
+    row["fps"] = frames / wall
+    row["chunk_ms"] = statistics.median(per_stage["total"])
+    row["gpu_fps"] = 12 / (row["chunk_ms"] / 1e3)
+    for s, values in per_stage.items():
+        row[f"{s}_ms"] = statistics.median(values)
+    row["frames"] = frames
+
+    # a prompt cut: cross-attention reset + KV re-cache of the last window of latents
+    r = gen.step(source.request(gen, CUT_PROMPT))
+    row["cut_recache_ms"] = r.timings_ms.get("recache", 0.0)
+    row["cut_chunk_ms"] = r.timings_ms["total"]
+
+    # first decoded frames after a request to a freshly reset (warm) stream
+    gen.reset()
+    sync(device)
+    t0 = time.perf_counter()
+    r = gen.step(source.request(gen))
+    host(r.frames)
+    row["first_chunk_ms"] = (time.perf_counter() - t0) * 1e3
+    row["first_chunk_frames"] = r.frames.shape[0]
+    if device.type == "cuda":
+        row["peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def bench_case(model, text, codec, codec_name: str, res, mode: str, args, device, dtype, video) -> list[dict]:
+    w, h = res
+    conditioner = None
+    base = {"resolution": f"{w}x{h}", "mode": mode, "codec": codec_name, "steps": args.steps}
+    if mode == "depth":
+        try:
+            conditioner = make_conditioner(model, codec, width=w, height=h, device=device, dtype=dtype)
+        except Exception as exc:  # the VACE conditioning module may not exist yet: say so, do not fake
+            row = dict(base, skipped=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            print(format_row(row), flush=True)
+            return [row]
+    gen = StreamGenerator(model, codec, text, width=w, height=h, conditioner=conditioner)
+    host = HostCopy(device)
+    rows = []
+    try:
+        for compiled in args.compile:
+            gen.set_compile(compiled)
+            for fp8 in args.fp8:
+                try:
+                    gen.set_fp8(fp8)
+                except ValueError as exc:
+                    rows.append(dict(base, compile=compiled, fp8=fp8, skipped=str(exc)))
+                    continue
+                for sdpa in args.sdpa:
+                    gen.sdpa = sdpa
+                    for reuse in (args.hint_reuse if mode == "depth" else [False]):
+                        row = dict(base, compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse)
+                        try:
+                            row.update(run_variant(gen, Source(mode, video, args.steps, reuse), args, device, host))
+                        except Exception as exc:  # one failing variant (OOM, unsupported backend) must not end the run
+                            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                            if args.verbose:
+                                traceback.print_exc()
+                        rows.append(row)
+                        print(format_row(row), flush=True)
+    finally:
+        gen.set_compile(False)
+        gen.set_fp8(False)
+        del gen, conditioner
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def bench_text_encoder(args, device, dtype) -> dict:
+    """Full-size umT5-XXL (random weights) encode of one prompt: median of 5 after 2 warm-ups."""
+    size = "tiny" if args.smoke else "full"
+    out = {"encoder": "umT5-XXL (random)" if size == "full" else "tiny umT5 (smoke)", "tokens": 512}
+    try:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        enc = random_text_encoder(4096 if size == "full" else 32, size=size, device=device, dtype=dtype)
+        sync(device)
+        out["build_s"] = round(time.perf_counter() - t0, 1)
+        times = []
+        for i in range(7):
+            sync(device)
+            t0 = time.perf_counter()
+            enc.encode([PROMPT])
+            sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+        out["encode_ms"] = statistics.median(times[2:])
+        out["first_encode_ms"] = times[0]
+        out["weights_gb"] = sum(p.numel() * p.element_size() for p in enc.model.parameters()) / 2**30
+        if device.type == "cuda":
+            out["peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        del enc
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+HEADER = (f"{'res':>8} {'mode':>5} {'codec':>5} {'cmp':>3} {'fp8':>3} {'sdpa':>9} {'reuse':>5} {'fps':>6} {'gpuFPS':>6} "
+          f"{'chunk':>7} {'text':>5} {'vace':>6} {'hints':>6} {'dit':>7} {'decode':>6} {'out':>5} {'host':>5} "
+          f"{'first':>6} {'cut':>6} {'warm s':>6} {'peakGB':>6}")
+
+
+def format_row(r: dict) -> str:
+    head = (f"{r['resolution']:>8} {r['mode']:>5} {r['codec']:>5} {_b(r.get('compile')):>3} {_b(r.get('fp8')):>3} "
+            f"{str(r.get('sdpa', '-')):>9} {_b(r.get('hint_reuse')):>5}")
+    if "skipped" in r:
+        return f"{head}  SKIPPED {r['skipped']}"
+    if "error" in r:
+        return f"{head}  ERROR {r['error']}"
+    peak = f"{r['peak_gb']:6.2f}" if "peak_gb" in r else "     -"
+    return (f"{head} {r['fps']:6.1f} {r['gpu_fps']:6.1f} {r['chunk_ms']:7.1f} {r['text_ms']:5.1f} {r['vace_ms']:6.1f} "
+            f"{r['hints_ms']:6.1f} {r['dit_ms']:7.1f} {r['decode_ms']:6.1f} {r['output_ms']:5.1f} {r['host_ms']:5.1f} "
+            f"{r['first_chunk_ms']:6.0f} {r['cut_chunk_ms']:6.0f} {r['warmup_s']:6.1f} {peak}")
+
+
+def _b(v) -> str:
+    return "-" if v is None else ("on" if v else "off")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--res", default="832x480,576x320", help="comma list of WxH (pixels, multiples of 16)")
+    p.add_argument("--modes", default="text,depth", help="comma list of text,depth")
+    p.add_argument("--codecs", default="wan,tae", help="comma list of wan,tae,lighttae")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--chunks", type=int, default=20, help="measured steady-state chunks per variant")
+    p.add_argument("--warmup", type=int, default=3, help="chunks before measuring (compile happens here)")
+    p.add_argument("--compile", default="off", help="on/off list: torch.compile of the DiT blocks")
+    p.add_argument("--fp8", default="off", help="on/off list: e4m3 block Linears")
+    p.add_argument("--sdpa", default="auto", help=f"comma list of {','.join(SDPA_BACKENDS)}")
+    p.add_argument("--hint-reuse", default="off", help="on/off list (depth mode): hints once per chunk")
+    p.add_argument("--text-encoder", choices=["tiny", "full"], default="tiny",
+                   help="full: also time the full-size umT5-XXL encode of one prompt")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--smoke", action="store_true", help="tiny model and sizes on CPU (end-to-end check)")
+    p.add_argument("--verbose", action="store_true", help="print tracebacks of failing variants")
+    args = p.parse_args(argv)
+    args.compile, args.fp8, args.hint_reuse = onoff(args.compile), onoff(args.fp8), onoff(args.hint_reuse)
+    args.sdpa = [v.strip() for v in args.sdpa.split(",") if v.strip()]
+    bad = [s for s in args.sdpa if s not in SDPA_BACKENDS]
+    if bad:
+        raise SystemExit(f"unknown --sdpa {bad}; choose from {list(SDPA_BACKENDS)}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+
+    if args.smoke:
+        cfg, size = tiny_config(), "tiny"
+        device = torch.device(args.device or "cpu")
+        dtype = torch.float32
+        resolutions = [(64, 48)]
+        args.chunks, args.warmup = min(args.chunks, 3), min(args.warmup, 1)
+    else:
+        cfg, size = WAN_1_3B, "full"
+        device = torch.device(args.device or "cuda")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+        resolutions = [parse_res(r) for r in args.res.split(",")]
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    t0 = time.perf_counter()
+    model = random_dit(cfg, vace="depth" in modes, device=device, dtype=dtype)
+    text = random_text_encoder(cfg.text_dim, size="tiny", seq_len=cfg.text_len, device=device, dtype=dtype)
+    codec_objs = {c: random_codec(c, small=size == "tiny", device=device, dtype=dtype) for c in codecs}
+    sync(device)
+    build_s = time.perf_counter() - t0
+    weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+
+    print(HEADER, flush=True)
+    rows = []
+    for res in resolutions:
+        video = depth_video(*res) if "depth" in modes else None
+        for mode in modes:
+            for name, codec in codec_objs.items():
+                rows += bench_case(model, text, codec, name, res, mode, args, device, dtype, video)
+    text_full = bench_text_encoder(args, device, dtype) if args.text_encoder == "full" else None
+
+    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": str(dtype).removeprefix("torch."),
+           "config": "tiny (smoke)" if args.smoke else "wan2.1-1.3b + VACE (random weights)",
+           "dit_weights_gb": round(weights_gb, 2), "build_s": round(build_s, 1), "steps": args.steps,
+           "chunks": args.chunks, "warmup": args.warmup, "pipeline": "longlive (sink 3 + window 12)"}
+    print(f"\n{env['device']} | torch {env['torch']} | {env['dtype']} | {env['config']} | DiT+VACE weights "
+          f"{weights_gb:.2f} GB | {args.steps} steps | {args.chunks} chunks after {args.warmup} warm-up")
+    print("fps: wall clock of the loop incl. host copy; gpuFPS: 12 frames / CUDA-event chunk time; stage "
+          "columns: median ms per chunk; first: ms to the first decoded frames on the host after a reset; "
+          "cut: chunk with a prompt cut (KV re-cache)")
+    print(HEADER)
+    for r in rows:
+        print(format_row(r))
+    if text_full is not None:
+        print(f"\ntext encoder {text_full}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"env": env, "results": rows, "text_encoder": text_full}, indent=2))
+        print(f"wrote {args.out}")
+    measured = [r for r in rows if "fps" in r]
+    return 0 if measured else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

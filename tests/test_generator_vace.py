@@ -1,0 +1,93 @@
+"""StreamGenerator with the real VACE conditioner (engine.conditioning) on tiny random weights:
+a control video steers the stream, context_scale 0 is exactly text-only, hint reuse computes hints
+once per chunk, reset restarts the conditioning streams."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+try:
+    from engine.conditioning import VaceConditioner
+except ImportError:  # pragma: no cover - the conditioning module ships separately
+    pytest.skip("engine.conditioning.VaceConditioner is not available", allow_module_level=True)
+
+from engine.generator import StreamGenerator
+from engine.request import ChunkRequest, Prompt
+
+W, H = 32, 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(**kw) -> StreamGenerator:
+    return StreamGenerator.random("tiny", width=W, height=H, codec="tae", seed=0, vace=True, **kw)
+
+
+def control(frames: int, phase: int = 0, flip: bool = False) -> np.ndarray:
+    """A moving gray ramp as uint8 RGBA host frames [frames, H, W, 4]."""
+    x = np.arange(W, dtype=np.float32)[None, None, :]
+    t = np.arange(phase, phase + frames, dtype=np.float32)[:, None, None]
+    ramp = ((x * 8 + t * 16) % 256) * np.ones((1, H, 1), np.float32)
+    if flip:
+        ramp = 255 - ramp
+    out = np.empty((frames, H, W, 4), np.uint8)
+    out[..., :3] = ramp[..., None].astype(np.uint8)
+    out[..., 3] = 255
+    return out
+
+
+def stream(gen, chunks=3, **kw):
+    results, phase = [], 0
+    flip = kw.pop("flip", False)
+    for _ in range(chunks):
+        n = gen.next_chunk_frames
+        results.append(gen.step(ChunkRequest(prompts=[Prompt("a red cat")], video=control(n, phase, flip), **kw)))
+        phase += n
+    return results
+
+
+def test_control_video_steers_a_deterministic_stream():
+    gen = make()
+    assert isinstance(gen.conditioner, VaceConditioner) and gen.describe()["vace"] is True
+    a = stream(gen)
+    assert [r.frames.shape[0] for r in a] == [9, 12, 12]
+    assert all(r.timings_ms["vace"] > 0 and r.timings_ms["hints"] > 0 for r in a)
+    b = stream(make())
+    c = stream(make(), flip=True)
+    assert all(torch.equal(x.frames, y.frames) for x, y in zip(a, b))
+    assert not torch.equal(a[1].frames, c[1].frames)
+
+
+def test_context_scale_0_is_exactly_text_only():
+    with_video = stream(make(), context_scale=0.0)
+    gen = make()
+    text_only = [gen.step(ChunkRequest(prompts=[Prompt("a red cat")])) for _ in range(3)]
+    assert all(torch.equal(x.frames, y.frames) for x, y in zip(with_video, text_only))
+    assert not torch.equal(stream(make())[0].frames, text_only[0].frames)
+
+
+def test_hint_reuse_computes_hints_once_per_chunk_and_reset_restarts_conditioning():
+    gen = make()
+    calls = {"n": 0}
+    real = gen.model.compute_hints
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    gen.model.compute_hints = counting
+    reused = stream(gen, chunks=2, hint_reuse=True, steps=4)
+    assert calls["n"] == 2
+    per_step = stream(make(), chunks=2, steps=4)
+    assert not torch.equal(reused[1].frames, per_step[1].frames)
+    gen.reset()
+    gen.model.compute_hints = real
+    again = stream(gen, chunks=1, hint_reuse=True, steps=4)
+    assert torch.equal(again[0].frames, reused[0].frames)  # the conditioning streams started over
