@@ -34,32 +34,49 @@ ROOT = os.path.dirname(HERE)
 MODULES = ("td_params", "osc_sync", "engine_process", "textures")
 EXTENSION = "VaceLiveExt"
 
+# Callback DATs reach the extension through this helper: while the extension is not (yet)
+# initialised (during a build, after an error in its code) callbacks do nothing.
+_EXT = '''
+def _ext(op):
+    return getattr(op.parent().ext, "VaceLiveExt", None)
+'''
+
 PAREXEC_CALLBACKS = '''\
-# vacelive: custom parameter changes and pulses go to the extension (OSC out).
+# vacelive: custom parameter changes and pulses go to the extension (OSC out).''' + _EXT + '''
 def onValueChange(par, prev):
-    me.parent().ext.VaceLiveExt.OnParValueChange(par, prev)
+    ext = _ext(me)
+    if ext is not None:
+        ext.OnParValueChange(par, prev)
     return
 
 def onPulse(par):
-    me.parent().ext.VaceLiveExt.OnParPulse(par)
+    ext = _ext(me)
+    if ext is not None:
+        ext.OnParPulse(par)
     return
 '''
 
 OSCIN_CALLBACKS = '''\
-# vacelive: engine feedback (echoes, /vace/status/*, /vace/error, ...) to the extension.
+# vacelive: engine feedback (echoes, /vace/status/*, /vace/error, ...) to the extension.''' + _EXT + '''
 def onReceiveOSC(dat, rowIndex, message, bytes, timeStamp, address, args, peer):
-    dat.parent().ext.VaceLiveExt.OnReceiveOSC(address, args)
+    ext = _ext(dat)
+    if ext is not None:
+        ext.OnReceiveOSC(address, args)
     return
 '''
 
 FRAME_CALLBACKS = '''\
-# vacelive: process log, connection upkeep, Syphon sender lookup; stop the engine on exit.
+# vacelive: process log, connection upkeep, Syphon sender lookup; stop the engine on exit.''' + _EXT + '''
 def onFrameStart(frame):
-    me.parent().ext.VaceLiveExt.OnFrame()
+    ext = _ext(me)
+    if ext is not None:
+        ext.OnFrame()
     return
 
 def onExit():
-    me.parent().ext.VaceLiveExt.OnExit()
+    ext = _ext(me)
+    if ext is not None:
+        ext.OnExit()
     return
 '''
 
@@ -125,6 +142,10 @@ def build(parent: Any, name: str = "vacelive", save_to: str | None = None, td: A
     _place(comp.create(td.textDAT, "schema"), -600, 280).text = json.dumps(doc, indent=1)
     _place(comp.create(td.textDAT, "log"), -600, 160).text = ""
 
+    # the custom pages first, so building them fires no callbacks
+    pages = _import_td_params()
+    pages.build_pages(comp, pages.all_specs(doc))
+
     # OSC
     oscout = _place(comp.create(td.oscoutDAT, "oscout"), -400, 400)
     oscin = _place(comp.create(td.oscinDAT, "oscin"), -400, 280)
@@ -153,9 +174,7 @@ def build(parent: Any, name: str = "vacelive", save_to: str | None = None, td: A
     out = _place(comp.create(td.outTOP, "Output"), 600, 200)
     out.inputConnectors[0].connect(receive)
 
-    # pages, then the extension (it finds the pages and wires TOP names and OSC ports)
-    pages = _import_td_params()
-    pages.build_pages(comp, pages.all_specs(doc))
+    # the extension last: it finds the pages and wires TOP names and OSC ports
     _set(comp, "ext0object", f"op('./{EXTENSION}').module.{EXTENSION}(me)", missing)
     _set(comp, "ext0name", EXTENSION, missing)
     _set(comp, "ext0promote", True, missing)

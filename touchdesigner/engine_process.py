@@ -26,13 +26,15 @@ class EngineSettings:
     mode: str = "local"  # local | relay | external
     executable: str = "vacelive"
     remote_engine: str = "tcp://gpu-box:5555"
+    keys: str = ""  # relay: CURVE key folder
+    link_codec: str = "raw"  # relay: raw | jpeg
     pipeline: str = "longlive"
     models: str = ""
     width: int = 832
     height: int = 480
     codec: str = "wan"
     device: str = "cuda"
-    dtype: str = "bf16"
+    dtype: str = "auto"  # auto: the engine picks (bf16 on a GPU, fp32 on the CPU)
     random_weights: str = "off"  # off | tiny | full
     fps: float = 0.0
     osc_host: str = "127.0.0.1"
@@ -61,21 +63,25 @@ def engine_command(s: EngineSettings) -> list[str]:
     """The command line for the Engine page's settings (flags fixed in notes/TEAM.md)."""
     if s.mode == "external":
         raise ValueError("mode 'external' starts no process; connect to a running engine")
+    if s.mode not in ("local", "relay"):
+        raise ValueError(f"unknown engine mode {s.mode!r} (local, relay or external)")
+    cmd = _base_command(s.executable, "serve" if s.mode == "local" else "relay")
+    if s.config:
+        cmd += ["--config", s.config]
     if s.mode == "relay":
-        cmd = _base_command(s.executable, "relay") + ["--engine", s.remote_engine]
-    elif s.mode == "local":
-        cmd = _base_command(s.executable, "serve")
-        if s.config:
-            cmd += ["--config", s.config]
+        cmd += ["--engine", s.remote_engine, "--link-codec", s.link_codec]
+        if s.keys:
+            cmd += ["--keys", s.keys]
+    else:
         cmd += ["--pipeline", s.pipeline]
         if s.models:
             cmd += ["--models", s.models]
         cmd += ["--width", str(int(s.width)), "--height", str(int(s.height)),
-                "--codec", s.codec, "--device", s.device, "--dtype", s.dtype]
+                "--codec", s.codec, "--device", s.device]
+        if s.dtype != "auto":
+            cmd += ["--dtype", s.dtype]
         if s.random_weights in ("tiny", "full"):
             cmd += ["--random-weights", s.random_weights]
-    else:
-        raise ValueError(f"unknown engine mode {s.mode!r} (local, relay or external)")
     for flag in ("--control", "--mask", "--ref", "--output"):
         if s.textures.get(flag):
             cmd += [flag, s.textures[flag]]

@@ -155,7 +155,8 @@ def param_specs(p: dict) -> list[ParSpec]:
 TRANSPORTS = ("auto", "spout", "syphon", "shm")
 ENGINE_MODES = ("local", "relay", "external")
 CODECS = ("wan", "tae", "lighttae")
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+LINK_CODECS = ("raw", "jpeg")
 RANDOM_WEIGHTS = ("off", "tiny", "full")
 
 
@@ -199,6 +200,11 @@ def component_specs(status_fields: Iterable[dict] = ()) -> list[ParSpec]:
            "vacelive.exe), or a python executable (runs `-m bridge.cli`)."),
         _c("Remoteengine", "Remote engine", "Str", E, "tcp://gpu-box:5555",
            "Relay mode: the GPU box's `vacelive engine --listen` endpoint."),
+        _c("Keys", "Relay keys folder", "Folder", E, "",
+           "Relay mode: keys/relay from `vacelive keys` (CURVE); empty for a loopback engine."),
+        _c("Linkcodec", "Link codec", "Menu", E, "raw",
+           "Relay mode: raw frames (10 GbE) or JPEG (1 GbE).", menu_names=LINK_CODECS,
+           menu_labels=("Raw", "JPEG")),
         _c("Pipeline", "Pipeline", "Str", E, "longlive"),
         _c("Models", "Models folder", "Folder", E, ""),
         _c("Width", "Width", "Int", E, 832, min=256, max=2048, norm_min=256, norm_max=2048),
@@ -206,8 +212,8 @@ def component_specs(status_fields: Iterable[dict] = ()) -> list[ParSpec]:
         _c("Codec", "Codec", "Menu", E, "wan", menu_names=CODECS,
            menu_labels=("Wan VAE", "TAE", "LightTAE")),
         _c("Device", "Device", "Str", E, "cuda"),
-        _c("Dtype", "Dtype", "Menu", E, "bf16", menu_names=DTYPES,
-           menu_labels=("bfloat16", "float16", "float32")),
+        _c("Dtype", "Dtype", "Menu", E, "auto", "auto: bf16 on a GPU, fp32 on the CPU.",
+           menu_names=DTYPES, menu_labels=("Auto", "bfloat16", "float16", "float32")),
         _c("Randomweights", "Random weights", "Menu", E, "off",
            "Rehearsal without weights: tiny or full-size random models.",
            menu_names=RANDOM_WEIGHTS, menu_labels=("Off (real weights)", "Tiny", "Full size")),

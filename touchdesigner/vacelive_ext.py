@@ -345,7 +345,8 @@ class VaceLiveExt:
         transport = self._transport()
         return engine_process.EngineSettings(
             mode=str(self._p("Mode")), executable=str(self._p("Executable")),
-            remote_engine=str(self._p("Remoteengine")), pipeline=str(self._p("Pipeline")),
+            remote_engine=str(self._p("Remoteengine")), keys=str(self._p("Keys")),
+            link_codec=str(self._p("Linkcodec")), pipeline=str(self._p("Pipeline")),
             models=str(self._p("Models")), width=int(self._p("Width")),
             height=int(self._p("Height")), codec=str(self._p("Codec")),
             device=str(self._p("Device")), dtype=str(self._p("Dtype")),
