@@ -7,7 +7,8 @@ One table row per case (resolution x mode x codec) and speed variant (--compile,
 --hint-reuse): steady-state fps (wall clock of the loop incl. the host copy) and GPU fps (CUDA-event
 chunk time), median ms per stage from ChunkResult.timings_ms (text, VACE encode, hint stream, DiT
 forwards, decode, RGBA conversion) + host copy, first-chunk latency after a reset (steady state:
-warm-up/compile time is reported separately as warmup_s), the cost of a prompt cut (KV re-cache),
+warm-up/compile time is reported separately as warmup_s; the warm-up fills the window and does a
+prompt cut and back, so compiled variants have seen every shape), the cost of a prompt cut (KV re-cache),
 peak VRAM. `--text-encoder full` also times the full-size umT5-XXL encode of one prompt (random
 weights, 11 GB bf16; the stream itself uses a tiny random text encoder: text embeddings of a
 random encoder carry no meaning and cached prompts cost nothing per chunk).
@@ -126,10 +127,17 @@ def run_variant(gen: StreamGenerator, source: Source, args, device, host: HostCo
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    for _ in range(args.warmup):
+    # Warm-up: at least one full window (12 latent frames) and a prompt cut and back, so a
+    # compiled model has also seen the re-cache shape before anything is measured.
+    done = 0
+    while done < args.warmup or gen.frame < gen.policy.window:
         host(gen.step(source.request(gen)).frames)
+        done += 1
+    for prompt in (CUT_PROMPT, PROMPT):
+        host(gen.step(source.request(gen, prompt)).frames)
     sync(device)
     row["warmup_s"] = round(time.perf_counter() - t0, 2)
+    row["warmup_chunks"] = done + 2
 
     per_stage = {s: [] for s in STAGES + ("total", "host")}
     frames = 0
@@ -178,36 +186,37 @@ def bench_case(model, text, codec, codec_name: str, res, mode: str, args, device
             row = dict(base, skipped=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             print(format_row(row), flush=True)
             return [row]
-    gen = StreamGenerator(model, codec, text, width=w, height=h, conditioner=conditioner)
     host = HostCopy(device)
     rows = []
-    try:
-        for compiled in args.compile:
-            gen.set_compile(compiled)
-            for fp8 in args.fp8:
-                try:
-                    gen.set_fp8(fp8)
-                except ValueError as exc:
-                    rows.append(dict(base, compile=compiled, fp8=fp8, skipped=str(exc)))
-                    continue
-                for sdpa in args.sdpa:
-                    gen.sdpa = sdpa
-                    for reuse in (args.hint_reuse if mode == "depth" else [False]):
-                        row = dict(base, compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse)
-                        try:
-                            row.update(run_variant(gen, Source(mode, video, args.steps, reuse), args, device, host))
-                        except Exception as exc:  # one failing variant (OOM, unsupported backend) must not end the run
-                            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                            if args.verbose:
-                                traceback.print_exc()
-                        rows.append(row)
-                        print(format_row(row), flush=True)
-    finally:
-        gen.set_compile(False)
-        gen.set_fp8(False)
-        del gen, conditioner
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    for rope in args.rope:
+        gen = StreamGenerator(model, codec, text, width=w, height=h, conditioner=conditioner, rope=rope)
+        try:
+            for compiled in args.compile:
+                gen.set_compile(compiled)
+                for fp8 in args.fp8:
+                    try:
+                        gen.set_fp8(fp8)
+                    except ValueError as exc:
+                        rows.append(dict(base, rope=rope, compile=compiled, fp8=fp8, skipped=str(exc)))
+                        continue
+                    for sdpa in args.sdpa:
+                        gen.sdpa = sdpa
+                        for reuse in (args.hint_reuse if mode == "depth" else [False]):
+                            row = dict(base, rope=rope, compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse)
+                            try:
+                                row.update(run_variant(gen, Source(mode, video, args.steps, reuse), args, device, host))
+                            except Exception as exc:  # one failing variant (OOM, backend) must not end the run
+                                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                                if args.verbose:
+                                    traceback.print_exc()
+                            rows.append(row)
+                            print(format_row(row), flush=True)
+        finally:
+            gen.set_compile(False)
+            gen.set_fp8(False)
+            del gen
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
@@ -243,13 +252,13 @@ def bench_text_encoder(args, device, dtype) -> dict:
     return out
 
 
-HEADER = (f"{'res':>8} {'mode':>5} {'codec':>5} {'cmp':>3} {'fp8':>3} {'sdpa':>9} {'reuse':>5} {'fps':>6} {'gpuFPS':>6} "
+HEADER = (f"{'res':>8} {'mode':>5} {'codec':>5} {'rope':>4} {'cmp':>3} {'fp8':>3} {'sdpa':>9} {'reuse':>5} {'fps':>6} {'gpuFPS':>6} "
           f"{'chunk':>7} {'text':>5} {'vace':>6} {'hints':>6} {'dit':>7} {'decode':>6} {'out':>5} {'host':>5} "
           f"{'first':>6} {'cut':>6} {'warm s':>6} {'peakGB':>6}")
 
 
 def format_row(r: dict) -> str:
-    head = (f"{r['resolution']:>8} {r['mode']:>5} {r['codec']:>5} {_b(r.get('compile')):>3} {_b(r.get('fp8')):>3} "
+    head = (f"{r['resolution']:>8} {r['mode']:>5} {r['codec']:>5} {str(r.get('rope', '-'))[:4]:>4} {_b(r.get('compile')):>3} {_b(r.get('fp8')):>3} "
             f"{str(r.get('sdpa', '-')):>9} {_b(r.get('hint_reuse')):>5}")
     if "skipped" in r:
         return f"{head}  SKIPPED {r['skipped']}"
@@ -277,6 +286,8 @@ def main(argv=None) -> int:
     p.add_argument("--fp8", default="off", help="on/off list: e4m3 block Linears")
     p.add_argument("--sdpa", default="auto", help=f"comma list of {','.join(SDPA_BACKENDS)}")
     p.add_argument("--hint-reuse", default="off", help="on/off list (depth mode): hints once per chunk")
+    p.add_argument("--rope", default="auto", help="comma list of auto,relative (relative = the endless "
+                   "mode's steady-state cost: keys re-rotated at attention time)")
     p.add_argument("--text-encoder", choices=["tiny", "full"], default="tiny",
                    help="full: also time the full-size umT5-XXL encode of one prompt")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -287,6 +298,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.compile, args.fp8, args.hint_reuse = onoff(args.compile), onoff(args.fp8), onoff(args.hint_reuse)
     args.sdpa = [v.strip() for v in args.sdpa.split(",") if v.strip()]
+    args.rope = [v.strip() for v in args.rope.split(",") if v.strip()]
     bad = [s for s in args.sdpa if s not in SDPA_BACKENDS]
     if bad:
         raise SystemExit(f"unknown --sdpa {bad}; choose from {list(SDPA_BACKENDS)}")
