@@ -154,16 +154,19 @@ class EngineProcess:
         return code
 
     # -- state -----------------------------------------------------------------------------
+    # (stop() may run on a thread: read self.proc once)
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        proc = self.proc
+        return proc is not None and proc.poll() is None
 
     def status(self) -> str:
-        if self.proc is None:
+        proc = self.proc
+        if proc is None:
             return "stopped"
-        code = self.proc.poll()
+        code = proc.poll()
         if code is None:
-            return f"running (pid {self.proc.pid})"
+            return f"running (pid {proc.pid})"
         return f"exited ({code})"
 
     def take_new_lines(self) -> list[str]:
