@@ -72,7 +72,7 @@ class LoggedGenerator:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge.link import EngineServer
+    from bridge.link import EngineServer, is_local_endpoint
     from bridge.run.generators import build_local_generator
 
     try:
@@ -82,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if cfg.params:
             raise ConfigError("[params] belongs to serve/relay configs (the relay sends parameters)")
+        if not cfg.keys and not is_local_endpoint(cfg.listen):  # before loading any model
+            raise ConfigError(
+                f"--listen {cfg.listen} is reachable from the network, so the engine needs CURVE "
+                "keys: run `vacelive keys --dir keys`, then pass --keys keys/engine here and "
+                "--keys keys/relay to the relay (or listen on tcp://127.0.0.1:PORT)")
         generator = LoggedGenerator(build_local_generator(cfg))
         try:
             server = EngineServer(generator, cfg.listen, keys=cfg.keys)
