@@ -158,3 +158,45 @@ def test_stop_kills_a_process_that_ignores_terminate():
     assert code is not None and code != 0 and time.monotonic() - t0 < 5
     assert any("killing" in line for line in proc.lines)
     assert proc.status() == "stopped"
+
+
+def test_transport_by_os_and_texture_wiring(comp):
+    assert textures.platform_transport("win32") == "spout"
+    assert textures.platform_transport("darwin") == "syphon"
+    assert textures.platform_transport("linux") == "shm"
+    p = comp.par
+    p.Transport.val = "spout"
+    comp._prj.frame()
+    send = {s: comp.op("send_" + s) for s in ("control", "mask", "ref")}
+    assert send["control"].par.sendername.eval() == "vacelive-control"
+    assert send["control"].par.active.eval() is True
+    assert send["mask"].par.active.eval() is False  # nothing wired by default: no empty mask
+    p.Sendmask.val = True
+    p.Maskname.val = "stage-mask"
+    comp._prj.frame()
+    assert send["mask"].par.active.eval() is True
+    assert send["mask"].par.sendername.eval() == "stage-mask"
+    assert comp.ext.VaceLiveExt.EngineSettings().textures["--mask"] == "spout:stage-mask"
+    receive = comp.op("receive_output")
+    assert receive.par.sendername.eval() == "vacelive-out" and receive.par.active.eval()
+    p.Transport.val = "shm"  # no TOP for shared memory: everything off
+    comp._prj.frame()
+    assert not receive.par.active.eval() and not send["control"].par.active.eval()
+    # Syphon: follow the server's entry in the In TOP's menu ("app:server")
+    p.Transport.val = "syphon"
+    comp._prj.frame()
+    receive.par.sendername.menuNames = ["Resolume Arena - Composition", "python3.11:vacelive-out"]
+    comp.ext.VaceLiveExt._syphon_at = None  # the next scan (once a second) is due
+    comp._prj.frame()
+    assert receive.par.sendername.eval() == "python3.11:vacelive-out"
+
+
+def test_match_sender():
+    names = ["TDSyphonSpoutOut", "Arena - vacelive-out", "python:other"]
+    assert textures.match_sender(names, "vacelive-out") == "Arena - vacelive-out"
+    assert textures.match_sender(["vacelive-out", "x:vacelive-out"], "vacelive-out") == \
+        "vacelive-out"
+    assert textures.match_sender(["x:vacelive-out"], "vacelive-out", app="x") == "x:vacelive-out"
+    assert textures.match_sender(names, "missing") is None
+    with pytest.raises(ValueError):
+        textures.resolve_transport("ndi")
