@@ -75,6 +75,7 @@ class VaceConditioner:
             "reactive_encodes": self.encoder.reactive.encoder_calls,
             "zero_hits": self.encoder.inactive.zero_hits + self.encoder.reactive.zero_hits,
             "reference_encodes": self.refs.encodes,
+            "reference_images_encoded": self.refs.images_encoded,
         }
 
     # ---- per chunk --------------------------------------------------------------------------------
@@ -142,16 +143,14 @@ class VaceConditioner:
         rh, rw = y1 - y0, x1 - x0
 
         src = content = user_mask = None
-        if request.video is not None:
-            fitted = self._video(request, n, rh, rw, notes)
-            if fitted is not None:
-                src, content = fitted
-                if tasks.inpaint:
-                    user_mask = self._mask(request, n, rh, rw, notes)
-                control = user_mask is None and not outpaint
-                src = self._annotate(request, src, user_mask, control, notes)
-                if src is None:
-                    user_mask = None
+        raw = self._video(request, n, notes) if request.video is not None else None
+        if raw is not None:
+            src, content = fit(raw, rh, rw, request.fit, GRAY)
+            if tasks.inpaint:
+                user_mask = self._mask(request, n, rh, rw, notes)
+            src = self._annotate(request, raw, src, user_mask, user_mask is None and not outpaint, notes)
+            if src is None:
+                user_mask = None
         if src is None and not anchors:
             return plan is not None, None, None  # an extension's gray middle, or nothing
 
@@ -161,11 +160,11 @@ class VaceConditioner:
             mask = torch.ones((n, 1, H, W), device=self.device)
         if src is not None:
             video[:, :, y0:y1, x0:x1] = src
-            if mask is not None:
+            if user_mask is not None or outpaint:  # a source: kept where the mask is 0
                 inner = torch.ones((n, 1, rh, rw), device=self.device)
                 cy0, cy1, cx0, cx1 = content  # the picture; letterbox bars are generated
                 inner[:, :, cy0:cy1, cx0:cx1] = 0.0 if user_mask is None else user_mask[:, :, cy0:cy1, cx0:cx1]
-                mask[:, :, y0:y1, x0:x1] = inner
+                mask[:, :, y0:y1, x0:x1] = inner  # (a control map is never kept: mask 1)
         for idx, frames in anchors:
             a, (ay0, ay1, ax0, ax1) = fit(frames, rh, rw, request.fit, GRAY)
             sel = torch.tensor(idx, device=self.device)
@@ -178,11 +177,11 @@ class VaceConditioner:
         video = to_signed(video).transpose(0, 1)[None]
         return True, video, None if mask is None else mask.transpose(0, 1)[None]
 
-    def _video(self, request: ChunkRequest, n: int, rh: int, rw: int, notes: list[str]):
+    def _video(self, request: ChunkRequest, n: int, notes: list[str]) -> torch.Tensor | None:
+        """The request's video as n RGB frames in 0..1 at its own size (None: unusable)."""
         try:
             v = frames01(request.video, "Video", self.device, notes)
-            v = to_rgb(take_frames(v, n, "Video", notes), "Video")
-            return fit(v, rh, rw, request.fit, GRAY)
+            return to_rgb(take_frames(v, n, "Video", notes), "Video")
         except InputError as e:
             notes.append(f"{e} Video ignored this chunk.")
             return None
@@ -197,15 +196,17 @@ class VaceConditioner:
             notes.append(f"{e} Mask ignored this chunk.")
             return None
 
-    def _annotate(self, request: ChunkRequest, src: torch.Tensor, user_mask, control: bool, notes: list[str]):
+    def _annotate(self, request: ChunkRequest, raw: torch.Tensor, src: torch.Tensor, user_mask,
+                  control: bool, notes: list[str]) -> torch.Tensor | None:
         """Control: the annotator's map replaces the video. Inpainting: the map goes where the mask
         regenerates (VACE's control-inside-the-mask composition), the video stays elsewhere.
-        Outpainting only: nothing to annotate (the new border has no picture)."""
+        Outpainting only: nothing to annotate (the new border has no picture). The annotator
+        sees the video at its own size, before fitting (letterbox bars would draw lines)."""
         name = request.annotator
         if name == "none" or not (control or user_mask is not None):
             return src
         try:
-            a = self.annotators(name, src)
+            a = fit(self.annotators(name, raw), src.shape[-2], src.shape[-1], request.fit, GRAY)[0]
         except AnnotatorUnavailable as e:
             notes.append(f"{e} Video ignored this chunk.")
             return None

@@ -43,7 +43,8 @@ def frames01(x: Any, what: str, device: torch.device, notices: list[str]) -> tor
     if not t.is_floating_point():
         raise InputError(f"{what} is {str(t.dtype).replace('torch.', '')}: send uint8 (0-255), uint16 or float (0-1) pixels.")
     t = t.detach().to(device, non_blocking=True).float()
-    nonfinite, outside = torch.stack([(~torch.isfinite(t)).any(), ((t < 0) | (t > 1)).any()]).tolist()
+    finite = torch.isfinite(t)
+    nonfinite, outside = torch.stack([(~finite).any(), (((t < 0) | (t > 1)) & finite).any()]).tolist()
     if nonfinite:
         notices.append(f"{what} has NaN or infinite pixels; they were replaced (NaN -> black, +Inf -> white).")
         t = torch.nan_to_num_(t, nan=0.0, posinf=1.0, neginf=0.0)

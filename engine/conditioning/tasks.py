@@ -77,12 +77,13 @@ def outpaint_rect(outpaint: Outpaint, height: int, width: int) -> tuple[int, int
 
 # ---- references (R2V) -----------------------------------------------------------------------------
 class ReferenceSet:
-    """Sticky reference images: fitted to the output size, encoded once, reused while unchanged.
-    `encodes` counts encoder calls (one per change of the fitted images)."""
+    """Sticky reference images: fitted to the output size, each encoded once and reused while it
+    is unchanged (`encodes` counts encoder calls, `images_encoded` the pictures they encoded)."""
 
     def __init__(self, codec: Codec, height: int, width: int, device: torch.device) -> None:
         self.codec, self.height, self.width, self.device = codec, height, width, device
         self.encodes = 0
+        self.images_encoded = 0
         self.clear()
 
     def clear(self) -> None:
@@ -130,12 +131,20 @@ class ReferenceSet:
         # letterbox on a white canvas, as the original's prepare_source
         images = to_signed(torch.cat([fit(r[None], self.height, self.width, ref_fit, 1.0)[0] for r in raw]))
         self._raw, self._fit = raw, ref_fit
-        if self.images is not None and self.images.shape == images.shape and torch.equal(self.images, images):
-            return  # the same pictures: keep the latents
+        known = [] if self.images is None else list(zip(self.images, self.latents.unbind(2)))
+        latents: list[torch.Tensor | None] = []
+        for img in images:  # an unchanged picture keeps its latent
+            latents.append(next((lat for old, lat in known if torch.equal(old, img)), None))
+        todo = [i for i, lat in enumerate(latents) if lat is None]
+        if todo:
+            fresh = encode_references(self.codec, images[todo])
+            for j, i in enumerate(todo):
+                latents[i] = fresh[:, :, j]
+            self.encodes += 1
+            self.images_encoded += len(todo)
         self.images = images
-        self.latents = encode_references(self.codec, images)
+        self.latents = torch.stack(latents, 2)
         self.context = reference_context(self.latents)
-        self.encodes += 1
 
 
 # ---- extension --------------------------------------------------------------------------------------
