@@ -1,0 +1,50 @@
+"""`vacelive demo` as CI runs it: the command, a few chunks, its files decode."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import av
+from PIL import Image
+
+from runloop_support import REPO
+
+
+def test_demo_runs_and_writes_its_files(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "demo", "--chunks", "5", "--out", str(out),
+         "--width", "128", "--height", "96", "--timeout", "90"],
+        cwd=REPO, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    assert "RANDOM weights" in text and "vacelive weights download longlive" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["chunks"] >= 5 and summary["failed_chunks"] == 0
+
+    with av.open(str(out / "vacelive-demo.mp4")) as c:
+        stream = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert (stream.width, stream.height) == (128, 96)
+    assert len(frames) == summary["files"]["mp4_frames"] >= 5 * 12 - 3  # every read-back frame
+    assert frames[0].shape == (96, 128, 3)
+    assert frames[0].std() > 0 or frames[-1].std() > 0  # not an empty picture
+
+    sheet = Image.open(out / "contact-sheet.png")
+    sheet.load()
+    assert list(sheet.size) == summary["files"]["contact_sheet_size"] and sheet.size[0] > 256
+
+    # each OSC message reached the loop and was used
+    by_address = {c["address"]: c for c in summary["osc"]}
+    prompt = by_address["/vace/prompt"]
+    assert prompt["chunk"] > prompt["sent_during_chunk"]
+    assert [t for t, _ in prompt["value"]] == ["a glowing jellyfish drifting through deep blue water"]
+    assert by_address["/vace/context_scale"]["value"] == 0.4
+    morph = by_address["/vace/preset/load"]["morph"]
+    assert [m["step"] for m in morph] == ["1/2", "2/2"]
+    assert by_address["/vace/preset/load"]["reply"] == ["demo-dream", 2]
+    snap = by_address["/vace/snapshot"]["file"]
+    assert snap and Image.open(snap).size == (128, 96)
+    assert summary["osc_feedback"]["status"]["chunk"] >= 4  # /vace/status/* came back over UDP
+    assert "used from chunk" in text and "morph chunk" in text
