@@ -67,6 +67,22 @@ class VaceConditioner:
         self._board.clear()
         self.tasks = Tasks()
 
+    def snapshot(self) -> tuple:
+        """Everything prepare() changes, by reference (cheap): restore() it when the chunk that
+        called prepare() fails, so the retried chunk sees the same streams, anchors and refs."""
+        plan = self.extension
+        return (self.encoder.snapshot(), self.refs.snapshot(), plan, plan.offset if plan else 0,
+                set(self._board._current), self.tasks)
+
+    def restore(self, saved: tuple) -> None:
+        enc, refs, plan, offset, board, self.tasks = saved
+        self.encoder.restore(enc)
+        self.refs.restore(refs)
+        self.extension = plan
+        if plan is not None:
+            plan.offset = offset
+        self._board._current = set(board)
+
     def stats(self) -> dict:
         """Counters for tests and benchmarks: real encoder calls, cached all-zero encodes, reference encodes."""
         return {

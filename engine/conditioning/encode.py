@@ -91,6 +91,18 @@ class ConditionStream:
         self._zero_out = None
         self._zero_checks = 0
 
+    def snapshot(self) -> tuple:
+        st = self.stream.state  # cache entries are replaced on write, never mutated: references do
+        return (dict(st.slots), st.calls, st.first, st.signature, self._zero_out, self._zero_checks)
+
+    def restore(self, saved: tuple) -> None:
+        slots, calls, first, signature, self._zero_out, self._zero_checks = saved
+        st = self.stream.state
+        st.abort()
+        st.slots.clear()
+        st.slots.update(slots)
+        st.calls, st.first, st.signature = calls, first, signature
+
     def encode(self, frames: torch.Tensor | None, shape: tuple[int, int, int, int]) -> torch.Tensor:
         """frames [B, 3, n, H, W] in [-1, 1], or None for all-zero frames of `shape` (B, n, H, W).
         Returns [B, 16, latents(n), H/8, W/8] aligned with chunk_groups(n)."""
@@ -150,9 +162,12 @@ class VaceEncoder:
         self.inactive.reset()
         self.reactive.reset()
 
-    @property
-    def started(self) -> bool:
-        return not self.inactive.stream.first
+    def snapshot(self) -> tuple:
+        return self.inactive.snapshot(), self.reactive.snapshot()
+
+    def restore(self, saved: tuple) -> None:
+        self.inactive.restore(saved[0])
+        self.reactive.restore(saved[1])
 
     def encode(self, video: torch.Tensor | None, mask: torch.Tensor | None,
                shape: tuple[int, int, int, int]) -> torch.Tensor:

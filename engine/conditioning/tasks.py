@@ -96,6 +96,13 @@ class ReferenceSet:
     def __len__(self) -> int:
         return 0 if self.latents is None else self.latents.shape[2]
 
+    def snapshot(self) -> tuple:  # tensors are replaced on change, never mutated
+        return list(self._raw), self._fit, self.images, self.latents, self.context
+
+    def restore(self, saved: tuple) -> None:
+        raw, self._fit, self.images, self.latents, self.context = saved
+        self._raw = list(raw)
+
     def update(self, refs, ref_fit: str, notices: list[str]) -> None:
         """Apply request.refs (None keeps, [] clears, a list replaces) and request.ref_fit."""
         if refs is None:
