@@ -326,3 +326,39 @@ def test_fixed_fps_throttle_keeps_at_most_a_chunk_queued(fps):
     # without the throttle a 1 ms generator would fill the pacer to its capacity (36) at once
     assert 0 < peak <= 12 + 12
     assert loop.pacer.stats.dropped == 0
+
+
+class WithLoras(PatternGenerator):
+    def describe(self):
+        return {**super().describe(), "loras": {"style": 1.0}}
+
+
+def test_lora_scales_only_for_loras_the_generator_has():
+    from bridge.schema import build_schema
+
+    store = ParamStore(build_schema(["style"]))
+    loop, gen, store, sent, notes = make_loop(gen=Recorder(WithLoras(96, 64)), store=store)
+    assert loop.run_once().request.lora_scales == {"style": 1.0}  # no "pipeline": it has none
+    store.set("lora/pipeline", 0.5)
+    assert loop.run_once().request.lora_scales == {"style": 1.0}
+    assert notes.notices == ["/vace/lora/pipeline: this pipeline has no LoRA 'pipeline'; "
+                             "the scale is not used"]
+    loop.run_once()
+    assert len(notes.notices) == 1
+    loop.stop()
+
+
+def test_a_generator_that_keeps_failing_is_reported_sparingly():
+    class Down(PatternGenerator):
+        n = 0
+
+        def step(self, request):
+            Down.n += 1
+            raise RuntimeError(f"engine unreachable for {Down.n * 0.5:.1f} s; reconnecting")
+
+    loop, gen, store, sent, notes = make_loop(gen=Down(96, 64), max_backoff=0.0)
+    for _ in range(20):
+        loop.run_once()
+    assert loop.errors == 20
+    assert len(notes.errors) == 1 and "unreachable for 0.5 s" in notes.errors[0]
+    loop.stop()

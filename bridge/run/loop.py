@@ -20,6 +20,7 @@ read what each request carried and when it ran.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -84,6 +85,9 @@ class _Tap:
         self.sent += 1
 
 
+_DIGITS = re.compile(r"\d+(\.\d+)?")
+
+
 class _ErrorGate:
     """Repeated identical errors (an engine that stays down) are reported once, then at most every
     `every` seconds with a count, so OSC surfaces and logs are not flooded."""
@@ -96,8 +100,9 @@ class _ErrorGate:
 
     def __call__(self, message: str) -> None:
         now = time.monotonic()
-        if message != self._last:
-            self._last, self._since, self._repeats = message, now, 0
+        key = _DIGITS.sub("#", message)  # "unreachable for 1.5 s" and "... 2.0 s" are one error
+        if key != self._last:
+            self._last, self._since, self._repeats = key, now, 0
             self._report(message)
         elif now - self._since >= self.every:
             self._report(f"{message} (repeated {self._repeats + 1} times)")
@@ -164,6 +169,10 @@ class RunLoop:
         self.last_latency_ms = 0.0
         self.paused = False
         self.describe: dict[str, Any] = {}
+        try:
+            self.describe = dict(generator.describe())
+        except Exception:  # a remote engine may not have answered yet
+            pass
 
     # -- lifecycle ----------------------------------------------------------------------------
     def add_observer(self, fn: Callable[[ChunkRecord], None]) -> None:
@@ -313,6 +322,15 @@ class RunLoop:
                 log.info("stream reset")
             except Exception as exc:
                 self._error(f"reset failed ({type(exc).__name__}: {exc}); sent with the chunk")
+        known = self.describe.get("loras")
+        if isinstance(known, dict):
+            # The schema always has /vace/lora/pipeline; a pipeline without that LoRA (e.g.
+            # self-forcing) must not hear about it every chunk. Said once if the performer moves it.
+            for name in [n for n in fields["lora_scales"] if n not in known]:
+                del fields["lora_scales"][name]
+                if f"lora/{name}" in snap.changed:
+                    self.reporter.notice(f"/vace/lora/{name}: this pipeline has no LoRA '{name}'; "
+                                         "the scale is not used")
         n = self._frames_needed()
         if snap["video_enabled"] and self.control is not None:
             window = self.control.window(n)
