@@ -424,5 +424,5 @@ def test_gpu_compiled_blocks_match_eager_and_bf16_stream_is_finite():
     for _ in range(3):
         a, b = eager.step(req()), comp.step(req())
         assert a.frames.device.type == "cuda" and a.frames.shape == b.frames.shape
-        assert (a.frames.int() - b.frames.int()).abs().float().mean() < 2.0
+        assert (a.frames.int() - b.frames.int()).abs().float().mean() < 3.0
         assert set(a.timings_ms) >= {"dit", "decode", "total"}
