@@ -165,13 +165,16 @@ def build_random(size: str = "tiny", *, device="cpu", dtype: torch.dtype | None 
 def build_from_recipe(recipe, models_dir=None, *, codec: str = "wan", text_encoder: str = "bf16",
                       text_placement: str = "gpu", vace: bool = True, device="cuda",
                       dtype: torch.dtype = torch.bfloat16, loras: Sequence = (), width: int | None = None,
-                      height: int | None = None, progress: bool = True) -> Parts:
+                      height: int | None = None, progress: bool = True, dit_config: WanConfig | None = None,
+                      codec_config=None, text_config=None) -> Parts:
     """Load a recipe's real weights. Raises engine.models_dir.MissingWeightsError (every missing
     file, where it comes from, the download command) before loading anything.
 
     loras: engine.lora.LoraSpec or (name, path[, scale]) tuples, applied after the pipeline LoRA
-    (which is registered as "pipeline", the name the OSC schema's /vace/lora/pipeline uses)."""
-    from engine.codecs import load_codec
+    (which is registered as "pipeline", the name the OSC schema's /vace/lora/pipeline uses).
+    dit_config / codec_config / text_config replace the full-size architectures (tests load
+    tiny checkpoints written in the public layouts through this same path)."""
+    from engine.codecs import LightTAECodec, TAECodec, WanVAECodec, load_codec
     from engine.lora import LoraSpec
     from engine.pipelines import GENERATOR, LORA, TEXT_ENCODER, TOKENIZER, VACE, WeightOptions
     from engine.text import TextEncoder
@@ -187,14 +190,18 @@ def build_from_recipe(recipe, models_dir=None, *, codec: str = "wan", text_encod
         specs.append(entry if isinstance(entry, LoraSpec) else LoraSpec(*entry))
     gen_file = recipe.file(GENERATOR, options)
     ema = bool(gen_file.state_keys) and gen_file.state_keys[0] == "generator_ema"
-    loaded = build_model(recipe.model_config, str(paths[GENERATOR]), vace_path=str(paths[VACE]) if vace else None,
+    loaded = build_model(dit_config or recipe.model_config, str(paths[GENERATOR]), vace_path=str(paths[VACE]) if vace else None,
                          loras=specs, ema=ema, dtype=dtype, device=device, progress=progress)
     for report in loaded.reports:
         log.info("%s", report)
     codec_role = {"wan": "vae", "tae": "tae", "lighttae": "lighttae"}[codec]
-    codec_obj = load_codec(codec, paths[codec_role], device=device, dtype=dtype)
+    if codec_config is None:
+        codec_obj = load_codec(codec, paths[codec_role], device=device, dtype=dtype)
+    else:
+        cls = {"wan": WanVAECodec, "tae": TAECodec, "lighttae": LightTAECodec}[codec]
+        codec_obj = cls.load(paths[codec_role], device=device, dtype=dtype, config=codec_config)
     text = TextEncoder.load(paths[TEXT_ENCODER], paths[TOKENIZER], device=device, placement=text_placement,
-                            dtype=dtype, progress=progress)
+                            dtype=dtype, config=text_config, progress=progress)
     parts = Parts(loaded.model, codec_obj, text, loaded.loras)
     if vace:
         parts.conditioner = make_conditioner(loaded.model, codec_obj, width=width, height=height, device=device,

@@ -108,6 +108,9 @@ class StreamGenerator:
             raise ValueError(f"sdpa must be one of {SDPA_BACKENDS}, got {sdpa!r}")
         if conditioner is not None and not hasattr(model, "compute_hints"):
             raise ValueError("a VACE conditioner needs a VACE-wrapped model (engine.dit.VaceWanModel)")
+        seq_len = getattr(text_encoder, "seq_len", None)
+        if seq_len is not None and seq_len > model.cfg.text_len:
+            raise ValueError(f"the text encoder pads to {seq_len} tokens, the DiT reads at most {model.cfg.text_len}")
         self.width, self.height = width, height
         self.model, self.codec, self.text_encoder = model, codec, text_encoder
         self.conditioner, self.loras = conditioner, loras
@@ -152,7 +155,7 @@ class StreamGenerator:
 
     # ---- constructors ---------------------------------------------------------------------------
     @classmethod
-    def from_recipe(cls, recipe: str = "longlive", models_dir=None, *, width: int = 832, height: int = 480,
+    def from_recipe(cls, recipe: str | Recipe = "longlive", models_dir=None, *, width: int = 832, height: int = 480,
                     codec: str = "wan", text_encoder: str = "bf16", text_placement: str = "gpu", vace: bool = True,
                     device="cuda", dtype: torch.dtype = torch.bfloat16, loras: Sequence = (), rope: str = "auto",
                     compile: bool = False, fp8: bool = False, sdpa: str = "auto",
@@ -161,7 +164,7 @@ class StreamGenerator:
         MissingWeightsError listing every missing file before loading anything."""
         from engine.factory import build_from_recipe
 
-        rec = get_recipe(recipe)
+        rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
         parts = build_from_recipe(rec, models_dir, codec=codec, text_encoder=text_encoder,
                                   text_placement=text_placement, vace=vace, device=device, dtype=dtype,
                                   loras=loras, width=width, height=height, progress=progress)
