@@ -220,6 +220,8 @@ EXTENSIONS = {
     "firstframe@stream-start": (Extension("firstframe", first=A), True, [{0: a01}]),
     "firstframe x2": (Extension("firstframe", first=A, chunks=2), False, [{f: a01 for f in range(4)}, "gray"]),
     "lastframe x2": (Extension("lastframe", last=B, chunks=2), False, ["gray", {f: b01 for f in range(8, 12)}]),
+    # long enough for TAE's all-zero cache to serve the gray chunks and the anchor's zero reactive half
+    "lastframe x6": (Extension("lastframe", last=B, chunks=6), False, ["gray"] * 5 + [{f: b01 for f in range(8, 12)}]),
     "firstlastframe": (Extension("firstlastframe", first=A, last=B), False,
                        [{**{f: a01 for f in range(4)}, **{f: b01 for f in range(8, 12)}}]),
     "firstlastframe@stream-start": (Extension("firstlastframe", first=A, last=B), True,
@@ -247,6 +249,8 @@ def test_extension_anchors_land_in_the_right_groups_with_mask_0(name, tae):
                     assert not got.context[0, 32:, g].any()
     # the span is over: the next chunk inherits nothing (it continues from the KV cache)
     assert cond.prepare(ChunkRequest(), first_chunk=False, num_frames=12) is None
+    if name == "lastframe x6":
+        assert cond.stats()["zero_hits"] == 3  # both halves in chunk 4, the anchor chunk's reactive half
 
 
 def test_extension_problems_are_explained(tae):

@@ -114,12 +114,13 @@ class VaceConditioner:
         self.tasks = tasks = infer_tasks(request, sticky_refs=len(self.refs) > 0, extension_running=running)
         self.refs.update(request.refs, request.ref_fit, notes)
         self._update_extension(request, n, notes)
-        active, video, mask = self._chunk_pixels(request, tasks, n, notes)
+        active, video, mask, anchors_only = self._chunk_pixels(request, tasks, n, notes)
         if not active and not len(self.refs):
             self.encoder.reset()  # text only: the conditioning streams lose their continuity
             return None
         shape = (1, n, self.height, self.width)
-        context = self.encoder.encode(video, mask, shape).to(self.dtype)
+        # anchors on gray: the kept anchors have mask 0 and the rest is 0.0, so video * m == 0
+        context = self.encoder.encode(video, mask, shape, reactive_is_zero=anchors_only).to(self.dtype)
         prefix = None
         if len(self.refs):
             context = torch.cat([self.refs.context.to(self.dtype), context], 2)
@@ -137,8 +138,9 @@ class VaceConditioner:
                     notes.append(str(e))
 
     def _chunk_pixels(self, request: ChunkRequest, tasks: Tasks, n: int, notes: list[str]):
-        """(active, video, mask) of this chunk: video [1, 3, n, H, W] in [-1, 1] or None = all
-        gray; mask [1, 1, n, H, W] in [0, 1] or None = all ones; active False = no VACE pixels."""
+        """(active, video, mask, anchors_only) of this chunk: video [1, 3, n, H, W] in [-1, 1] or
+        None = all gray; mask [1, 1, n, H, W] in [0, 1] or None = all ones; active False = no VACE
+        pixels; anchors_only: no source video, only extension anchors on gray."""
         H, W = self.height, self.width
         plan = self.extension
         anchors = plan.take(n) if plan is not None else []
@@ -168,7 +170,7 @@ class VaceConditioner:
             if src is None:
                 user_mask = None
         if src is None and not anchors:
-            return plan is not None, None, None  # an extension's gray middle, or nothing
+            return plan is not None, None, None, False  # an extension's gray middle, or nothing
 
         video = torch.full((n, 3, H, W), GRAY, device=self.device)
         mask = None
@@ -191,7 +193,7 @@ class VaceConditioner:
             keep[:, :, ay0:ay1, ax0:ax1] = 0.0  # anchor frames are kept (mask 0)
             mask[sel, :, y0:y1, x0:x1] = keep
         video = to_signed(video).transpose(0, 1)[None]
-        return True, video, None if mask is None else mask.transpose(0, 1)[None]
+        return True, video, None if mask is None else mask.transpose(0, 1)[None], src is None
 
     def _video(self, request: ChunkRequest, n: int, notes: list[str]) -> torch.Tensor | None:
         """The request's video as n RGB frames in 0..1 at its own size (None: unusable)."""

@@ -170,9 +170,10 @@ class VaceEncoder:
         self.reactive.restore(saved[1])
 
     def encode(self, video: torch.Tensor | None, mask: torch.Tensor | None,
-               shape: tuple[int, int, int, int]) -> torch.Tensor:
+               shape: tuple[int, int, int, int], reactive_is_zero: bool = False) -> torch.Tensor:
         """video [B, 3, n, H, W] in [-1, 1] (None: all 0.0, VACE's "missing" gray); mask
         [B, 1, n, H, W] in [0, 1], 1 = generate (None: all ones). shape = (B, n, H, W).
+        reactive_is_zero: the caller knows video * m is all zero (only kept anchors on gray).
         Returns the chunk's context [B, 96, latents, H/8, W/8] in the codec's dtype."""
         if video is None:
             inactive = reactive = None
@@ -180,7 +181,7 @@ class VaceEncoder:
             inactive, reactive = None, video
         else:
             m = (mask > 0.5).to(video.dtype)
-            inactive, reactive = video * (1 - m), video * m
+            inactive, reactive = video * (1 - m), None if reactive_is_zero else video * m
         z_in = self.inactive.encode(inactive, shape)
         z_re = self.reactive.encode(reactive, shape)
         return torch.cat([z_in, z_re, self._mask_channels(mask, shape, z_in)], 1)
