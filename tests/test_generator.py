@@ -53,9 +53,12 @@ def test_frame_counts_first_chunk_9_then_12_and_reset_gives_9_again():
         assert r.frames.shape[1:] == (H, W, 4) and r.frames.dtype == torch.uint8
         assert (r.frames[..., 3] == 255).all()
     assert sizes == [9, 12, 12] and gen.next_chunk_frames == 12
+    encodes = gen.text_encoder.calls
     gen.reset()
     assert gen.next_chunk_frames == 9 and gen.frame == 0 and gen.kv.window_frames() == []
+    assert gen.text is None and gen.history.head == 0 and gen.decoder.first
     assert gen.step(req()).frames.shape[0] == 9
+    assert gen.text_encoder.calls == encodes  # the embedding LRU survives a reset
     assert gen.step(req()).frames.shape[0] == 12
     r = gen.step(req(reset=True))  # a reset carried by the request
     assert r.frames.shape[0] == 9 and r.chunk_index == 0 and gen.counters["resets"] == 2
