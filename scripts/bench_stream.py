@@ -288,6 +288,8 @@ def main(argv=None) -> int:
     p.add_argument("--hint-reuse", default="off", help="on/off list (depth mode): hints once per chunk")
     p.add_argument("--rope", default="auto", help="comma list of auto,relative (relative = the endless "
                    "mode's steady-state cost: keys re-rotated at attention time)")
+    p.add_argument("--compile-codec", action="store_true", help="torch.compile the codecs' chunk functions "
+                   "(Codec.use_compile) for every run")
     p.add_argument("--text-encoder", choices=["tiny", "full"], default="tiny",
                    help="full: also time the full-size umT5-XXL encode of one prompt")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -324,6 +326,9 @@ def main(argv=None) -> int:
     model = random_dit(cfg, vace="depth" in modes, device=device, dtype=dtype)
     text = random_text_encoder(cfg.text_dim, size="tiny", seq_len=cfg.text_len, device=device, dtype=dtype)
     codec_objs = {c: random_codec(c, small=size == "tiny", device=device, dtype=dtype) for c in codecs}
+    if args.compile_codec:
+        for codec in codec_objs.values():
+            codec.use_compile(True)
     sync(device)
     build_s = time.perf_counter() - t0
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
@@ -341,7 +346,8 @@ def main(argv=None) -> int:
            "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": str(dtype).removeprefix("torch."),
            "config": "tiny (smoke)" if args.smoke else "wan2.1-1.3b + VACE (random weights)",
            "dit_weights_gb": round(weights_gb, 2), "build_s": round(build_s, 1), "steps": args.steps,
-           "chunks": args.chunks, "warmup": args.warmup, "pipeline": "longlive (sink 3 + window 12)"}
+           "chunks": args.chunks, "warmup": args.warmup, "pipeline": "longlive (sink 3 + window 12)",
+           "compile_codec": args.compile_codec}
     print(f"\n{env['device']} | torch {env['torch']} | {env['dtype']} | {env['config']} | DiT+VACE weights "
           f"{weights_gb:.2f} GB | {args.steps} steps | {args.chunks} chunks after {args.warmup} warm-up")
     print("fps: wall clock of the loop incl. host copy; gpuFPS: 12 frames / CUDA-event chunk time; stage "
