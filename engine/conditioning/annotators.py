@@ -75,12 +75,13 @@ def gaussian_blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(g, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
 
 
-def canny(g: torch.Tensor, low: float = 0.4, high: float = 0.8, sigma: float = 1.4,
+def canny(g: torch.Tensor, low: float = 0.2, high: float = 0.4, sigma: float = 1.4,
           max_iterations: int | None = None) -> torch.Tensor:
     """Canny edges of [F, 1, H, W] gray in [0, 1] -> bool [F, 1, H, W]. Thresholds are Sobel
-    magnitudes of 0..1 images (a full-contrast step edge is ~4): 0.4 / 0.8 match the usual
-    100 / 200 on 8-bit images. Hysteresis grows strong edges through weak ones until nothing
-    changes (checked every 8 steps; at most max_iterations, default H + W)."""
+    magnitudes of the blurred 0..1 image (a full-contrast step edge gives ~2): 0.2 / 0.4 are steps
+    of ~10 % / 20 % contrast, like the usual 100 / 200 on 8-bit images. Hysteresis grows strong
+    edges through weak ones until nothing changes (checked every 8 steps; at most
+    max_iterations, default H + W)."""
     gx, gy = sobel(gaussian_blur(g, sigma))
     mag = torch.hypot(gx, gy)
     # gradient direction folded to [0, 180) and quantised to 0 / 45 / 90 / 135 degrees
@@ -161,7 +162,9 @@ def load_depth_anything(models: Path, device: torch.device, dtype: torch.dtype) 
         d = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
         lo = d.amin(dim=(1, 2, 3), keepdim=True)
         hi = d.amax(dim=(1, 2, 3), keepdim=True)
-        return ((d - lo) / (hi - lo).clamp_min(1e-6)).expand(-1, 3, -1, -1).to(frames.dtype)
+        span = hi - lo
+        span = torch.where(span > 0, span, torch.ones_like(span))  # a flat map stays black
+        return ((d - lo) / span).expand(-1, 3, -1, -1).to(frames.dtype)
 
     return depth
 
