@@ -22,9 +22,9 @@ Per chunk (`StreamGenerator.step`), at the chunk boundary:
   7. decode through the codec's decoder stream (9 frames on the first chunk, then 12) and
      convert to uint8 RGBA [F, H, W, 4] on the generator's device.
 Only then is the chunk committed (clean latents into the re-cache history, frame counter). A step
-that raises restores the KV cache state, the prompt state, the text state and the decoder stream,
-so the next step regenerates the same chunk (the conditioner's encoder streams are the one
-exception: they have no rollback in the Conditioner protocol).
+that raises restores the KV cache state, the prompt state, the text state, the decoder stream and
+the conditioner (through its optional snapshot()/restore(), which VaceConditioner has), so the next
+step regenerates the same chunk.
 
 RoPE and endless streams (`rope`, decided by the lead; docs/streaming.md):
   "auto"      (default) keys cached rotated with absolute frame positions (reference parity) until
@@ -411,14 +411,16 @@ class StreamGenerator:
     # ---- rollback -------------------------------------------------------------------------------
     def _snapshot(self):
         st = self.decoder.state
+        cond = self.conditioner
         return (self.kv.state, self.kv.origin, dict(self.prompt_state.__dict__), self.text,
-                (dict(st.slots), st.calls, st.first, st.signature))
+                (dict(st.slots), st.calls, st.first, st.signature),
+                cond.snapshot() if hasattr(cond, "snapshot") else None)
 
     def _restore(self, saved) -> None:
         """Undo a failed chunk. KV storage may hold K/V of the failed chunk in slots that the
         restored state marks as free or as older frames: the cache policy is frame-indexed, so the
         retried chunk writes those same slots before any attention reads them."""
-        kv_state, origin, prompt, text, (slots, calls, first, signature) = saved
+        kv_state, origin, prompt, text, (slots, calls, first, signature), conditioning = saved
         self.kv.state, self.kv.origin = kv_state, origin
         self.prompt_state.__dict__.update(prompt)
         self.text = text
@@ -427,6 +429,8 @@ class StreamGenerator:
         st.slots.clear()
         st.slots.update(slots)
         st.calls, st.first, st.signature = calls, first, signature
+        if conditioning is not None:
+            self.conditioner.restore(conditioning)
 
 
 def sdpa_context(name: str):

@@ -93,6 +93,30 @@ def test_hint_reuse_computes_hints_once_per_chunk_and_reset_restarts_conditionin
     assert torch.equal(again[0].frames, reused[0].frames)  # the conditioning streams started over
 
 
+def test_a_failing_vace_chunk_restores_the_conditioner_too():
+    reference = stream(make(), chunks=4)
+    gen = make()
+    first = stream(gen, chunks=2)
+    original = gen.decoder.decode
+
+    def failing(latents):
+        gen.decoder.decode = original
+        raise RuntimeError("codec failure")
+
+    gen.decoder.decode = failing
+    n = gen.next_chunk_frames
+    with pytest.raises(RuntimeError):
+        gen.step(ChunkRequest(prompts=[Prompt("a red cat")], video=control(n, 21)))
+    phase = 21  # 9 + 12 frames were consumed by the first two chunks
+    rest = []
+    for _ in range(2):
+        n = gen.next_chunk_frames
+        rest.append(gen.step(ChunkRequest(prompts=[Prompt("a red cat")], video=control(n, phase))))
+        phase += n
+    for got, want in zip(first + rest, reference):
+        assert torch.equal(got.frames, want.frames)
+
+
 @pytest.mark.gpu
 def test_gpu_full_size_depth_stream_is_finite_and_under_24_gb():
     """1.3B + VACE, 832x480, Wan VAE, depth control, tiny text encoder (the real one is offloaded
