@@ -165,7 +165,8 @@ def test_connect_pushes_values_registers_feedback_and_links(rig):
     rig.comp.par.Annotator.val = "pose"
     rig.until(lambda: rig.comp.par.Connected.eval())
     assert rig.store.get("context_scale") == 1.5 and rig.store.get("annotator") == "pose"
-    assert rig.comp.par.Presetname.menuNames == PresetLibrary().names()
+    assert rig.comp.par.Presetname.menuNames == rig.server.presets.names()
+    assert "neon-city" in rig.comp.par.Presetname.menuNames
     # the echoes of our own push changed nothing and sent nothing back
     assert rig.comp.par.Contextscale.eval() == 1.5
 
@@ -273,16 +274,16 @@ def test_feedback_guard_drops_only_what_feedback_wrote():
     assert not g.is_echo("Steps", 2)
 
 
-def test_pending_echoes_drop_stale_values_of_a_moving_fader():
+def test_pending_echoes_tell_our_moves_from_news():
     p = osc_sync.PendingEchoes(hold_s=0.5)
     for i, v in enumerate((0.1, 0.2, 0.3)):
         p.sent("context_scale", v, now=i * 0.01)
-    assert not p.accept("context_scale", 0.1, now=0.05)  # stale: would jump back
-    assert not p.accept("context_scale", 0.9, now=0.05)  # someone else, ours in flight
-    assert p.accept("context_scale", 0.3, now=0.06)  # our newest: confirmed
-    assert p.accept("context_scale", 0.9, now=0.07)  # nothing in flight: take it
+    assert p.classify("context_scale", 0.1, now=0.05) == p.STALE  # would jump back
+    assert p.classify("context_scale", 0.9, now=0.05) == p.STALE  # someone else, ours in flight
+    assert p.classify("context_scale", 0.3, now=0.06) == p.OURS  # our newest: confirmed
+    assert p.classify("context_scale", 0.9, now=0.07) == p.FOREIGN  # nothing in flight
     p.sent("seed", 5, now=1.0)
-    assert p.accept("seed", 6, now=2.0)  # ours expired (the engine refused it): take theirs
+    assert p.classify("seed", 6, now=2.0) == p.FOREIGN  # ours expired (refused): take theirs
 
 
 def test_stale_echo_does_not_move_the_parameter_back(tmp_path):
@@ -295,7 +296,19 @@ def test_stale_echo_does_not_move_the_parameter_back(tmp_path):
         r.comp.par.Contextscale.val = 0.3
         ext.OnReceiveOSC("/vace/context_scale", [0.2])  # late echo of the first move
         assert r.comp.par.Contextscale.eval() == pytest.approx(0.3)
+        # once our moves settle, the component asks for the engine's value (echoes coalesce)
+        ext.clock = lambda: 100.6
+        r.prj.frame()
+        assert r.comp.op("oscout").sent[-1] == ("/vace/get", ["/vace/context_scale"])
+        ext.clock = lambda: 100.0
+        # deferred callbacks: the performer has moved on to 0.5 but its change is not sent
+        # yet when the echo of 0.3 (our newest) arrives: that echo must not overwrite 0.5
+        r.comp.par.Contextscale._val = 0.5  # a UI move whose callback has not run
         ext.OnReceiveOSC("/vace/context_scale", [0.3])
+        ext.OnReceiveOSC("/vace/context_scale", [0.7])  # nor anyone else's value
+        assert r.comp.par.Contextscale.eval() == pytest.approx(0.5)
+        ext.OnParValueChange(r.comp.par.Contextscale)  # the callback runs: 0.5 is sent
+        assert r.comp.op("oscout").sent[-1] == ("/vace/context_scale", [0.5])
         ext.clock = lambda: 101.0
         ext.OnReceiveOSC("/vace/context_scale", [0.6])  # another surface, later
         assert r.comp.par.Contextscale.eval() == pytest.approx(0.6)

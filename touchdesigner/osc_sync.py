@@ -14,8 +14,9 @@ Two guards keep the sync free of loops and jumps:
 - `PendingEchoes`: while a fader is being dragged, the echoes of its older values are still on
   the way back; writing them would make the slider jump backwards. Values sent in the last
   `hold_s` seconds are remembered per parameter; an echo of an older one is dropped, an echo of
-  the newest clears the list, and a foreign value (another surface, a preset morph) is taken
-  only once nothing of ours is in flight.
+  the newest is not written either (the parameter has it, or an even newer move whose callback
+  has not run yet), and a foreign value (another surface, a preset morph) is taken only once
+  nothing of ours is in flight.
 """
 
 import math
@@ -189,7 +190,9 @@ class FeedbackGuard:
 
 
 class PendingEchoes:
-    """Values sent recently per parameter, to drop stale echoes of a fader being dragged."""
+    """Values sent recently per parameter, to tell the echoes of our own moves from news."""
+
+    OURS, STALE, FOREIGN = "ours", "stale", "foreign"
 
     def __init__(self, hold_s: float = 0.5, max_items: int = 64):
         self.hold_s, self.max_items = hold_s, max_items
@@ -200,17 +203,20 @@ class PendingEchoes:
         entries.append((value, now))
         del entries[:-self.max_items]
 
-    def accept(self, name: str, value: Any, now: float) -> bool:
+    def classify(self, name: str, value: Any, now: float) -> str:
+        """OURS: the echo of our newest value (nothing to write: the parameter has it, or a
+        newer move whose callback is still pending); STALE: an older value of ours (writing it
+        would jump back); FOREIGN: someone else's value, to be shown."""
         entries = [e for e in self._sent.get(name, ()) if now - e[1] < self.hold_s]
         if not entries:
             self._sent.pop(name, None)
-            return True
+            return self.FOREIGN
         for i in range(len(entries) - 1, -1, -1):
             if same(entries[i][0], value):
-                if i == len(entries) - 1:  # our newest value is confirmed
+                if i == len(entries) - 1:
                     self._sent.pop(name, None)
-                    return True
-                self._sent[name] = entries[i + 1:]  # an older one of ours: stale
-                return False
+                    return self.OURS
+                self._sent[name] = entries[i + 1:]
+                return self.STALE
         self._sent[name] = entries
-        return False  # someone else's value while ours is in flight: ours will win
+        return self.STALE  # someone else's value while ours is in flight: ours lands last

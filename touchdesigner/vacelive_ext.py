@@ -70,6 +70,8 @@ class VaceLiveExt:
         self._syphon_at: float | None = None
         self._linked = False
         self._described: set[str] = set()
+        self._known: dict[str, Any] = {}  # td_name -> the value last sent or shown from feedback
+        self._recheck: dict[str, float] = {}  # param -> when to ask the engine for its value
         # survives an extension re-init (the engine keeps running; this finds it again)
         fetch = getattr(ownerComp, "fetch", None)
         self.process = process or (fetch("vacelive_process", None) if fetch else None) \
@@ -98,6 +100,8 @@ class VaceLiveExt:
         for s in self.specs:
             if s.param:
                 self.by_param.setdefault(s.param, []).append(s)
+                if s.role != "action" and s.td_name not in self._known:
+                    self._known[s.td_name] = self.pars[s.td_name].eval()
 
     def _add_param(self, entry: dict) -> None:
         """A live parameter the engine has and this component lacks (a user LoRA): append it
@@ -117,16 +121,26 @@ class VaceLiveExt:
     def _read(self, td_name: str) -> Any:
         return self.pars[td_name].eval()
 
-    def _write(self, td_name: str, value: Any) -> None:
-        """Write a value that came from the engine (guarded: it is not sent back)."""
+    def _write(self, td_name: str, value: Any) -> bool:
+        """Write a value that came from the engine (guarded: it is not sent back). False when
+        the performer changed the parameter and its change callback has not run yet (a
+        TouchDesigner that defers Parameter Execute callbacks to the frame end): their move
+        wins and is sent when the callback runs."""
         par = self.pars.get(td_name)
-        if par is None or osc_sync.same(par.eval(), value):
-            return
+        if par is None:
+            return True
+        current = par.eval()
+        if td_name in self._known and not osc_sync.same(current, self._known[td_name]):
+            return False
+        if osc_sync.same(current, value):
+            return True
         names = getattr(par, "menuNames", None)
         if getattr(par, "style", "") == "Menu" and names and value not in names:
-            return  # a choice this component does not know (engine newer than the schema)
+            return True  # a choice this component does not know (engine newer than the schema)
         self.guard.mark(td_name, value)
         par.val = value
+        self._known[td_name] = par.eval()
+        return True
 
     def _set_status_par(self, td_name: str, value: Any) -> None:
         par = self.pars.get(td_name)
@@ -168,6 +182,9 @@ class VaceLiveExt:
 
     def SendParam(self, name: str) -> None:
         p = self.params[name]
+        for s in self.by_param[name]:
+            if s.role != "action":
+                self._known[s.td_name] = self._read(s.td_name)
         address, args, value = osc_sync.encode(p, self.by_param[name], self._read)
         if self.Send(address, *args) and value is not None:
             self.pending.sent(name, value, self.clock())
@@ -280,8 +297,14 @@ class VaceLiveExt:
         except (ValueError, TypeError) as exc:
             self._error(f"cannot show feedback {p['address']} {args!r}: {exc}")
             return
-        if not self.pending.accept(name, value, now):
-            return  # an echo of an older value of a fader still being moved
+        kind = self.pending.classify(name, value, now)
+        if kind == self.pending.OURS:
+            return  # the echo of our own newest move
+        if kind == self.pending.STALE:
+            # an older move of ours, or news while ours is in flight: ask again once our
+            # moves have settled (echoes are coalesced, so ours may never come back)
+            self._recheck[name] = now + self.pending.hold_s
+            return
         for td_name, v in writes.items():
             self._write(td_name, v)
 
@@ -330,6 +353,10 @@ class VaceLiveExt:
                 self._probe_at = now
                 self.Send(osc_sync.PREFIX + "/get", osc_sync.PREFIX + "/" + HANDSHAKE_PARAM)
         self._set_status_par("Connected", bool(self._linked and heard_recently))
+        for name, due in list(self._recheck.items()):
+            if now >= due:
+                del self._recheck[name]
+                self.Send(osc_sync.PREFIX + "/get", self.params[name]["address"])
         if self._transport() == "syphon" and (
                 self._syphon_at is None or now - self._syphon_at >= self.SYPHON_SCAN_S):
             self._syphon_at = now
