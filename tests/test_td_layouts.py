@@ -2,11 +2,8 @@
 feedback, drive the real OSC server correctly, and are checked for staleness."""
 import json
 import socket
-import time
 import xml.etree.ElementTree as ET
 import zlib
-
-import pytest
 
 from bridge.osc.server import OscConfig, OscServer
 from bridge.presets import PresetLibrary

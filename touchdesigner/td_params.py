@@ -19,7 +19,7 @@ extension share one generator and re-running it is harmless.
 # not need sys.modules to resolve string annotations)
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 PREFIX = "/vace"
