@@ -204,6 +204,17 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     return merged
 
 
+def check_endpoint(endpoint: str, flag: str) -> str:
+    """A ZMQ endpoint for --listen/--engine: tcp://HOST:PORT (or ipc://PATH); ConfigError else."""
+    scheme, sep, rest = endpoint.partition("://")
+    if scheme == "ipc" and sep and rest:
+        return endpoint
+    host, _, port = rest.rpartition(":")
+    if scheme != "tcp" or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{flag} {endpoint!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
+    return endpoint
+
+
 def parse_spec(spec: str | None) -> str | None:
     """A transport spec, or None for "none"/"off"/"" (input disabled)."""
     if spec is None or spec.strip().lower() in ("", "none", "off"):

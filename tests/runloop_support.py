@@ -106,8 +106,10 @@ class Peer:
         b = OscMessageBuilder(address)
         for a in args:
             b.add_arg(a)
-        self.sock.sendto(b.build().dgram, self.target)
-        return time.monotonic()
+        dgram = b.build().dgram
+        t = time.monotonic()  # before sending: a reply can arrive before sendto() returns
+        self.sock.sendto(dgram, self.target)
+        return t
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -112,3 +112,14 @@ def test_serve_with_missing_weights_names_the_download(tmp_path, capsys):
                  "--mask", "none", "--ref", "none", "--output", "shm:unused", "--osc-port", "0"]) == 2
     err = capsys.readouterr().err
     assert "vacelive weights download longlive" in err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["engine", "--listen", "0.0.0.0:5555"], r"--listen '0.0.0.0:5555': expected tcp://HOST:PORT"),
+    (["relay", "--engine", "gpu-box:5555", "--output", "shm:unused"], r"--engine 'gpu-box:5555'"),
+])
+def test_endpoints_are_checked(capsys, argv, match):
+    import re
+
+    assert main(argv) == 2
+    assert re.search(match, capsys.readouterr().err)

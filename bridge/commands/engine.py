@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if cfg.params:
             raise ConfigError("[params] belongs to serve/relay configs (the relay sends parameters)")
+        config.check_endpoint(cfg.listen, "--listen")
         if not cfg.keys and not is_local_endpoint(cfg.listen):  # before loading any model
             raise ConfigError(
                 f"--listen {cfg.listen} is reachable from the network, so the engine needs CURVE "

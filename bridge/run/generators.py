@@ -7,7 +7,7 @@ import argparse
 import logging
 from typing import Any
 
-from bridge.config import ConfigError
+from bridge.config import ConfigError, check_endpoint
 
 log = logging.getLogger("bridge.run")
 
@@ -73,6 +73,7 @@ def build_remote_generator(cfg: argparse.Namespace) -> Any:
     """The relay's RemoteGenerator (connects in the background; reconnects by itself)."""
     from bridge.link import RemoteGenerator
 
+    check_endpoint(cfg.engine, "--engine")
     try:
         return RemoteGenerator(cfg.engine, client_key=cfg.keys, codec=cfg.link_codec,
                                jpeg_quality=cfg.jpeg_quality, connect_timeout=5.0)
