@@ -315,3 +315,32 @@ def test_inpainting_plus_extension_and_control_inside_the_mask(tae):
     v = as01(video)
     gray = (0.299 * v[:, :1] + 0.587 * v[:, 1:2] + 0.114 * v[:, 2:3]).expand(-1, 3, -1, -1)
     close(got.context, ref.chunk(12, torch.where(m01 > 0.5, gray, v), m01))
+
+
+def test_the_halves_the_encoder_streams_receive(tae, monkeypatch):
+    """Pixel level: inactive = video where the mask keeps (zero where mask = 1), reactive = video
+    where it regenerates; an all-ones mask or no video sends None (all zero) to the stream."""
+    from engine.conditioning.encode import ConditionStream
+
+    seen = []
+    real = ConditionStream.encode
+
+    def spy(self, frames, shape):
+        seen.append(None if frames is None else frames.clone())
+        return real(self, frames, shape)
+
+    monkeypatch.setattr(ConditionStream, "encode", spy)
+    cond = VaceConditioner(tae, W, H, "cpu", torch.float32)
+    video, mask = pics(12, seed=80), pics(12, 1, seed=81)
+    cond.prepare(ChunkRequest(video=video, mask=mask), first_chunk=False, num_frames=12)
+    inactive, reactive = seen
+    v = (as01(video) * 2.0 - 1.0).transpose(0, 1)[None]
+    m = (as01(mask) > 0.5).float().transpose(0, 1)[None]
+    assert not (inactive * m).any() and not (reactive * (1 - m)).any()
+    assert torch.equal(inactive + reactive, v)
+    seen.clear()
+    cond.prepare(ChunkRequest(video=video), first_chunk=False, num_frames=12)
+    assert seen[0] is None and torch.equal(seen[1], v)  # control: inactive all zero
+    seen.clear()
+    cond.prepare(ChunkRequest(refs=[video[0]]), first_chunk=False, num_frames=12)
+    assert seen == [None, None]  # R2V alone: no video, mask ones
