@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import sys
-import time
 import traceback
 from pathlib import Path
 
