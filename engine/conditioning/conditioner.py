@@ -11,6 +11,7 @@ the chunk ends up text-only); a notice is reported when a problem starts, not ev
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,11 +20,30 @@ from engine.codecs import Codec
 from engine.conditioning.annotators import AnnotatorUnavailable, Annotators
 from engine.conditioning.encode import VaceEncoder
 from engine.conditioning.inputs import InputError, fit, frames01, mask_plane, take_frames, to_rgb, to_signed
-from engine.conditioning.tasks import ExtensionPlan, ReferenceSet, Tasks, infer_tasks, outpaint_active, outpaint_rect
+from engine.conditioning.tasks import (
+    ExtensionPlan, ReferenceSet, Tasks, extension_chunks, infer_tasks, outpaint_active, outpaint_rect,
+)
 from engine.request import ChunkRequest
 from engine.vace_input import VaceInput
 
 GRAY = 0.5  # VACE's "missing" fill in 0..1 (0.0 in [-1, 1])
+CHOICES = {"fit": ("crop", "letterbox", "stretch"), "ref_fit": ("crop", "letterbox"),
+           "mask_channel": ("alpha", "red", "luma")}
+
+
+def _sanitised(request: ChunkRequest, notes: list[str]) -> ChunkRequest:
+    """The request with unknown choices replaced by their defaults (notice), so nothing below
+    has to fail on them."""
+    fixes = {}
+    for name, allowed in CHOICES.items():
+        value = getattr(request, name)
+        if value not in allowed:
+            notes.append(f"{name} {value!r} is not one of {', '.join(allowed)}; {allowed[0]} is used.")
+            fixes[name] = allowed[0]
+    if not isinstance(request.annotator, str):
+        notes.append(f"annotator {request.annotator!r} is not a name; none is used.")
+        fixes["annotator"] = "none"
+    return replace(request, **fixes) if fixes else request
 
 
 class NoticeBoard:
@@ -105,6 +125,7 @@ class VaceConditioner:
         return result
 
     def _prepare(self, request: ChunkRequest, first_chunk: bool, n: int, notes: list[str]) -> VaceInput | None:
+        request = _sanitised(request, notes)
         if request.reset:
             self.reset()
         if first_chunk:  # a new generator stream: the encoder streams and anchors start over
@@ -131,7 +152,8 @@ class VaceConditioner:
         ext = request.extension
         if ext is not None:
             self.extension = None
-            if ext.chunks > 0:
+            chunks = extension_chunks(ext)
+            if chunks is None or chunks > 0:
                 try:
                     self.extension = ExtensionPlan(ext, n, self.device, notes)
                 except InputError as e:

@@ -44,8 +44,28 @@ class Tasks:
         return "+".join(self.names) or "text"
 
 
+SIDES = ("left", "right", "top", "bottom")
+
+
 def outpaint_active(outpaint: Outpaint | None) -> bool:
-    return outpaint is not None and any(getattr(outpaint, s) > 0 for s in ("left", "right", "top", "bottom"))
+    """Any side asks for new area (a side that is not a number counts, so it gets reported)."""
+    if outpaint is None:
+        return False
+    for side in SIDES:
+        try:
+            if float(getattr(outpaint, side, 0.0)) > 0:
+                return True
+        except (TypeError, ValueError):
+            return True
+    return False
+
+
+def extension_chunks(ext: Extension) -> int | None:
+    """The extension's span in chunks (None: not a whole number)."""
+    try:
+        return int(ext.chunks)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def infer_tasks(request: ChunkRequest, *, sticky_refs: bool = False, extension_running: bool = False) -> Tasks:
@@ -53,7 +73,11 @@ def infer_tasks(request: ChunkRequest, *, sticky_refs: bool = False, extension_r
     whether an extension started earlier is still running."""
     r2v = bool(request.refs) if request.refs is not None else sticky_refs
     ext = request.extension
-    extension = (ext.chunks > 0) if ext is not None else extension_running
+    if ext is not None:
+        chunks = extension_chunks(ext)
+        extension = chunks is None or chunks > 0  # a bad count is tried, and reported
+    else:
+        extension = extension_running
     video = request.video is not None
     inpaint = video and request.mask is not None
     outpaint = outpaint_active(request.outpaint) and (video or extension)
@@ -64,7 +88,12 @@ def infer_tasks(request: ChunkRequest, *, sticky_refs: bool = False, extension_r
 def outpaint_rect(outpaint: Outpaint, height: int, width: int) -> tuple[int, int, int, int]:
     """The rectangle (y0, y1, x0, x1) the input is shrunk into; the rest of the frame is the new
     area. Sides are fractions of the output size."""
-    sides = {s: float(getattr(outpaint, s)) for s in ("left", "right", "top", "bottom")}
+    sides = {}
+    for s in SIDES:
+        try:
+            sides[s] = float(getattr(outpaint, s, 0.0))
+        except (TypeError, ValueError):
+            sides[s] = float("nan")
     bad = [s for s, v in sides.items() if not 0.0 <= v < 1.0]
     if bad:
         raise InputError(f"Outpaint {', '.join(bad)} must be between 0 and 1 (fractions of the frame); outpaint ignored.")
@@ -132,10 +161,7 @@ class ReferenceSet:
         self._build(raw, ref_fit, notices)
 
     def _build(self, raw: list[torch.Tensor], ref_fit: str, notices: list[str]) -> None:
-        if ref_fit not in ("crop", "letterbox"):
-            notices.append(f"Reference fit {ref_fit!r} is not crop or letterbox; crop is used.")
-            ref_fit = "crop"
-        # letterbox on a white canvas, as the original's prepare_source
+        # ref_fit is crop or letterbox (the conditioner sanitises it); letterbox on a white canvas, as the original's prepare_source
         images = to_signed(torch.cat([fit(r[None], self.height, self.width, ref_fit, 1.0)[0] for r in raw]))
         self._raw, self._fit = raw, ref_fit
         known = [] if self.images is None else list(zip(self.images, self.latents.unbind(2)))
@@ -184,8 +210,11 @@ class ExtensionPlan:
         missing = [w for w, want, got in (("first", want_first, ext.first), ("last", want_last, ext.last)) if want and got is None]
         if missing:
             raise InputError(f"Extension {mode} needs a {' and a '.join(missing)} {'clip' if clips else 'image'}; extension ignored.")
+        chunks = extension_chunks(ext)
+        if chunks is None:
+            raise InputError(f"Extension chunks must be a whole number, got {ext.chunks!r}; extension ignored.")
         self.mode = mode
-        self.chunks = max(1, int(ext.chunks))
+        self.chunks = max(1, chunks)
         self.total = first_chunk_frames + STEADY_CHUNK_FRAMES * (self.chunks - 1)
         self.offset = 0
         first = self._anchor(ext.first, "first", clips, device, notices) if want_first else None
