@@ -80,11 +80,13 @@ def depth_video(width: int, height: int, frames: int = 48) -> np.ndarray:
 
 
 class HostCopy:
-    """Output frames -> pinned host memory, timed with perf_counter (the generator already synced)."""
+    """Output frames -> pinned host memory, timed with perf_counter (the generator already synced).
+    With `keep` set, a copy of every frame is kept (outside the timing) for the exact-path comparison."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.buffers: dict[tuple, torch.Tensor] = {}
+        self.keep: list[np.ndarray] | None = None
 
     def __call__(self, frames: torch.Tensor) -> float:
         t0 = time.perf_counter()
@@ -95,8 +97,25 @@ class HostCopy:
             buf.copy_(frames, non_blocking=True)
             torch.cuda.current_stream().synchronize()
         else:
-            frames.numpy()  # already host memory: what a sink would read
-        return (time.perf_counter() - t0) * 1e3
+            buf = frames  # already host memory: what a sink would read
+            buf.numpy()
+        ms = (time.perf_counter() - t0) * 1e3
+        if self.keep is not None:
+            self.keep.append(buf.numpy().copy())
+        return ms
+
+
+def frame_difference(frames: list[np.ndarray], reference: list[np.ndarray]) -> dict:
+    """How far a variant's output stream is from the exact path's (same weights, seed, inputs):
+    max and mean absolute difference in 8-bit levels over every measured frame, and PSNR."""
+    a = np.concatenate(frames).astype(np.float32)[..., :3]
+    b = np.concatenate(reference).astype(np.float32)[..., :3]
+    if a.shape != b.shape:
+        return {"diff_error": f"shape {a.shape} vs exact {b.shape}"}
+    err = np.abs(a - b)
+    mse = float((err**2).mean())
+    return {"diff_max": float(err.max()), "diff_mean": float(err.mean()),
+            "psnr_db": float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)}
 
 
 class Source:
@@ -141,6 +160,7 @@ def run_variant(gen: StreamGenerator, source: Source, args, device, host: HostCo
 
     per_stage = {s: [] for s in STAGES + ("total", "host")}
     frames = 0
+    host.keep = []  # the measured chunks' frames, for the exact-path comparison
     t0 = time.perf_counter()
     for _ in range(args.chunks):
         r = gen.step(source.request(gen))
@@ -150,6 +170,7 @@ def run_variant(gen: StreamGenerator, source: Source, args, device, host: HostCo
             per_stage[s].append(r.timings_ms.get(s, 0.0))
         per_stage["host"].append(h)
     wall = time.perf_counter() - t0
+    row["_frames"], host.keep = host.keep, None
     row["fps"] = frames / wall
     row["chunk_ms"] = statistics.median(per_stage["total"])
     row["gpu_fps"] = 12 / (row["chunk_ms"] / 1e3)
@@ -188,6 +209,7 @@ def bench_case(model, text, codec, codec_name: str, res, mode: str, args, device
             return [row]
     host = HostCopy(device)
     rows = []
+    exact = None  # frames of the exact path (first variant when it is eager/bf16/no reuse/auto RoPE)
     for rope in args.rope:
         gen = StreamGenerator(model, codec, text, width=w, height=h, conditioner=conditioner, rope=rope)
         try:
@@ -205,6 +227,12 @@ def bench_case(model, text, codec, codec_name: str, res, mode: str, args, device
                             row = dict(base, rope=rope, compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse)
                             try:
                                 row.update(run_variant(gen, Source(mode, video, args.steps, reuse), args, device, host))
+                                frames = row.pop("_frames")
+                                if exact is None and rope == "auto" and not (compiled or fp8 or reuse):
+                                    exact = frames
+                                    row["exact_path"] = True
+                                elif exact is not None:
+                                    row.update(frame_difference(frames, exact))
                             except Exception as exc:  # one failing variant (OOM, backend) must not end the run
                                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                                 if args.verbose:
@@ -254,7 +282,7 @@ def bench_text_encoder(args, device, dtype) -> dict:
 
 HEADER = (f"{'res':>8} {'mode':>5} {'codec':>5} {'rope':>4} {'cmp':>3} {'fp8':>3} {'sdpa':>9} {'reuse':>5} {'fps':>6} {'gpuFPS':>6} "
           f"{'chunk':>7} {'text':>5} {'vace':>6} {'hints':>6} {'dit':>7} {'decode':>6} {'out':>5} {'host':>5} "
-          f"{'first':>6} {'cut':>6} {'warm s':>6} {'peakGB':>6}")
+          f"{'first':>6} {'cut':>6} {'warm s':>6} {'peakGB':>6} {'dMax':>5} {'dMean':>6} {'PSNR':>5}")
 
 
 def format_row(r: dict) -> str:
@@ -265,9 +293,13 @@ def format_row(r: dict) -> str:
     if "error" in r:
         return f"{head}  ERROR {r['error']}"
     peak = f"{r['peak_gb']:6.2f}" if "peak_gb" in r else "     -"
+    if "diff_max" in r:
+        diff = f" {r['diff_max']:5.0f} {r['diff_mean']:6.2f} {r['psnr_db']:5.1f}"
+    else:
+        diff = "   ref      -     -" if r.get("exact_path") else "     -      -     -"
     return (f"{head} {r['fps']:6.1f} {r['gpu_fps']:6.1f} {r['chunk_ms']:7.1f} {r['text_ms']:5.1f} {r['vace_ms']:6.1f} "
             f"{r['hints_ms']:6.1f} {r['dit_ms']:7.1f} {r['decode_ms']:6.1f} {r['output_ms']:5.1f} {r['host_ms']:5.1f} "
-            f"{r['first_chunk_ms']:6.0f} {r['cut_chunk_ms']:6.0f} {r['warmup_s']:6.1f} {peak}")
+            f"{r['first_chunk_ms']:6.0f} {r['cut_chunk_ms']:6.0f} {r['warmup_s']:6.1f} {peak}{diff}")
 
 
 def _b(v) -> str:
@@ -350,7 +382,9 @@ def main(argv=None) -> int:
            "compile_codec": args.compile_codec}
     print(f"\n{env['device']} | torch {env['torch']} | {env['dtype']} | {env['config']} | DiT+VACE weights "
           f"{weights_gb:.2f} GB | {args.steps} steps | {args.chunks} chunks after {args.warmup} warm-up")
-    print("fps: wall clock of the loop incl. host copy; gpuFPS: 12 frames / CUDA-event chunk time; stage "
+    print("dMax/dMean/PSNR: the variant's measured frames vs the exact path's (first variant: eager, bf16 Linears, "
+          "no hint reuse; same weights, seed and inputs) in 8-bit levels; "
+          "fps: wall clock of the loop incl. host copy; gpuFPS: 12 frames / CUDA-event chunk time; stage "
           "columns: median ms per chunk; first: ms to the first decoded frames on the host after a reset; "
           "cut: chunk with a prompt cut (KV re-cache)")
     print(HEADER)
