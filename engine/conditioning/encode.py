@@ -47,13 +47,19 @@ def chunk_groups(num_frames: int) -> list[tuple[int, int]]:
     return [(0, first)] + [(first + TEMPORAL_STRIDE * i, first + TEMPORAL_STRIDE * (i + 1)) for i in range(latents - 1)]
 
 
+_PICKS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
 def mask_time_indices(num_frames: int, device=None) -> torch.Tensor:
     """The frames `F.interpolate(mode='nearest-exact')` picks for (num_frames + 3) // 4 latents
-    (the original's `vace_encode_masks`); computed by that very call."""
-    latents = (num_frames + TEMPORAL_STRIDE - 1) // TEMPORAL_STRIDE
-    src = torch.arange(num_frames, dtype=torch.float32).view(1, 1, num_frames)
-    picked = F.interpolate(src, size=latents, mode="nearest-exact")
-    return picked.view(-1).long().to(device)
+    (the original's `vace_encode_masks`); computed by that very call, once per size and device."""
+    key = (num_frames, torch.device(device or "cpu"))
+    if key not in _PICKS:
+        latents = (num_frames + TEMPORAL_STRIDE - 1) // TEMPORAL_STRIDE
+        src = torch.arange(num_frames, dtype=torch.float32).view(1, 1, num_frames)
+        picked = F.interpolate(src, size=latents, mode="nearest-exact")
+        _PICKS[key] = picked.view(-1).long().to(key[1])
+    return _PICKS[key]
 
 
 def fold_mask(mask: torch.Tensor) -> torch.Tensor:
