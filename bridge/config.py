@@ -94,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser, *groups: str) -> None:
         if action.dest in ("help", "config") or action.default is argparse.SUPPRESS:
             continue
         defaults[action.dest] = action.default
+        if action.default not in (None, False) and action.help and "default" not in action.help:
+            action.help += f" (default: {action.default})"  # shown although the real default is None
         action.default = None
     parser.set_defaults(**{_DEFAULTS_KEY: defaults, _GROUPS_KEY: groups})
 
