@@ -362,3 +362,24 @@ def test_a_generator_that_keeps_failing_is_reported_sparingly():
     assert loop.errors == 20
     assert len(notes.errors) == 1 and "unreachable for 0.5 s" in notes.errors[0]
     loop.stop()
+
+
+def test_clip_anchors_from_video_files(tmp_path):
+    import av
+
+    from bridge.run.media import load_anchor
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("mpeg4", rate=24)
+        st.width, st.height, st.pix_fmt = 32, 16, "yuv420p"
+        for i in range(5):
+            img = np.full((16, 32, 3), 40 * i + 20, np.uint8)
+            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    clip = load_anchor(path, clip=True)
+    assert clip.shape == (5, 16, 32, 4)
+    assert abs(int(load_anchor(path, False, "first")[8, 16, 0]) - 20) < 8
+    assert abs(int(load_anchor(path, False, "last")[8, 16, 0]) - 180) < 8

@@ -116,7 +116,7 @@ class ExtensionInput:
 
     NAMES = ("extension_mode", "extension_first", "extension_last", "extension_chunks")
 
-    def __init__(self, loader: Callable[[str, bool], np.ndarray] = load_anchor) -> None:
+    def __init__(self, loader: Callable[[str, bool, str], np.ndarray] = load_anchor) -> None:
         self.writes = WriteCounter(self.NAMES)
         self._loader = loader
         self._key: tuple | None = None
@@ -143,7 +143,7 @@ class ExtensionInput:
                 problems.append(f"extension_mode {mode} needs /vace/extension_{side} (a file path)")
                 continue
             try:
-                anchors[side] = self._loader(path, clip)
+                anchors[side] = self._loader(path, clip, side)
             except MediaError as exc:
                 problems.append(str(exc))
         if problems:

@@ -69,12 +69,13 @@ def load_clip(path: str | Path, max_frames: int = MAX_CLIP_FRAMES) -> np.ndarray
     return np.stack(frames)
 
 
-def load_anchor(path: str | Path, clip: bool) -> np.ndarray:
+def load_anchor(path: str | Path, clip: bool, side: str = "first") -> np.ndarray:
     """An extension anchor: an image [H,W,4], or for clip modes a clip [F,H,W,4] (a still image
-    given for a clip mode is a one-frame clip)."""
+    given for a clip mode is a one-frame clip; a video given for a frame mode gives its first
+    frame as the first anchor, its last frame as the last anchor)."""
     if Path(path).suffix.lower() in CLIP_SUFFIXES:
         frames = load_clip(path)
-        return frames if clip else frames[-1]
+        return frames if clip else frames[0 if side == "first" else -1]
     image = load_image(path)
     return image[None] if clip else image
 
