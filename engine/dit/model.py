@@ -33,7 +33,7 @@ from torch import nn
 from engine.config import WanConfig
 from engine.dit.attention import LocalAttention
 from engine.dit.block import Head, WanBlock
-from engine.dit.rope import RopeTable
+from engine.dit.rope import RopeTable, default_build_device
 
 # Parameters kept in fp32 in a low-precision model (matched on state-dict names).
 FP32_PARAMS = re.compile(r"(^|\.)(time_embedding|time_projection|norm3)\.|(^|\.)modulation$")
@@ -95,7 +95,7 @@ class Sinusoid(nn.Module):
     def __init__(self, freq_dim: int):
         super().__init__()
         self.freq_dim = freq_dim
-        self._build(torch.device("cpu"))
+        self._build(default_build_device())
 
     def _build(self, device):
         half = self.freq_dim // 2

@@ -54,6 +54,14 @@ def position_runs(positions: Positions) -> list[tuple[int, int]]:
     return runs
 
 
+def default_build_device() -> torch.device:
+    """Where a table built in __init__ belongs: the device of an enclosing `with torch.device(...)`
+    (so a model built directly on CUDA gets its tables there), CPU under a meta context (tables are
+    real values, never meta; weight loading moves them next to the parameters)."""
+    device = torch.empty(0).device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 class RopeTable(nn.Module):
     """fp32 cos/sin of the Wan 3D RoPE, and the rotation itself."""
 
@@ -62,7 +70,7 @@ class RopeTable(nn.Module):
         self.head_dim = head_dim
         self.max_positions = max_positions
         self.split = rope_split(head_dim)
-        self._build(torch.device("cpu"))
+        self._build(default_build_device())
 
     def _build(self, device: torch.device) -> None:
         # Explicit CPU float64 even under a `torch.device("meta")` context, then fp32 on `device`.
