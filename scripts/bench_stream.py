@@ -81,12 +81,14 @@ def depth_video(width: int, height: int, frames: int = 48) -> np.ndarray:
 
 class HostCopy:
     """Output frames -> pinned host memory, timed with perf_counter (the generator already synced).
-    With `keep` set, a copy of every frame is kept (outside the timing) for the exact-path comparison."""
+    While `keep` is a list, a copy of every frame is appended to it (outside the timing): run_variant
+    leaves the measured chunks' frames in `measured` for the exact-path comparison."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.buffers: dict[tuple, torch.Tensor] = {}
         self.keep: list[np.ndarray] | None = None
+        self.measured: list[np.ndarray] = []
 
     def __call__(self, frames: torch.Tensor) -> float:
         t0 = time.perf_counter()
@@ -170,7 +172,7 @@ def run_variant(gen: StreamGenerator, source: Source, args, device, host: HostCo
             per_stage[s].append(r.timings_ms.get(s, 0.0))
         per_stage["host"].append(h)
     wall = time.perf_counter() - t0
-    row["_frames"], host.keep = host.keep, None
+    host.measured, host.keep = host.keep, None
     row["fps"] = frames / wall
     row["chunk_ms"] = statistics.median(per_stage["total"])
     row["gpu_fps"] = 12 / (row["chunk_ms"] / 1e3)
@@ -227,7 +229,7 @@ def bench_case(model, text, codec, codec_name: str, res, mode: str, args, device
                             row = dict(base, rope=rope, compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse)
                             try:
                                 row.update(run_variant(gen, Source(mode, video, args.steps, reuse), args, device, host))
-                                frames = row.pop("_frames")
+                                frames = host.measured
                                 if exact is None and rope == "auto" and not (compiled or fp8 or reuse):
                                     exact = frames
                                     row["exact_path"] = True
