@@ -113,6 +113,21 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cuda", help="torch device (cuda, cuda:1, cpu)")
     g.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                    help="model compute dtype (default: bf16 on a GPU, fp32 on the CPU)")
+    g.add_argument("--text-encoder", choices=("bf16", "fp8"), default="bf16",
+                   help="umT5 weights file: bf16 (reference) or the fp8 download (upcast on load)")
+    g.add_argument("--text-placement", choices=("gpu", "cpu", "offload"), default="gpu",
+                   help="where umT5 runs: gpu (~30 ms per new prompt, 11 GB of VRAM), cpu, or "
+                   "offload (on the GPU only while encoding)")
+    g.add_argument("--rope", choices=("auto", "absolute", "relative"), default="auto",
+                   help="frame positions: auto = reference absolute positions until the 1024-frame "
+                   "table end, then window-relative forever (docs/streaming.md)")
+    speed = parser.add_argument_group("speed switches (off = the exact reference path; docs/PERFORMANCE.md)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the DiT blocks (about a minute of warm-up at start)")
+    speed.add_argument("--fp8", action="store_true",
+                       help="FP8 e4m3 Linears in the DiT blocks (Hopper/Ada GPUs; pays off with --compile)")
+    speed.add_argument("--sdpa", choices=("auto", "flash", "cudnn", "efficient", "math"), default="auto",
+                       help="attention kernel (auto picks cuDNN on Hopper, the fastest measured)")
     g.add_argument("--random-weights", choices=("tiny", "full"), default=None,
                    help="no weight files: a random-weight model (tiny: CPU rehearsal of the whole "
                    "rig; full: full-size shapes for GPU timing). Output is abstract noise-art")

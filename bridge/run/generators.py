@@ -50,6 +50,7 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
     from engine.generator import StreamGenerator
 
     dtype = getattr(torch, resolve_dtype(cfg.dtype, cfg.device))
+    speed = dict(rope=cfg.rope, compile=bool(cfg.compile), fp8=bool(cfg.fp8), sdpa=cfg.sdpa)
     vace = vace_available()
     if not vace:
         log.warning("VACE conditioning is not in this build: text-only generation (control video, "
@@ -61,10 +62,11 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
                         cfg.random_weights, cfg.pipeline)
             return StreamGenerator.random(cfg.random_weights, width=cfg.width, height=cfg.height,
                                           codec=cfg.codec, device=cfg.device, dtype=dtype, vace=vace,
-                                          recipe=cfg.pipeline)
+                                          recipe=cfg.pipeline, **speed)
         return StreamGenerator.from_recipe(cfg.pipeline, cfg.models, width=cfg.width,
                                            height=cfg.height, codec=cfg.codec, device=cfg.device,
-                                           dtype=dtype, vace=vace)
+                                           dtype=dtype, vace=vace, text_encoder=cfg.text_encoder,
+                                           text_placement=cfg.text_placement, **speed)
     except (ValueError, FileNotFoundError) as exc:  # bad size/pipeline, MissingWeightsError
         raise ConfigError(str(exc)) from None
 
