@@ -372,10 +372,8 @@ class StreamGenerator:
                 self._warned_no_vace = True
             return None
         vin = self.conditioner.prepare(request, first_chunk=self.chunk_index == 0, num_frames=self.next_chunk_frames)
-        if vin is None:
-            return None
-        notices.extend(vin.notices)
-        return vin.model_kwargs()
+        notices.extend(self.conditioner.notices)  # also when nothing usable was left (vin is None)
+        return None if vin is None else vin.model_kwargs()
 
     # ---- live parameters --------------------------------------------------------------------------
     def _live_parameters(self, request: ChunkRequest, notices: list[str]) -> tuple[int, float, int]:

@@ -6,7 +6,7 @@ denoising pass (the clean/KV-refresh pass and the prompt re-cache pass run witho
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -21,7 +21,6 @@ class VaceInput:
     context: torch.Tensor
     # [B, 16, P, h, w]: what the hint stream sees as "x" at the P prefix positions (None when P = 0).
     prefix_latents: torch.Tensor | None = None
-    notices: list[str] = field(default_factory=list)
 
     def model_kwargs(self) -> dict:
         kwargs = {"vace_context": self.context}
@@ -31,6 +30,10 @@ class VaceInput:
 
 
 class Conditioner(Protocol):
+    # What the last prepare() fixed up or ignored (readable sentences for /vace/notice), also when
+    # it returned None because nothing usable was left.
+    notices: list[str]
+
     def prepare(self, request: ChunkRequest, *, first_chunk: bool, num_frames: int) -> VaceInput | None:
         """Build this chunk's VACE input from what the request carries (None: text only).
         `num_frames` is the chunk's pixel-frame count (9 on the first chunk, then 12)."""

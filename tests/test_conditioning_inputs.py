@@ -146,7 +146,6 @@ def test_conditioner_reports_what_it_fixed_or_dropped(tae):
     nan[3, 1, 1, 1] = float("inf")
     fixed, cond = run(tae, ChunkRequest(video=nan))
     assert torch.isfinite(fixed.context).all() and "NaN" in cond.notices[0]
-    assert fixed.notices == cond.notices
     dropped, cond = run(tae, ChunkRequest(video=frames(12, c=4)[..., None].repeat(2, -1).reshape(12, H, W, 8)))
     assert dropped is None and "8 channels" in cond.notices[0] and "ignored" in cond.notices[0]
     no_video_mask, cond = run(tae, ChunkRequest(mask=frames(1)[0]))

@@ -298,11 +298,13 @@ class FixedConditioner:
 
     def __init__(self):
         self.calls, self.resets = [], 0
+        self.notices: list[str] = []
 
     def prepare(self, request, *, first_chunk, num_frames):
         self.calls.append((first_chunk, num_frames))
+        self.notices = ["cond note"]
         g = torch.Generator().manual_seed(len(self.calls))
-        return VaceInput(torch.randn(1, 96, 3, H // 8, W // 8, generator=g), notices=["cond note"])
+        return VaceInput(torch.randn(1, 96, 3, H // 8, W // 8, generator=g))
 
     def reset(self):
         self.resets += 1

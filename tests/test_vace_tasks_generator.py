@@ -132,3 +132,13 @@ def test_conditioner_restore_undoes_a_prepare():
     got = retried.prepare(req, first_chunk=False, num_frames=12)
     assert torch.equal(got.context, want.context) and torch.equal(got.prefix_latents, want.prefix_latents)
     assert once.extension is None and retried.extension is None  # both reached the span's end
+
+
+def test_an_unusable_vace_input_is_reported_and_the_chunk_runs_text_only():
+    # 8 channels cannot be read as a picture: the conditioner drops the video (returns None) and
+    # the generator must still report why, or the VJ never learns the input is being ignored.
+    g = gen()
+    text_only = gen().step(ChunkRequest())
+    r = g.step(ChunkRequest(video=pics(12, 1, c=4).repeat(2, -1)))
+    assert any("8 channels" in n and "ignored" in n for n in r.notices), r.notices
+    assert torch.equal(r.frames, text_only.frames)

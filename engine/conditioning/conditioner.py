@@ -6,7 +6,7 @@ Once per chunk the generator calls `prepare(request, first_chunk=, num_frames=)`
     if asked, the mask from the chosen channel, outpainting's shrunken canvas, extension anchors;
  3. the streaming VACE encoding of those pixels (encode.VaceEncoder: own stream per half);
  4. references as a prefix in conditioning space: context [refs | chunk], prefix latents.
-Bad inputs are fixed or dropped with a notice (`VaceInput.notices`, and `self.notices` also when
+Bad inputs are fixed or dropped with a notice in `self.notices` (the generator reports them, also when
 the chunk ends up text-only); a notice is reported when a problem starts, not every chunk.
 """
 from __future__ import annotations
@@ -120,8 +120,6 @@ class VaceConditioner:
         notes: list[str] = []
         result = self._prepare(request, first_chunk, num_frames, notes)
         self.notices = self._board.filter(notes)
-        if result is not None:
-            result.notices = list(self.notices)
         return result
 
     def _prepare(self, request: ChunkRequest, first_chunk: bool, n: int, notes: list[str]) -> VaceInput | None:
