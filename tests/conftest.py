@@ -1,8 +1,16 @@
-"""Shared pytest configuration: hardware markers skip cleanly where the hardware is absent."""
+"""Shared pytest configuration: hardware markers skip cleanly where the hardware is absent, the
+repository root is importable, and the fixtures many modules share live here."""
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# touchdesigner/ is not an installed package (TouchDesigner loads it from Text DATs), so its tests
+# import it from the repository root, whichever test module pytest happens to import first.
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -16,3 +24,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_spout)
         if "syphon" in item.keywords and sys.platform != "darwin":
             item.add_marker(skip_syphon)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """torch on one thread for a whole module: tiny models and convs are several times faster
+    single-threaded on a small box, and parallel test runs do not fight for its cores.
+    Use with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -29,19 +29,15 @@ import re
 import socket
 import time
 import types
-from typing import Any, Callable
-
-import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from pythonosc.osc_packet import OscPacket
 from pythonosc.udp_client import SimpleUDPClient
 
-# the component's modules import as `touchdesigner.*` (the package is not installed: it is code
-# that TouchDesigner loads from Text DATs), so the repository root goes on the path here
+# the component's modules import as `touchdesigner.*` from the repository root (conftest.py puts
+# it on the path: the package is not installed, TouchDesigner loads it from Text DATs)
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 _CUSTOM_NAME = re.compile(r"^[A-Z][a-z0-9]*$")
 

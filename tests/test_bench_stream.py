@@ -3,32 +3,22 @@ import importlib.util
 import json
 from pathlib import Path
 
-import torch
+import pytest
 
+from bridge.run.generators import vace_available
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_stream.py"
 
 
-def _vace_available() -> bool:
-    try:
-        from engine.conditioning import VaceConditioner  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def test_bench_stream_smoke_writes_a_row_per_variant(tmp_path):
-    vace = _vace_available()
+    vace = vace_available()
     spec = importlib.util.spec_from_file_location("bench_stream", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "b.json"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rc = bench.main(["--smoke", "--codecs", "tae", "--modes", "text,depth" if vace else "text", "--chunks", "2",
-                         "--hint-reuse", "off,on", "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
+    rc = bench.main(["--smoke", "--codecs", "tae", "--modes", "text,depth" if vace else "text", "--chunks", "2",
+                     "--hint-reuse", "off,on", "--out", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     rows = data["results"]

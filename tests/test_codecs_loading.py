@@ -10,12 +10,7 @@ from engine.codecs import (CodecLoadError, LightTAECodec, TAECodec, WanVAECodec,
                            load_codec, random_codec)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def clip(t=12, hw=16, seed=0):

@@ -15,12 +15,7 @@ CPU = torch.device("cpu")
 H, W = 32, 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_layouts_and_dtypes():

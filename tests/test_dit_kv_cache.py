@@ -7,15 +7,10 @@ import torch
 
 from engine.config import tiny_config
 from engine.dit import CacheState, CausalWanModel, SinkWindow
+from support import windowed_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run faster on one thread (and do not fight parallel test runs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CHUNK = 3
 LATENT_HW = (4, 6)  # 2x3 = 6 tokens per latent frame
@@ -32,17 +27,6 @@ def inputs(model, frames, seed=1):
     t = torch.rand(1, frames, generator=g) * 1000  # a different (fractional) timestep per frame
     text = model.prepare_text(torch.randn(1, 9, model.cfg.text_dim, generator=g))
     return x, t, text
-
-
-def windowed_mask(frames, window, sink, frame_tokens):
-    """Reference mask written from the semantics: a query in the chunk ending at `end` sees the
-    sink frames and the most recent window - sink frames ending at `end` (and nothing later)."""
-    allow = torch.zeros(frames, frames, dtype=torch.bool)
-    for qf in range(frames):
-        end = (qf // CHUNK + 1) * CHUNK
-        for kf in range(frames):
-            allow[qf, kf] = kf < end and (kf < sink or kf >= end - (window - sink))
-    return allow.repeat_interleave(frame_tokens, 0).repeat_interleave(frame_tokens, 1)
 
 
 def stream(model, x, t, text, kv, origin=0, passes=1):

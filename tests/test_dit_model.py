@@ -3,8 +3,6 @@ split, and the forward pass against a float64 re-implementation of the spec's ma
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,32 +10,9 @@ import torch.nn.functional as F
 
 from engine.config import WAN_1_3B, WAN_14B, tiny_config
 from engine.dit import CausalWanModel, RopeTable, VaceWanModel, keeps_fp32, rope_split
+from support import read_manifest
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run faster on one thread (and do not fight parallel test runs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-MANIFESTS = Path(__file__).parent / "manifests"
-
-
-def read_manifest(name: str) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for line in (MANIFESTS / name).read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape = line.split("\t")
-        dims = tuple(int(s) for s in shape.split(","))
-        m = re.search(r"\{(\d+)\.\.(\d+)\}", key)
-        keys = [key[: m.start()] + str(i) + key[m.end():] for i in range(int(m[1]), int(m[2]) + 1)] if m else [key]
-        for k in keys:
-            assert k not in out, f"duplicate manifest key {k}"
-            out[k] = dims
-    return out
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def shapes(module) -> dict[str, tuple[int, ...]]:

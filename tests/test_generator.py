@@ -14,17 +14,13 @@ from engine.models_dir import MissingWeightsError
 from engine.pipelines import WeightOptions, get_recipe
 from engine.request import ChunkRequest, Generator, Prompt
 from engine.vace_input import VaceInput
+from support import count_hints
 
 W, H = 32, 32  # latent 4x4 -> 2x2 tokens per latent frame
 FT = (H // 16) * (W // 16)  # KV-cache tokens per latent frame
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make(codec="tae", seed=0, **kw) -> StreamGenerator:
@@ -321,18 +317,6 @@ def make_vace(**kw):
     cond = FixedConditioner()
     gen = StreamGenerator(model, parts.codec, parts.text_encoder, width=W, height=H, conditioner=cond, **kw)
     return gen, cond
-
-
-def count_hints(gen):
-    counter = {"n": 0}
-    real = gen.model.compute_hints
-
-    def counting(*a, **k):
-        counter["n"] += 1
-        return real(*a, **k)
-
-    gen.model.compute_hints = counting
-    return counter
 
 
 def test_vace_hints_every_step_or_once_per_chunk_and_never_in_the_clean_pass():

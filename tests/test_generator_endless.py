@@ -14,12 +14,7 @@ from engine.request import ChunkRequest, Prompt
 W, H = 32, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make(rope="auto", table=1024, layers=2):

@@ -14,16 +14,12 @@ except ImportError:  # pragma: no cover - the conditioning module ships separate
 
 from engine.generator import StreamGenerator
 from engine.request import ChunkRequest, Prompt
+from support import count_hints
 
 W, H = 32, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make(**kw) -> StreamGenerator:
@@ -75,14 +71,8 @@ def test_context_scale_0_is_exactly_text_only():
 
 def test_hint_reuse_computes_hints_once_per_chunk_and_reset_restarts_conditioning():
     gen = make()
-    calls = {"n": 0}
     real = gen.model.compute_hints
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    gen.model.compute_hints = counting
+    calls = count_hints(gen)
     reused = stream(gen, chunks=2, hint_reuse=True, steps=4)
     assert calls["n"] == 2
     per_step = stream(make(), chunks=2, steps=4)

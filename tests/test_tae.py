@@ -7,7 +7,6 @@ Tolerance (fp32, CPU): max |a - b| <= 2e-5 * max(1, max |b|).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,8 @@ import torch.nn.functional as F
 
 from engine.codecs import CodecInputError, LightTAECodec, TAECodec, random_codec
 from engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD
+from support import close, read_manifest
 
-MANIFEST = Path(__file__).parent / "manifests" / "tae_keys.txt"
-TOL = 2e-5
 MEAN = torch.tensor(WAN_LATENT_MEAN).view(1, -1, 1, 1, 1)
 STD = torch.tensor(WAN_LATENT_STD).view(1, -1, 1, 1, 1)
 
@@ -28,26 +26,7 @@ DEC = ["clamp", "conv", "relu", "mem", "mem", "mem", "up", "tgrow1", "conv", "me
        "up", "tgrow2", "conv", "mem", "mem", "mem", "up", "tgrow2", "conv", "relu", "conv"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def close(a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> bool:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
-
-
-def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape = line.split("\t")
-            out[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return out
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class RefTAE:
@@ -125,7 +104,7 @@ def lat(t: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_full_size_keys_shapes_and_counts_match_spec_appendix_c():
-    manifest = read_manifest(MANIFEST)
+    manifest = read_manifest("tae_keys.txt")
     assert len(manifest) == 128
     enc = sum(math.prod(s) for k, s in manifest.items() if k.startswith("encoder."))
     dec = sum(math.prod(s) for k, s in manifest.items() if k.startswith("decoder."))

@@ -5,32 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import tiny_config
-from engine.dit import CausalWanModel, SinkWindow, VaceWanModel
+from engine.dit import SinkWindow
 from engine.dit.vace import PREFIX_TIMESTEP
+from support import vace_pair
 
 LATENT_HW = (4, 6)
 CHUNK = 3
 HW_TOKENS = 6  # (4/2) * (6/2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def make(seed=0):
-    torch.manual_seed(seed)
-    base = CausalWanModel(tiny_config(num_layers=4, vace_layers=(0, 2))).eval()
-    wrapped = VaceWanModel(base).eval()
-    with torch.no_grad():  # upstream zero-inits before/after_proj; real checkpoints are not zero
-        for n, p in wrapped.named_parameters():
-            if "_proj" in n:
-                p.normal_(0, 0.2)
-    return base, wrapped
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def inputs(model, refs=2, seed=1):
@@ -63,7 +47,7 @@ def hints_before_prefix(wrapped, x, t, text, vace_context):
 
 @torch.no_grad()
 def test_no_prefix_is_bit_identical_to_the_plain_path():
-    _, wrapped = make()
+    _, wrapped = vace_pair()
     x, t, _, _, chunk_ctx, text = inputs(wrapped)
     old = hints_before_prefix(wrapped, x, t, text, chunk_ctx)
     new = wrapped.compute_hints(x, t, text, chunk_ctx, vace_prefix=None)
@@ -76,7 +60,7 @@ def test_no_prefix_is_bit_identical_to_the_plain_path():
 def test_prefix_equals_the_hint_stream_over_refs_then_chunk_with_clean_refs():
     """The prefix path == the plain hint stream run over the original layout [refs | chunk]
     (RoPE frames 0..P-1 then P..P+F-1, per-frame t = 0 for the refs), keeping the chunk's part."""
-    _, wrapped = make()
+    _, wrapped = vace_pair()
     x, t, prefix, ctx, _, text = inputs(wrapped, refs=2)
     ours = wrapped.compute_hints(x, t, text, ctx, vace_prefix=prefix)
     full_x = torch.cat([prefix, x], 2)
@@ -90,7 +74,7 @@ def test_prefix_equals_the_hint_stream_over_refs_then_chunk_with_clean_refs():
 
 @torch.no_grad()
 def test_references_change_the_hints_and_the_output_but_not_its_shape():
-    base, wrapped = make()
+    base, wrapped = vace_pair()
     x, t, prefix, ctx, chunk_ctx, text = inputs(wrapped, refs=1)
     plain = wrapped.compute_hints(x, t, text, chunk_ctx)
     with_ref = wrapped.compute_hints(x, t, text, ctx, vace_prefix=prefix)
@@ -110,7 +94,7 @@ def test_references_change_the_hints_and_the_output_but_not_its_shape():
 
 @torch.no_grad()
 def test_prefix_shape_errors_are_clear():
-    _, wrapped = make()
+    _, wrapped = vace_pair()
     x, t, prefix, ctx, chunk_ctx, text = inputs(wrapped, refs=2)
     with pytest.raises(ValueError, match="prefix"):  # context must cover prefix + chunk exactly
         wrapped.compute_hints(x, t, text, chunk_ctx, vace_prefix=prefix)
@@ -124,7 +108,7 @@ def test_prefix_shape_errors_are_clear():
 def test_prefix_streams_through_the_kv_cache_without_entering_it():
     """Refs condition every chunk through the hints only: the cache holds chunk frames only and a
     streamed run equals per-chunk hints injected by hand."""
-    base, wrapped = make()
+    base, wrapped = vace_pair()
     x, t, prefix, ctx, _, text = inputs(wrapped, refs=1)
     kv = wrapped.new_kv_cache(SinkWindow(12, 3), latent_hw=LATENT_HW)
     kv_ref = base.new_kv_cache(SinkWindow(12, 3), latent_hw=LATENT_HW)

@@ -8,29 +8,13 @@ import torch.nn.functional as F
 
 from engine.config import tiny_config
 from engine.dit import CausalWanModel, SinkWindow, VaceWanModel
+from support import vace_pair, windowed_mask
 
 LATENT_HW = (4, 6)
 CHUNK = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def make(seed=0, random_vace=True, layers=4, vace_layers=(0, 2)):
-    torch.manual_seed(seed)
-    base = CausalWanModel(tiny_config(num_layers=layers, vace_layers=vace_layers)).eval()
-    wrapped = VaceWanModel(base).eval()
-    if random_vace:  # upstream zero-inits before/after_proj; real checkpoints are not zero
-        with torch.no_grad():
-            for n, p in wrapped.named_parameters():
-                if "_proj" in n:
-                    p.normal_(0, 0.2)
-    return base, wrapped
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def inputs(model, frames=CHUNK, seed=1):
@@ -43,7 +27,7 @@ def inputs(model, frames=CHUNK, seed=1):
 
 
 def test_state_dict_is_public_layout_and_parameters_are_shared():
-    base, wrapped = make()
+    base, wrapped = vace_pair()
     keys = list(wrapped.state_dict())
     base_keys = list(base.state_dict())
     assert [k for k in keys if not k.startswith("vace_")] == base_keys
@@ -61,7 +45,7 @@ def test_state_dict_is_public_layout_and_parameters_are_shared():
 
 @torch.no_grad()
 def test_off_means_exactly_the_base_and_on_changes_the_output():
-    base, wrapped = make()
+    base, wrapped = vace_pair()
     x, t, vc, text = inputs(wrapped)
     y_base = base(x, t, text)
     assert torch.equal(wrapped(x, t, text, vace_context=vc, context_scale=0.0), y_base)
@@ -76,7 +60,7 @@ def test_off_means_exactly_the_base_and_on_changes_the_output():
 
 @torch.no_grad()
 def test_hints_match_spec_math_and_are_injected_after_the_mapped_blocks():
-    base, wrapped = make(layers=5, vace_layers=(0, 3))
+    base, wrapped = vace_pair(layers=5, vace_layers=(0, 3))
     x, t, vc, text = inputs(wrapped)
     scale = 0.7
     # hints by hand (§3.1): c = before_proj(vace_patch(vc)) + x_embedded; blocks over the chunk
@@ -108,7 +92,7 @@ def test_hints_match_spec_math_and_are_injected_after_the_mapped_blocks():
 
 @torch.no_grad()
 def test_precomputed_hints_equal_vace_context_forward():
-    _, wrapped = make()
+    _, wrapped = vace_pair()
     x, t, vc, text = inputs(wrapped)
     hints = wrapped.compute_hints(x, t, text, vc)
     assert len(hints) == 2 and hints[0].shape == (1, CHUNK * 6, wrapped.cfg.dim)
@@ -119,7 +103,7 @@ def test_precomputed_hints_equal_vace_context_forward():
 
 @torch.no_grad()
 def test_context_with_fewer_frames_is_zero_padded_and_bad_shapes_are_rejected():
-    _, wrapped = make()
+    _, wrapped = vace_pair()
     x, t, vc, text = inputs(wrapped)
     one = vc[:, :, :1]  # e.g. a single reference-image latent for a 3-frame chunk
     tokens = wrapped._context_tokens(one, 1, (CHUNK, 2, 3))
@@ -131,21 +115,12 @@ def test_context_with_fewer_frames_is_zero_padded_and_bad_shapes_are_rejected():
         wrapped(x, t, text, vace_context=vc[:, :16])
 
 
-def windowed_mask(frames, window, sink, ft):
-    allow = torch.zeros(frames, frames, dtype=torch.bool)
-    for q in range(frames):
-        end = (q // CHUNK + 1) * CHUNK
-        for k in range(frames):
-            allow[q, k] = k < end and (k < sink or k >= end - (window - sink))
-    return allow.repeat_interleave(ft, 0).repeat_interleave(ft, 1)
-
-
 @pytest.mark.parametrize("policy", [SinkWindow(12, 3), SinkWindow(21, 0)], ids=["longlive", "global21"])
 @torch.no_grad()
 def test_one_wrapper_streams_under_different_cache_policies(policy):
     """Same wrapper object, no policy-specific code: streaming with per-chunk hints == a dense
     masked base forward with the same per-chunk hints injected."""
-    base, wrapped = make()
+    base, wrapped = vace_pair()
     frames = 18
     x, t, vc, text = inputs(wrapped, frames)
     kv = wrapped.new_kv_cache(policy, latent_hw=LATENT_HW)

@@ -9,7 +9,6 @@ frames differently inside the convolutions.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,32 +16,11 @@ import torch.nn.functional as F
 
 from engine.codecs import CodecInputError, WanVAECodec, latent_frames, pixel_frames, random_codec
 from engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD
-
-MANIFEST = Path(__file__).parent / "manifests" / "wan_vae_keys.txt"
-TOL = 2e-5
+from support import close, read_manifest
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convs on a shared 2-core box are ~10x faster single-threaded.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
-
-def close(a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> bool:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
-
-
-def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape = line.split("\t")
-            out[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return out
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +221,7 @@ def clip(t: int, seed: int = 0, hw: int = 16) -> torch.Tensor:
 
 
 def test_full_size_keys_and_shapes_match_spec_appendix_b():
-    manifest = read_manifest(MANIFEST)
+    manifest = read_manifest("wan_vae_keys.txt")
     assert len(manifest) == 194
     assert sum(math.prod(s) for s in manifest.values()) == 126_892_531
     model = random_codec("wan", small=False, device="meta")

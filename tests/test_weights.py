@@ -14,12 +14,7 @@ from engine.weights import CheckpointError, build_model, load_dit_weights, load_
 CFG = tiny_config(num_layers=2, vace_layers=(0,))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def random_full_state(seed=0) -> dict[str, torch.Tensor]:
