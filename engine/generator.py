@@ -45,7 +45,6 @@ Not thread-safe: call step()/reset() from one thread (the run loop).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -55,6 +54,7 @@ import torch
 
 from engine.codecs import pixel_frames
 from engine.dit import SinkWindow
+from engine.dit.attention import SDPA_BACKENDS, sdpa_context
 from engine.pipelines import Recipe, get_recipe
 from engine.request import ChunkRequest, ChunkResult
 from engine.schedule import FlowSchedule, chunk_seed, renoise, x0_from_flow
@@ -68,8 +68,6 @@ STAGES = ("text", "recache", "vace", "hints", "dit", "decode", "output")
 CONTEXT_SCALE_RANGE = (0.0, 2.0)
 LORA_SCALE_RANGE = (0.0, 2.0)  # the OSC schema's /vace/lora/<name> range
 BATCH = 1
-SDPA_BACKENDS = {"auto": None, "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-                 "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 
 
 class StreamGenerator:
@@ -429,15 +427,6 @@ class StreamGenerator:
         st.calls, st.first, st.signature = calls, first, signature
         if conditioning is not None:
             self.conditioner.restore(conditioning)
-
-
-def sdpa_context(name: str):
-    """Context restricting scaled_dot_product_attention to one backend ("auto": PyTorch chooses)."""
-    if name == "auto":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
 
 
 def _clamped(name: str, value, low: float, high: float, default: float, notices: list[str], integer: bool = False):

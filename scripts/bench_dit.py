@@ -17,7 +17,6 @@ a VACE block adds after_proj (2 d^2), VACE block 0 before_proj (2 d^2).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import statistics
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config import WAN_1_3B, tiny_config  # noqa: E402
 from engine.dit import CausalWanModel, SinkWindow, VaceWanModel  # noqa: E402
+from engine.dit.attention import SDPA_BACKENDS, sdpa_context  # noqa: E402
 from engine.dit.compile import compile_blocks  # noqa: E402
 from engine.dit.fp8 import Fp8Linears, relative_error  # noqa: E402
 
@@ -59,16 +59,6 @@ def flops(cfg, tokens: int, keys: int, mode: str, n_vace: int) -> float:
     main = tokens * cfg.num_layers * per_block(keys)
     hints = tokens * (n_vace * (per_block(tokens) + 2 * d * d) + 2 * d * d)
     return {"dit": main, "vace": main + hints, "hints": hints}[mode]
-
-
-def sdpa_context(name: str):
-    if name == "auto":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
-    return sdpa_kernel([backend])
 
 
 class Timer:
@@ -215,7 +205,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--res", default="832x480,576x320", help="comma list of WxH (pixels)")
     p.add_argument("--modes", default="dit,vace,hints", help="comma list of dit,vace,hints")
-    p.add_argument("--sdpa", default="auto", help="comma list of auto,flash,cudnn,efficient,math")
+    p.add_argument("--sdpa", default="auto", help=f"comma list of {','.join(SDPA_BACKENDS)}")
     p.add_argument("--compile", default="none", help="comma list of " + ",".join(COMPILE_VARIANTS))
     p.add_argument("--fp8", default="off", help="comma list of off,on (FP8 e4m3 block Linears, engine.dit.fp8)")
     p.add_argument("--rope", default="absolute", help="comma list of absolute,relative (KV-cache RoPE mode)")
@@ -229,6 +219,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     for name in ("modes", "sdpa", "compile", "rope", "fp8"):
         setattr(args, name, [v.strip() for v in getattr(args, name).split(",") if v.strip()])
+    bad = [s for s in args.sdpa if s not in SDPA_BACKENDS]
+    if bad:
+        raise SystemExit(f"unknown --sdpa {bad}; choose from {list(SDPA_BACKENDS)}")
     if args.smoke:
         cfg = tiny_config(num_layers=4)
         device = torch.device(args.device or "cpu")

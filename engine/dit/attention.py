@@ -16,6 +16,8 @@ Attention context protocol (what a block needs to run self-attention; implemente
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,7 +41,25 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return out.transpose(1, 2).flatten(2)
 
 
-class SelfAttention(nn.Module):
+# The --sdpa setting: a backend of torch.nn.attention.SDPBackend by name ("auto": PyTorch chooses).
+SDPA_BACKENDS = {"auto": None, "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                 "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+
+def sdpa_context(name: str):
+    """Context restricting scaled_dot_product_attention to one backend of SDPA_BACKENDS
+    ("auto": no restriction)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
+
+
+class _Projections(nn.Module):
+    """The q/k/v/o Linears and the q/k RMSNorms both attentions of a Wan block have (the public
+    key names `q`, `k`, `v`, `o`, `norm_q`, `norm_k`)."""
+
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
         super().__init__()
         self.num_heads = num_heads
@@ -50,6 +70,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
+
+class SelfAttention(_Projections):
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, L, dim] -> q, k (RMS-normalised over the full dim, before the head split), v as [B, L, H, D]."""
         heads = (self.num_heads, -1)
@@ -59,18 +81,8 @@ class SelfAttention(nn.Module):
         return q, k, v
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Attention over the (always 512, zero-padded, unmasked) text tokens; K/V cached per prompt."""
-
-    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
 
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         heads = (self.num_heads, -1)
