@@ -15,6 +15,7 @@ sees a platform detail.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -27,6 +28,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RGBA8 = "RGBA8"
+BGRA_TO_RGBA = [2, 1, 0, 3]  # channel order that turns BGRA pixels (or RGBA ones) around
 
 
 class TransportUnavailable(RuntimeError):
@@ -44,6 +46,18 @@ def require_module(import_name: str, install_hint: str, platform_note: str = "")
         raise TransportUnavailable(
             f"`{import_name}` is not importable{extra}: {exc}. Install it with: {install_hint}"
         ) from exc
+
+
+def platform_module(injected: Any, platform: str, import_name: str, install_hint: str,
+                    platform_note: str, elsewhere: str) -> Any:
+    """A platform library (SpoutGL, syphon): `injected` (a stand-in with the same API) if given,
+    else the import; on another OS a TransportUnavailable whose message (`elsewhere`) says what to
+    use there."""
+    if injected is not None:
+        return injected
+    if sys.platform != platform:
+        raise TransportUnavailable(elsewhere)
+    return require_module(import_name, install_hint, platform_note)
 
 
 def as_rgba_numpy(frame: Any) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""A worker thread that owns a thread-affine resource (an OpenGL context, a Spout/Syphon object).
+"""A worker thread that owns a thread-affine resource (an OpenGL context, a Spout/Syphon object),
+and the base of the adapters built on one.
 
 OpenGL contexts are current on exactly one thread, and SpoutGL needs its context current for every
 call; so each adapter creates its context on one OwnerThread and sends every call there through a
@@ -11,6 +12,8 @@ import queue
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable
+
+from .base import FrameSource
 
 
 class OwnerThread:
@@ -62,3 +65,48 @@ class OwnerThread:
             self._closed = True
             self._queue.put(None)
             self._thread.join(timeout=timeout)
+
+
+class OwnedAdapter:
+    """An adapter whose platform objects live on one OwnerThread (Spout, Syphon): `_start_owner`
+    runs `_open` there (and stops the thread again if that fails), `_call` runs a call there
+    within `call_timeout`, and close() runs `_release` there, then stops the thread."""
+
+    call_timeout: float = 5.0
+    _owner: OwnerThread
+
+    def _start_owner(self, thread_name: str) -> None:
+        self._owner = OwnerThread(thread_name)
+        try:
+            self._call(self._open)
+        except BaseException:
+            self._owner.close()
+            raise
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._owner.call(fn, *args, timeout=self.call_timeout)
+
+    def _open(self) -> None:
+        """Create the platform objects (on the owner thread)."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free the platform objects (on the owner thread)."""
+
+    def close(self) -> None:
+        self._owner.close(self._release)
+
+
+class OwnedSource(OwnedAdapter, FrameSource):
+    """A FrameSource on an owner thread; `_read` sets `_size` and `_counter` as frames arrive."""
+
+    _size: tuple[int, int] | None = None
+    _counter = 0
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return self._size
+
+    @property
+    def frame_counter(self) -> int:
+        return self._counter

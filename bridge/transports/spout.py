@@ -22,13 +22,12 @@ path if interop is unavailable.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any, Callable
 
 import numpy as np
 
-from .base import FrameSink, FrameSource, TransportUnavailable, check_rgba, require_module
-from .owner_thread import OwnerThread
+from .base import BGRA_TO_RGBA, FrameSink, check_rgba, platform_module
+from .owner_thread import OwnedAdapter, OwnedSource
 from .staging import HostStager
 
 log = logging.getLogger(__name__)
@@ -37,20 +36,16 @@ GL_RGBA = 0x1908
 GL_BGRA = 0x80E1  # GL_BGRA_EXT in SpoutGL.enums
 GL_TEXTURE_2D = 0x0DE1
 DXGI_BGRA_FORMATS = {87, 91}  # B8G8R8A8_UNORM, B8G8R8A8_UNORM_SRGB
-BGRA_TO_RGBA = [2, 1, 0, 3]
 
 
 def load_spoutgl(module: Any = None) -> Any:
     """The SpoutGL module (or an injected stand-in with the same API)."""
-    if module is not None:
-        return module
-    if sys.platform != "win32":
-        raise TransportUnavailable("Spout exists only on Windows; on Linux use the shared-memory "
-                                   "transport (shm) or the remote link. On Windows: pip install SpoutGL")
-    return require_module("SpoutGL", "pip install SpoutGL", "Windows only")
+    return platform_module(module, "win32", "SpoutGL", "pip install SpoutGL", "Windows only",
+                           "Spout exists only on Windows; on Linux use the shared-memory transport "
+                           "(shm) or the remote link. On Windows: pip install SpoutGL")
 
 
-class SpoutSource(FrameSource):
+class SpoutSource(OwnedSource):
     def __init__(self, sender_name: str = "", module: Any = None, call_timeout: float = 5.0) -> None:
         """sender_name: the Spout sender to receive; "" follows the active sender."""
         self._mod = load_spoutgl(module)
@@ -59,15 +54,8 @@ class SpoutSource(FrameSource):
         self._receiver: Any = None
         self._buf: np.ndarray | None = None
         self._gl_format = GL_RGBA
-        self._size: tuple[int, int] | None = None
-        self._counter = 0
         self.updates = 0  # connect / resize / format changes seen
-        self._owner = OwnerThread(f"spout-recv:{sender_name or 'active'}")
-        try:
-            self._owner.call(self._open, timeout=call_timeout)
-        except BaseException:
-            self._owner.close()
-            raise
+        self._start_owner(f"spout-recv:{sender_name or 'active'}")
 
     def _open(self) -> None:
         receiver = self._mod.SpoutReceiver()
@@ -77,22 +65,14 @@ class SpoutSource(FrameSource):
         self._receiver = receiver
 
     @property
-    def size(self) -> tuple[int, int] | None:
-        return self._size
-
-    @property
-    def frame_counter(self) -> int:
-        return self._counter
-
-    @property
     def bgra(self) -> bool:
         return self._gl_format == GL_BGRA
 
     def list_senders(self) -> list[str]:
-        return list(self._owner.call(lambda: self._receiver.getSenderList(), timeout=self.call_timeout))
+        return list(self._call(lambda: self._receiver.getSenderList()))
 
     def read(self) -> np.ndarray | None:
-        return self._owner.call(self._read, timeout=self.call_timeout)
+        return self._call(self._read)
 
     def _read(self) -> np.ndarray | None:
         r = self._receiver
@@ -114,17 +94,14 @@ class SpoutSource(FrameSource):
         self._counter = int(r.getSenderFrame()) if r.isFrameCountEnabled() else self._counter + 1
         return self._buf[..., BGRA_TO_RGBA] if self.bgra else self._buf.copy()
 
-    def close(self) -> None:
-        def release() -> None:
-            if self._receiver is not None:
-                self._receiver.releaseReceiver()
-                self._receiver.closeOpenGL()
-                self._receiver = None
-
-        self._owner.close(release)
+    def _release(self) -> None:
+        if self._receiver is not None:
+            self._receiver.releaseReceiver()
+            self._receiver.closeOpenGL()
+            self._receiver = None
 
 
-class SpoutSink(FrameSink):
+class SpoutSink(OwnedAdapter, FrameSink):
     def __init__(self, name: str = "vacelive", module: Any = None, gpu: bool | None = None,
                  texture_factory: Callable[[int, int], Any] | None = None, call_timeout: float = 5.0) -> None:
         """gpu: None = interop for CUDA frames when available (else CPU path), True = always through
@@ -140,12 +117,7 @@ class SpoutSink(FrameSink):
         self._stager = HostStager()
         self._interop_failed: str | None = None
         self.frames_sent = 0
-        self._owner = OwnerThread(f"spout-send:{name}")
-        try:
-            self._owner.call(self._open, timeout=call_timeout)
-        except BaseException:
-            self._owner.close()
-            raise
+        self._start_owner(f"spout-send:{name}")
 
     def _open(self) -> None:
         sender = self._mod.SpoutSender()
@@ -174,7 +146,7 @@ class SpoutSink(FrameSink):
         check_rgba(frame)
         if self._use_texture(frame):
             try:
-                self._owner.call(self._send_texture, frame, timeout=self.call_timeout)
+                self._call(self._send_texture, frame)
                 return
             except Exception as exc:
                 if self.gpu is True:
@@ -182,7 +154,7 @@ class SpoutSink(FrameSink):
                 self._interop_failed = f"{type(exc).__name__}: {exc}"
                 log.warning("spout: CUDA-GL interop failed (%s); using pinned CPU copies", self._interop_failed)
         pixels = self._stager.to_numpy(frame)
-        self._owner.call(self._send_image, pixels, timeout=self.call_timeout)
+        self._call(self._send_image, pixels)
 
     def _send_image(self, pixels: np.ndarray) -> None:
         h, w = pixels.shape[:2]
@@ -206,14 +178,11 @@ class SpoutSink(FrameSink):
         self._sender.setFrameSync(self.name)
         self.frames_sent += 1
 
-    def close(self) -> None:
-        def release() -> None:
-            if self._texture is not None:
-                self._texture.close()
-                self._texture = None
-            if self._sender is not None:
-                self._sender.releaseSender()
-                self._sender.closeOpenGL()
-                self._sender = None
-
-        self._owner.close(release)
+    def _release(self) -> None:
+        if self._texture is not None:
+            self._texture.close()
+            self._texture = None
+        if self._sender is not None:
+            self._sender.releaseSender()
+            self._sender.closeOpenGL()
+            self._sender = None

@@ -19,29 +19,25 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from .base import FrameSink, FrameSource, TransportUnavailable, require_module
-from .owner_thread import OwnerThread
+from .base import BGRA_TO_RGBA, FrameSink, platform_module
+from .owner_thread import OwnedAdapter, OwnedSource
 from .staging import HostStager
 
 log = logging.getLogger(__name__)
 
 MTL_BGRA_FORMATS = {80, 81}  # MTLPixelFormatBGRA8Unorm, BGRA8Unorm_sRGB
-BGRA_TO_RGBA = [2, 1, 0, 3]
 
 
 def load_syphon(module: Any = None) -> Any:
-    if module is not None:
-        return module
-    if sys.platform != "darwin":
-        raise TransportUnavailable("Syphon exists only on macOS; elsewhere use the shared-memory "
-                                   "transport (shm). On macOS: pip install syphon-python")
-    return require_module("syphon", "pip install syphon-python", "macOS 12+")
+    """The syphon module (or an injected stand-in with the same API)."""
+    return platform_module(module, "darwin", "syphon", "pip install syphon-python", "macOS 12+",
+                           "Syphon exists only on macOS; elsewhere use the shared-memory transport "
+                           "(shm). On macOS: pip install syphon-python")
 
 
 def _sub(module: Any, path: str) -> Any:
@@ -55,7 +51,7 @@ def _sub(module: Any, path: str) -> Any:
         return importlib.import_module(f"{module.__name__}.{path}")
 
 
-class SyphonSource(FrameSource):
+class SyphonSource(OwnedSource):
     def __init__(self, server_name: str = "", app_name: str = "", module: Any = None,
                  flip_vertical: bool = False, rediscover_every: float = 0.5, call_timeout: float = 5.0) -> None:
         """server_name / app_name: match a server (either may be ""); both "" = the first server."""
@@ -70,33 +66,18 @@ class SyphonSource(FrameSource):
         self._client: Any = None
         self._server: Any = None
         self._next_lookup = 0.0
-        self._size: tuple[int, int] | None = None
-        self._counter = 0
         self.connects = 0
-        self._owner = OwnerThread(f"syphon-recv:{self.name or 'first'}")
-        try:
-            self._owner.call(self._open, timeout=call_timeout)
-        except BaseException:
-            self._owner.close()
-            raise
+        self._start_owner(f"syphon-recv:{self.name or 'first'}")
 
     def _open(self) -> None:
         self._directory = self._mod.SyphonServerDirectory()
         self._directory.run_loop_interval = 0.001
 
-    @property
-    def size(self) -> tuple[int, int] | None:
-        return self._size
-
-    @property
-    def frame_counter(self) -> int:
-        return self._counter
-
     def list_servers(self) -> list[dict[str, str]]:
         def servers() -> list[dict[str, str]]:
             return [{"uuid": s.uuid, "name": s.name, "app_name": s.app_name} for s in self._directory.servers]
 
-        return self._owner.call(servers, timeout=self.call_timeout)
+        return self._call(servers)
 
     def _matches(self, desc: Any) -> bool:
         return (not self.server_name or desc.name == self.server_name) and \
@@ -117,7 +98,7 @@ class SyphonSource(FrameSource):
         return False
 
     def read(self) -> np.ndarray | None:
-        return self._owner.call(self._read, timeout=self.call_timeout)
+        return self._call(self._read)
 
     def _read(self) -> np.ndarray | None:
         if self._client is not None and not self._client.is_valid:
@@ -141,16 +122,13 @@ class SyphonSource(FrameSource):
         self._counter += 1
         return np.ascontiguousarray(image)
 
-    def close(self) -> None:
-        def release() -> None:
-            if self._client is not None:
-                self._client.stop()
-                self._client = None
-
-        self._owner.close(release)
+    def _release(self) -> None:
+        if self._client is not None:
+            self._client.stop()
+            self._client = None
 
 
-class SyphonSink(FrameSink):
+class SyphonSink(OwnedAdapter, FrameSink):
     def __init__(self, name: str = "vacelive", module: Any = None, flipped: bool = True,
                  call_timeout: float = 5.0) -> None:
         self._mod = load_syphon(module)
@@ -164,23 +142,18 @@ class SyphonSink(FrameSink):
         self._texture_size: tuple[int, int] | None = None
         self._stager = HostStager()
         self.frames_sent = 0
-        self._owner = OwnerThread(f"syphon-send:{name}")
-        try:
-            self._owner.call(self._open, timeout=call_timeout)
-        except BaseException:
-            self._owner.close()
-            raise
+        self._start_owner(f"syphon-send:{name}")
 
     def _open(self) -> None:
         self._server = self._mod.SyphonMetalServer(self.name)
 
     @property
     def has_clients(self) -> bool:
-        return bool(self._owner.call(lambda: self._server.has_clients, timeout=self.call_timeout))
+        return bool(self._call(lambda: self._server.has_clients))
 
     def send(self, frame: Any) -> None:
         pixels = self._stager.to_numpy(frame)  # CUDA frames: pinned, non_blocking D2H (no MPS path yet)
-        self._owner.call(self._publish, pixels, timeout=self.call_timeout)
+        self._call(self._publish, pixels)
 
     def _publish(self, pixels: np.ndarray) -> None:
         h, w = pixels.shape[:2]
@@ -191,10 +164,7 @@ class SyphonSink(FrameSink):
         self._server.publish_frame_texture(self._texture, is_flipped=self.flipped)
         self.frames_sent += 1
 
-    def close(self) -> None:
-        def release() -> None:
-            if self._server is not None:
-                self._server.stop()
-                self._server = None
-
-        self._owner.close(release)
+    def _release(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
