@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -10,10 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc.osc_packet import OscPacket
-
+from bridge.run.demo import OscSurface, ReadBack
+from bridge.run.generators import GeneratorWrapper
 from bridge.transports import ShmFrameSource
 from engine.request import ChunkRequest
 
@@ -48,35 +45,20 @@ def shm_exists(name: str) -> bool:
     return True
 
 
-class Recorder:
+class Recorder(GeneratorWrapper):
     """Wraps a generator: records every request it receives (and when), can raise on demand."""
 
     def __init__(self, inner: Any, fail_on: set[int] | None = None, fail_delay: float = 0.0) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.fail_on = set(fail_on or ())  # 1-based step call numbers that raise
         self.fail_delay = fail_delay
         self.calls: list[tuple[float, ChunkRequest]] = []
         self.resets = 0
         self.lock = threading.Lock()
 
-    @property
-    def width(self) -> int:
-        return self.inner.width
-
-    @property
-    def height(self) -> int:
-        return self.inner.height
-
-    @property
-    def next_chunk_frames(self) -> int:
-        return self.inner.next_chunk_frames
-
-    def describe(self) -> dict:
-        return self.inner.describe()
-
     def reset(self) -> None:
         self.resets += 1
-        self.inner.reset()
+        super().reset()
 
     def step(self, request: ChunkRequest):
         with self.lock:
@@ -85,78 +67,29 @@ class Recorder:
         if n in self.fail_on:
             time.sleep(self.fail_delay)
             raise RuntimeError(f"injected failure in step {n}")
-        return self.inner.step(request)
+        return super().step(request)
 
 
-class Peer:
-    """An OSC control surface on real UDP."""
+class Peer(OscSurface):
+    """An OSC control surface on real UDP (the demo's); it registers for feedback only when a test
+    sends /vace/hello itself."""
 
     def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.inbox: list[tuple[float, str, list]] = []
-        self._stop = threading.Event()
-        self.sock.settimeout(0.05)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def send(self, address: str, *args: Any) -> float:
-        b = OscMessageBuilder(address)
-        for a in args:
-            b.add_arg(a)
-        dgram = b.build().dgram
-        t = time.monotonic()  # before sending: a reply can arrive before sendto() returns
-        self.sock.sendto(dgram, self.target)
-        return t
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65535)
-            except (socket.timeout, OSError):
-                continue
-            for m in OscPacket(data).messages:
-                self.inbox.append((time.monotonic(), m.message.address, list(m.message.params)))
+        super().__init__(target, hello=False)
 
     def got(self, address: str) -> list[tuple[float, str, list]]:
         return [m for m in list(self.inbox) if m[1] == address]
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1.0)
-        self.sock.close()
 
-
-class OutputReader:
-    """Reads an shm output like TouchDesigner would: every new frame, its counter and time."""
+class OutputReader(ReadBack):
+    """Reads an shm output like TouchDesigner would (the demo's ReadBack, keeping every frame)."""
 
     def __init__(self, name: str) -> None:
-        self.source = ShmFrameSource(name)
-        self.items: list[tuple[float, int, np.ndarray]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            frame = self.source.read()
-            if frame is None:
-                time.sleep(0.001)
-                continue
-            self.items.append((time.monotonic(), self.source.frame_counter, frame))
-
-    def count(self) -> int:
-        return len(self.items)
-
-    def since(self, t: float) -> list[tuple[float, int, np.ndarray]]:
-        return [it for it in list(self.items) if it[0] >= t]
+        super().__init__(ShmFrameSource(name), max_frames=None)
+        self.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1.0)
-        self.source.close()
+        self.stop()
 
 
 def vacelive(*args: str, **kw) -> subprocess.Popen:

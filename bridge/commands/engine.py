@@ -14,6 +14,7 @@ from typing import Any
 
 from bridge import config
 from bridge.config import ConfigError
+from bridge.run.generators import GeneratorWrapper
 from engine.request import ChunkRequest, ChunkResult
 
 log = logging.getLogger("vacelive.engine")
@@ -25,28 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the effective settings as a TOML config file and exit")
 
 
-class LoggedGenerator:
+class LoggedGenerator(GeneratorWrapper):
     """The served generator, logging what changes in the requests it gets (prompt, references,
     resets): on a headless GPU box that log is how an operator sees a relay's state arrive."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._prompts: Any = None
 
-    @property
-    def width(self) -> int:
-        return self.inner.width
-
-    @property
-    def height(self) -> int:
-        return self.inner.height
-
-    @property
-    def next_chunk_frames(self) -> int:
-        return self.inner.next_chunk_frames
-
     def describe(self) -> dict[str, Any]:
-        d = dict(self.inner.describe())
+        d = dict(super().describe())
         import torch
 
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -55,7 +44,7 @@ class LoggedGenerator:
 
     def reset(self) -> None:
         log.info("reset")
-        self.inner.reset()
+        super().reset()
 
     def step(self, request: ChunkRequest) -> ChunkResult:
         prompts = [(p.text, p.weight) for p in request.prompts]
@@ -68,7 +57,7 @@ class LoggedGenerator:
                      f" ({sizes})" if sizes else "")
         if request.reset:
             log.info("reset requested with this chunk")
-        return self.inner.step(request)
+        return super().step(request)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +33,7 @@ from bridge.osc import OscConfig
 from bridge.run.loop import ChunkRecord
 from bridge.run.media import to_numpy_rgba
 from bridge.run.session import Session, SessionOptions
-from bridge.transports import ShmFrameSink, ShmFrameSource
+from bridge.transports import FrameSource, ShmFrameSink, ShmFrameSource
 
 log = logging.getLogger("vacelive.demo")
 
@@ -125,15 +125,14 @@ class SyntheticControl:
 
 
 class ReadBack:
-    """Reads the output ring like a receiver would: every new frame, with its arrival time."""
+    """Reads an output like a receiver (TouchDesigner) would, on its own thread: every new frame
+    as `items` (arrival time, source counter, frame), the first `max_frames` of them (None: all)."""
 
-    def __init__(self, source: ShmFrameSource, max_frames: int = 2000) -> None:
+    def __init__(self, source: FrameSource, max_frames: int | None = 2000) -> None:
         self.source, self.max_frames = source, max_frames
-        self.frames: list[np.ndarray] = []
-        self.times: list[float] = []
-        self.counters: list[int] = []
+        self.items: list[tuple[float, int, np.ndarray]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="demo-readback", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="readback", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -141,10 +140,23 @@ class ReadBack:
             if frame is None:
                 time.sleep(0.001)
                 continue
-            if len(self.frames) < self.max_frames:
-                self.frames.append(frame)
-                self.times.append(time.monotonic())
-                self.counters.append(self.source.frame_counter)
+            if self.max_frames is None or len(self.items) < self.max_frames:
+                self.items.append((time.monotonic(), self.source.frame_counter, frame))
+
+    @property
+    def frames(self) -> list[np.ndarray]:
+        return [frame for _, _, frame in list(self.items)]
+
+    @property
+    def times(self) -> list[float]:
+        return [t for t, _, _ in list(self.items)]
+
+    def count(self) -> int:
+        return len(self.items)
+
+    def since(self, t: float) -> list[tuple[float, int, np.ndarray]]:
+        """The items that arrived at or after monotonic time t."""
+        return [item for item in list(self.items) if item[0] >= t]
 
     def start(self) -> "ReadBack":
         self._thread.start()
@@ -157,18 +169,25 @@ class ReadBack:
 
 
 class OscSurface:
-    """A control surface over real UDP: sends OSC messages, collects what the server sends back."""
+    """A control surface over real UDP: sends OSC messages, collects what the server sends back
+    in `inbox` (arrival time, address, arguments). With `hello` it registers for echoes and
+    status at once (/vace/hello with its port)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], hello: bool = True) -> None:
         self.target = target
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.1)
         self.inbox: list[tuple[float, str, list[Any]]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="demo-osc", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="osc-surface", daemon=True)
         self._thread.start()
-        self.send("/vace/hello", self.sock.getsockname()[1])  # register for echoes and status
+        if hello:
+            self.send("/vace/hello", self.port)
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
 
     def send(self, address: str, *args: Any) -> float:
         b = OscMessageBuilder(address)

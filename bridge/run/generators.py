@@ -1,6 +1,7 @@
 """Building the generator a command runs: the local StreamGenerator from the model flags, or the
 RemoteGenerator of a relay. Every failure here is a ConfigError that tells the user what to do
-(missing weights → the download command; no CUDA → the flags for a CPU rehearsal)."""
+(missing weights → the download command; no CUDA → the flags for a CPU rehearsal). Also the base
+of generator wrappers (GeneratorWrapper)."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,35 @@ def resolve_dtype(flag: str | None, device: str) -> str:
     if flag:
         return DTYPES[flag]
     return "float32" if device == "cpu" else "bfloat16"
+
+
+class GeneratorWrapper:
+    """A Generator (engine.request) that hands everything to `inner`: subclasses override only
+    what they add (the engine's request log, a test's recorder)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @property
+    def width(self) -> int:
+        return self.inner.width
+
+    @property
+    def height(self) -> int:
+        return self.inner.height
+
+    @property
+    def next_chunk_frames(self) -> int:
+        return self.inner.next_chunk_frames
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def step(self, request: Any) -> Any:
+        return self.inner.step(request)
 
 
 def build_local_generator(cfg: argparse.Namespace) -> Any:
