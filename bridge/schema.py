@@ -421,7 +421,7 @@ def _live_params() -> list[Param]:
           "each outpainted side.", "Inputs", 0.0, 0.45, morph="lerp"),
         # Extension
         P("extension_mode", "enum", "none", "Anchor the stream to first/last frame or clip "
-          "files (VACE frame extension).", "Extension",
+          "files (VACE frame extension); changing it to none ends a running extension.", "Extension",
           choices=("none", "firstframe", "lastframe", "firstlastframe", "firstclip", "lastclip",
                    "firstlastclip"), cost=("vae_encode",)),
         P("extension_first", "str", "", "File path of the first-frame image or clip.",
@@ -509,12 +509,19 @@ class StatusField:
         return f"{PREFIX}/status/{self.name}"
 
 
+# Everything the run loop's status provider (bridge.run.loop.RunLoop.status) sends, in its order.
 STATUS_FIELDS: tuple[StatusField, ...] = (
-    StatusField("fps", "float", "fps", "Frames per second generated (measured)."),
+    StatusField("fps", "float", "fps", "Frames per second generated (measured; 0 while paused)."),
+    StatusField("fps_out", "float", "fps", "Rate the output is paced at right now (the fixed "
+                "output_fps, or following the generation rate)."),
     StatusField("latency_ms", "float", "ms", "Time of the last chunk, request to frames."),
     StatusField("chunk", "int", "", "Index of the last generated chunk."),
     StatusField("dropped", "int", "frames", "Output frames dropped or held so far."),
     StatusField("gpu_mem_mb", "float", "MB", "GPU memory allocated by the engine."),
+    StatusField("errors", "int", "chunks", "Failed chunks so far."),
+    StatusField("paused", "int", "", "1 while paused (the output holds the last frame), else 0."),
+    StatusField("jitter_p99_ms", "float", "ms", "Output pacing jitter, 99th percentile over the "
+                "last 1024 frames."),
 )
 
 FEEDBACK: tuple[tuple[str, str], ...] = (

@@ -10,11 +10,13 @@ import pytest
 from PIL import Image
 
 from bridge.link.testgen import PatternGenerator, read_stamp
-from bridge.pacer import Pacer
+from bridge.run.generators import vace_available
 from bridge.run.loop import RunLoop
+from bridge.schema import STATUS_FIELDS
 from bridge.store import ParamStore
 from bridge.transports import FrameHistory
 from bridge.transports.base import FrameSource
+from engine.generator import StreamGenerator
 from engine.request import ChunkResult
 from runloop_support import Recorder, wait_until
 
@@ -265,6 +267,50 @@ def test_extension_anchors_from_files(tmp_path):
     store.set("extension_last", first)  # a still for a clip mode: a one-frame clip
     ext = loop.run_once().request.extension
     assert ext.first.shape == (1, 16, 32, 4) and ext.last.shape == (1, 16, 32, 4)
+    loop.stop()
+
+
+def test_extension_mode_none_cancels_the_running_extension(tmp_path):
+    loop, gen, store, sent, notes = make_loop(tmp_path=tmp_path)
+    first = png(tmp_path / "first.png", (200, 0, 0, 255), (32, 16))
+    store.apply({"extension_mode": "firstframe", "extension_first": first, "extension_chunks": 8})
+    assert loop.run_once().request.extension.chunks == 8
+    assert loop.run_once().request.extension is None
+    store.set("extension_mode", "none")
+    cancel = loop.run_once().request.extension
+    assert cancel.chunks == 0 and cancel.first is None and cancel.last is None  # the engine's cancel
+    assert loop.run_once().request.extension is None  # sent once
+    store.set("extension_mode", "none")  # none again: nothing to cancel
+    assert loop.run_once().request.extension is None
+    store.apply({"extension_mode": "lastframe", "extension_last": first})
+    assert loop.run_once().request.extension.mode == "lastframe"  # a new one after the cancel
+    assert notes.errors == []
+    loop.stop()
+
+
+@pytest.mark.skipif(not vace_available(), reason="needs engine.conditioning (VACE)")
+def test_extension_mode_none_ends_the_extension_inside_the_engine(tmp_path):
+    """Through the run loop into a real VACE generator (tiny, random weights): the extension that
+    would condition 8 chunks is gone from the conditioner at the chunk after the change to none."""
+    generator = StreamGenerator.random("tiny", width=48, height=32, codec="tae", vace=True)
+    loop, gen, store, sent, notes = make_loop(gen=Recorder(generator), tmp_path=tmp_path)
+    first = png(tmp_path / "first.png", (200, 0, 0, 255), (48, 32))
+    store.apply({"extension_mode": "firstframe", "extension_first": first, "extension_chunks": 8})
+    assert loop.run_once().error is None and generator.conditioner.extension is not None
+    assert loop.run_once().error is None and generator.conditioner.extension is not None
+    store.set("extension_mode", "none")
+    assert loop.run_once().error is None and generator.conditioner.extension is None
+    assert notes.errors == []
+    loop.stop()
+
+
+def test_status_sends_exactly_the_schema_status_fields():
+    loop, *_ = make_loop()
+    assert loop.run_once().error is None
+    status = loop.status()
+    assert list(status) == [f.name for f in STATUS_FIELDS]  # the schema documents what is sent
+    for f in STATUS_FIELDS:
+        assert isinstance(status[f.name], float if f.type == "float" else int), f.name
     loop.stop()
 
 

@@ -112,7 +112,9 @@ class RefsInput:
 
 
 class ExtensionInput:
-    """First/last frame or clip anchors (VACE extension) from files, sent when they change."""
+    """First/last frame or clip anchors (VACE extension) from files, sent when they change.
+    A change of extension_mode to "none" sends the engine's cancel (Extension with chunks=0), so
+    a running extension ends at once instead of running out its span."""
 
     NAMES = ("extension_mode", "extension_first", "extension_last", "extension_chunks")
 
@@ -129,9 +131,12 @@ class ExtensionInput:
         key = tuple(values[n] for n in self.NAMES)
         if key == self._key and writes == self._seen_writes:
             return None
+        previous = self._key
         self._key, self._seen_writes = key, writes
         mode, first_path, last_path, chunks = key
         if mode == "none":
+            if previous is not None and previous[0] != "none":
+                return Extension(mode=previous[0], chunks=0)
             return None
         clip = mode.endswith("clip")
         anchors: dict[str, np.ndarray] = {}
