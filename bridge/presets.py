@@ -1,9 +1,10 @@
 """Presets: named JSON files of live parameter values, validated against the schema.
 
-Two folders: the shipped examples in the repository's presets/ and a user folder for saved ones
-(`$VACELIVE_PRESETS_DIR`, else `$XDG_CONFIG_HOME/vacelive/presets`, else
-`~/.config/vacelive/presets`; `--presets-dir` overrides). A saved preset with a shipped name
-shadows the shipped one. Files are written atomically (temp file + os.replace), so a crash or a
+Two folders: the shipped examples and a user folder for saved ones (`$VACELIVE_PRESETS_DIR`, else
+`$XDG_CONFIG_HOME/vacelive/presets`, else `~/.config/vacelive/presets`; `--presets-dir`
+overrides). A saved preset with a shipped name shadows the shipped one. The shipped examples are
+the repository's presets/ folder; a wheel carries a copy as package data (bridge/shipped_presets,
+written by setup.py), which `shipped_dir()` prefers when it exists. Files are written atomically (temp file + os.replace), so a crash or a
 full disk never leaves half a preset; a corrupt or invalid file loads nothing and the error names
 the file and the key.
 
@@ -27,7 +28,17 @@ from typing import Any, Mapping
 from bridge.schema import DEFAULT_SCHEMA, ParamError, Schema, to_json_value
 
 FORMAT = 1
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+
+def shipped_dir() -> Path:
+    """The shipped example presets: the installed package's copy (bridge/shipped_presets in a
+    wheel), else the source checkout's presets/ next to the bridge package."""
+    package = Path(__file__).resolve().parent
+    installed = package / "shipped_presets"
+    return installed if installed.is_dir() else package.parent / "presets"
+
+
+SHIPPED_DIR = shipped_dir()
 MAX_FILE_BYTES = 1_000_000
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 _TOP_KEYS = ("format", "name", "description", "morph_chunks", "params")

@@ -1,6 +1,10 @@
-"""Presets: shipped files are valid, save/load round-trips, morphs, clear errors, atomic writes."""
+"""Presets: shipped files are valid (and ship inside a wheel), save/load round-trips, morphs,
+clear errors, atomic writes."""
 import json
-import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,45 @@ def shipped_files():
 
 def test_there_are_shipped_presets():
     assert len(shipped_files()) >= 4
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Run with `python -I -S`: no site-packages (so not the editable install), no checkout on the path;
+# only the unpacked wheel.
+_INSTALLED_CHECK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from bridge.presets import SHIPPED_DIR, PresetLibrary
+lib = PresetLibrary(user_dir=sys.argv[2])
+print(json.dumps({"dir": str(SHIPPED_DIR), "module": sys.modules["bridge.presets"].__file__,
+                  "names": lib.names(), "neon": sorted(lib.load("neon-city").values)}))
+"""
+
+
+def test_a_wheel_carries_the_shipped_presets_and_the_installed_loader_finds_them(tmp_path):
+    pytest.importorskip("setuptools")
+    assert SHIPPED_DIR == REPO / "presets"  # a checkout (or editable install) reads presets/
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("bridge", "engine", "presets"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    build = subprocess.run([sys.executable, "-c", "from setuptools import build_meta; "
+                            "print(build_meta.build_wheel('dist'))"],
+                           cwd=src, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    site = tmp_path / "site"
+    zipfile.ZipFile(src / "dist" / build.stdout.split()[-1]).extractall(site)
+    run = subprocess.run([sys.executable, "-I", "-S", "-c", _INSTALLED_CHECK, str(site),
+                          str(tmp_path / "user")], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout)
+    assert got["module"] == str(site / "bridge" / "presets.py")  # the wheel's code, not the repo's
+    assert got["dir"] == str(site / "bridge" / "shipped_presets")
+    assert got["names"] == PresetLibrary(user_dir=tmp_path / "user").names()
+    assert len(got["names"]) == len(shipped_files()) and got["neon"]
 
 
 @pytest.mark.parametrize("path", shipped_files(), ids=lambda p: p.name)

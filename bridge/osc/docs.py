@@ -202,7 +202,8 @@ def render(schema: Schema = DEFAULT_SCHEMA) -> str:
         "",
         "## Presets",
         "",
-        "JSON files: shipped examples in `presets/`, saved ones in the user folder "
+        "JSON files: shipped examples in `presets/` (an installed wheel carries them as "
+        "package data, `bridge/shipped_presets/`), saved ones in the user folder "
         "(`--presets-dir`, else `$VACELIVE_PRESETS_DIR`, else "
         "`$XDG_CONFIG_HOME/vacelive/presets` or `~/.config/vacelive/presets`). A saved preset "
         "with a shipped name shadows the shipped one. Files are written atomically (never "
