@@ -126,9 +126,6 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
                        help="torch.compile the DiT blocks (about a minute of warm-up at start)")
     speed.add_argument("--fp8", action="store_true",
                        help="FP8 e4m3 Linears in the DiT blocks (Hopper/Ada GPUs; pays off with --compile)")
-    speed.add_argument("--overlap-decode", action="store_true",
-                       help="CUDA: decode each chunk on a second stream while its clean KV pass runs "
-                       "(bit-identical frames)")
     speed.add_argument("--sdpa", choices=("auto", "flash", "cudnn", "efficient", "math"), default="auto",
                        help="attention kernel (auto picks cuDNN on Hopper, the fastest measured)")
     g.add_argument("--random-weights", choices=("tiny", "full"), default=None,

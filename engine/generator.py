@@ -139,10 +139,6 @@ class StreamGenerator:
         self._clock = StageClock(self.device, STAGES)
 
         self.sdpa = sdpa
-        # Speed switch (CUDA only, bit-identical): decode each chunk on a second stream while its
-        # clean KV pass runs. A plain attribute: set it any time between chunks.
-        self.overlap_decode = False
-        self._side: torch.cuda.Stream | None = None
         self._restore_compile = None
         self._fp8 = None
         self.set_compile(compile)
@@ -258,7 +254,6 @@ class StreamGenerator:
             "compile": self.compiled,
             "fp8": self.fp8,
             "sdpa": self.sdpa,
-            "overlap_decode": self.overlap_decode,
             "loras": dict(self.loras.scales) if self.loras is not None else {},
             "kv_cache_mb": round(self.kv.nbytes / 2**20, 1),
             "chunk_index": self.chunk_index,
@@ -329,21 +324,6 @@ class StreamGenerator:
                 torch.randn(eps.shape, generator=g, out=eps)
                 renoise(x0, eps, sigma_next, out=x)
             clock.mark("dit")
-        if self.overlap_decode and x0.is_cuda:
-            # The clean pass and the decode only read x0: decode on a side stream while the clean
-            # pass runs (same kernels on the same inputs, so the frames are bit-identical; "decode"
-            # then times only what the overlap did not hide).
-            main, side = torch.cuda.current_stream(x0.device), self._side_stream()
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                frames = frames_to_rgba(self.decoder.decode(x0))
-            model(x0, plan.context_tensor, self.text, kv, start)
-            clock.mark("dit")
-            main.wait_stream(side)  # x0 is rewritten by the next chunk only after the decode read it
-            frames.record_stream(main)  # allocated on the side stream, consumed on the main one
-            clock.mark("decode")
-            clock.mark("output")
-            return frames, x0
         model(x0, plan.context_tensor, self.text, kv, start)  # clean pass: commits K/V, no VACE
         clock.mark("dit")
 
@@ -352,11 +332,6 @@ class StreamGenerator:
         frames = frames_to_rgba(decoded)
         clock.mark("output")
         return frames, x0
-
-    def _side_stream(self) -> torch.cuda.Stream:
-        if self._side is None:
-            self._side = torch.cuda.Stream(self.device)
-        return self._side
 
     def _recache(self, context_t: torch.Tensor) -> None:
         """LongLive's KV re-cache after a prompt cut (module doc, step 2)."""

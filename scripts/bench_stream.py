@@ -223,15 +223,14 @@ def bench_case(model, text, codec, codec_name: str, res, mode: str, args, device
                     except ValueError as exc:
                         rows.append(dict(base, rope=rope, compile=compiled, fp8=fp8, skipped=str(exc)))
                         continue
-                    for sdpa, overlap in [(a, o) for a in args.sdpa for o in args.overlap_decode]:
-                        gen.sdpa, gen.overlap_decode = sdpa, overlap
+                    for sdpa in args.sdpa:
+                        gen.sdpa = sdpa
                         for reuse in (args.hint_reuse if mode == "depth" else [False]):
-                            row = dict(base, rope=rope, compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse,
-                                       overlap_decode=overlap)
+                            row = dict(base, rope=rope, compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse)
                             try:
                                 row.update(run_variant(gen, Source(mode, video, args.steps, reuse), args, device, host))
                                 frames = host.measured
-                                if exact is None and rope == "auto" and not (compiled or fp8 or reuse or overlap):
+                                if exact is None and rope == "auto" and not (compiled or fp8 or reuse):
                                     exact = frames
                                     row["exact_path"] = True
                                 elif exact is not None:
@@ -283,14 +282,14 @@ def bench_text_encoder(args, device, dtype) -> dict:
     return out
 
 
-HEADER = (f"{'res':>8} {'mode':>5} {'codec':>5} {'rope':>4} {'cmp':>3} {'fp8':>3} {'sdpa':>9} {'reuse':>5} {'ovl':>3} {'fps':>6} {'gpuFPS':>6} "
+HEADER = (f"{'res':>8} {'mode':>5} {'codec':>5} {'rope':>4} {'cmp':>3} {'fp8':>3} {'sdpa':>9} {'reuse':>5} {'fps':>6} {'gpuFPS':>6} "
           f"{'chunk':>7} {'text':>5} {'vace':>6} {'hints':>6} {'dit':>7} {'decode':>6} {'out':>5} {'host':>5} "
           f"{'first':>6} {'cut':>6} {'warm s':>6} {'peakGB':>6} {'dMax':>5} {'dMean':>6} {'PSNR':>5}")
 
 
 def format_row(r: dict) -> str:
     head = (f"{r['resolution']:>8} {r['mode']:>5} {r['codec']:>5} {str(r.get('rope', '-'))[:4]:>4} {_b(r.get('compile')):>3} {_b(r.get('fp8')):>3} "
-            f"{str(r.get('sdpa', '-')):>9} {_b(r.get('hint_reuse')):>5} {_b(r.get('overlap_decode')):>3}")
+            f"{str(r.get('sdpa', '-')):>9} {_b(r.get('hint_reuse')):>5}")
     if "skipped" in r:
         return f"{head}  SKIPPED {r['skipped']}"
     if "error" in r:
@@ -321,8 +320,6 @@ def main(argv=None) -> int:
     p.add_argument("--fp8", default="off", help="on/off list: e4m3 block Linears")
     p.add_argument("--sdpa", default="auto", help=f"comma list of {','.join(SDPA_BACKENDS)}")
     p.add_argument("--hint-reuse", default="off", help="on/off list (depth mode): hints once per chunk")
-    p.add_argument("--overlap-decode", default="off", help="on/off list: decode on a second CUDA stream "
-                   "while the clean KV pass runs (bit-identical)")
     p.add_argument("--rope", default="auto", help="comma list of auto,relative (relative = the endless "
                    "mode's steady-state cost: keys re-rotated at attention time)")
     p.add_argument("--compile-codec", action="store_true", help="torch.compile the codecs' chunk functions "
@@ -336,7 +333,6 @@ def main(argv=None) -> int:
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failing variants")
     args = p.parse_args(argv)
     args.compile, args.fp8, args.hint_reuse = onoff(args.compile), onoff(args.fp8), onoff(args.hint_reuse)
-    args.overlap_decode = onoff(args.overlap_decode)
     args.sdpa = [v.strip() for v in args.sdpa.split(",") if v.strip()]
     args.rope = [v.strip() for v in args.rope.split(",") if v.strip()]
     bad = [s for s in args.sdpa if s not in SDPA_BACKENDS]

@@ -130,10 +130,8 @@ def test_speed_switches_reach_the_generator(tmp_path):
 
     exact = build_local_generator(parse("serve", "--random-weights", "tiny", "--device", "cpu", "--width", "64",
                                         "--height", "48", "--codec", "tae")).describe()
-    assert (exact["compile"], exact["fp8"], exact["sdpa"], exact["rope"], exact["overlap_decode"]) == (False, False, "auto", "auto", False)
+    assert (exact["compile"], exact["fp8"], exact["sdpa"], exact["rope"]) == (False, False, "auto", "auto")
     path = write(tmp_path, 'fp8 = true\nrope = "relative"\n')
     fast = build_local_generator(parse("serve", "--config", path, "--random-weights", "tiny", "--device", "cpu",
-                                       "--width", "64", "--height", "48", "--codec", "tae", "--sdpa", "math",
-                                       "--overlap-decode")).describe()
+                                       "--width", "64", "--height", "48", "--codec", "tae", "--sdpa", "math")).describe()
     assert (fast["fp8"], fast["sdpa"], fast["rope"], fast["rope_mode"]) == (True, "math", "relative", "relative")
-    assert fast["overlap_decode"] is True

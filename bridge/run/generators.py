@@ -90,18 +90,15 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
             log.warning("random weights (%s): the output is abstract noise-art, not a picture; for "
                         "real output run `vacelive weights download %s` and drop --random-weights",
                         cfg.random_weights, cfg.pipeline)
-            gen = StreamGenerator.random(cfg.random_weights, width=cfg.width, height=cfg.height,
-                                         codec=cfg.codec, device=cfg.device, dtype=dtype, vace=vace,
-                                         recipe=cfg.pipeline, **speed)
-        else:
-            gen = StreamGenerator.from_recipe(cfg.pipeline, cfg.models, width=cfg.width,
-                                              height=cfg.height, codec=cfg.codec, device=cfg.device,
-                                              dtype=dtype, vace=vace, text_encoder=cfg.text_encoder,
-                                              text_placement=cfg.text_placement, **speed)
+            return StreamGenerator.random(cfg.random_weights, width=cfg.width, height=cfg.height,
+                                          codec=cfg.codec, device=cfg.device, dtype=dtype, vace=vace,
+                                          recipe=cfg.pipeline, **speed)
+        return StreamGenerator.from_recipe(cfg.pipeline, cfg.models, width=cfg.width,
+                                           height=cfg.height, codec=cfg.codec, device=cfg.device,
+                                           dtype=dtype, vace=vace, text_encoder=cfg.text_encoder,
+                                           text_placement=cfg.text_placement, **speed)
     except (ValueError, FileNotFoundError) as exc:  # bad size/pipeline, MissingWeightsError
         raise ConfigError(str(exc)) from None
-    gen.overlap_decode = bool(cfg.overlap_decode)
-    return gen
 
 
 def build_remote_generator(cfg: argparse.Namespace) -> Any:
