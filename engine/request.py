@@ -81,6 +81,8 @@ class ChunkRequest:
 
 @dataclass
 class ChunkResult:
+    # Complete when step() returns (the generator has synchronised): sinks may copy the frames on
+    # a stream of their own without waiting for the generator's later work.
     frames: torch.Tensor  # uint8 RGBA [F, H, W, 4] on the generator's device
     chunk_index: int
     timings_ms: dict[str, float] = field(default_factory=dict)

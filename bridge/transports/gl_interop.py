@@ -7,8 +7,9 @@ Path per frame (GLTexture.upload with a CUDA tensor):
     cudaGraphicsSubResourceGetMappedArray
     cudaMemcpy2DToArrayAsync(device -> array, stream)
     cudaGraphicsUnmapResources(stream)              GL work issued after sees the copy
-The stream is torch's current stream, so the copy is ordered after the kernels that produced
-the frame, and nothing waits on the host. Spout then shares the texture (SpoutSink.sendTexture).
+The stream is the texture's private copy stream (staging.CopyStreams): generator frames are
+complete when step() returns, and a copy on torch's default stream would queue behind the next
+chunk's kernels. Nothing waits on the host. Spout then shares the texture (SpoutSink.sendTexture).
 
 Requirements: PyOpenGL and cuda-bindings (`pip install "vacelive[interop]"`), a GL context current
 on the calling thread (Spout's createOpenGL on Windows, EGLContext on Linux), and GL and CUDA on
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .base import TransportUnavailable, check_rgba
+from .staging import CopyStreams
 
 INTEROP_HINT = 'pip install "vacelive[interop]"  (PyOpenGL + cuda-bindings)'
 EGL_HINT = ("an EGL library (Debian/Ubuntu: apt-get install libegl1 libopengl0; NVIDIA driver's "
@@ -184,6 +186,7 @@ class GLTexture:
                         GL.GL_RGBA, GL.GL_UNSIGNED_BYTE, None)
         GL.glBindTexture(GL.GL_TEXTURE_2D, 0)
         self._resource = None  # CUDA registration, made on the first CUDA upload
+        self._copy_streams = CopyStreams()
 
     def _register(self) -> Any:
         rt = _cudart()
@@ -209,12 +212,10 @@ class GLTexture:
         GL.glBindTexture(GL.GL_TEXTURE_2D, 0)
 
     def _upload_cuda(self, frame: Any) -> None:
-        import torch
-
         rt = _cudart()
         frame = frame.contiguous()
         resource = self._resource or self._register()
-        stream = rt.cudaStream_t(torch.cuda.current_stream(frame.device).cuda_stream)
+        stream = rt.cudaStream_t(self._copy_streams.for_frame(frame).cuda_stream)
         _check(rt.cudaGraphicsMapResources(1, resource, stream), "cudaGraphicsMapResources")
         try:
             array = _check(rt.cudaGraphicsSubResourceGetMappedArray(resource, 0, 0),
