@@ -28,8 +28,12 @@ REQUESTS = [
 
 @pytest.mark.parametrize("kind", ["wan", "tae"])
 def test_tasks_on_cuda_bf16_match_cpu_fp32(kind):
-    gpu = VaceConditioner(random_codec(kind, seed=1, device="cuda", dtype=torch.bfloat16), W, H, "cuda", torch.bfloat16)
-    cpu = VaceConditioner(random_codec(kind, seed=1), W, H, "cpu", torch.float32)
+    cpu_codec = random_codec(kind, seed=1)
+    # the same weights on the GPU (a CUDA generator would draw other numbers than the CPU one)
+    gpu_codec = random_codec(kind, seed=1)
+    gpu_codec.load_state_dict(cpu_codec.state_dict())
+    gpu = VaceConditioner(gpu_codec.to("cuda", torch.bfloat16), W, H, "cuda", torch.bfloat16)
+    cpu = VaceConditioner(cpu_codec, W, H, "cpu", torch.float32)
     for make in REQUESTS:
         gpu.reset()
         cpu.reset()

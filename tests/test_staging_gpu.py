@@ -14,6 +14,7 @@ def test_host_copy_does_not_wait_for_work_queued_after_the_frame():
     frame = torch.randint(0, 256, (48, 64, 4), dtype=torch.uint8, device="cuda")
     torch.cuda.synchronize()  # the frame is complete, as when StreamGenerator.step() returns
     stager = HostStager()
+    stager.to_numpy(frame)  # steady state: pinned buffer and copy stream exist (allocating them may sync)
     torch.cuda._sleep(2_000_000_000)  # the "next chunk": ~1 s of work queued on the default stream
     out = stager.to_numpy(frame)
     still_busy = not torch.cuda.current_stream().query()
