@@ -15,9 +15,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.dit.fp8 import relative_error  # noqa: E402
 
 SHAPES = {  # name: (queries, keys)
     "832x480 main (3 of 12 frames)": (4680, 18720),
@@ -70,10 +75,6 @@ def time_ms(fn, iters=30, warmup=5) -> float:
     return statistics.median(a.elapsed_time(b) for a, b in events)
 
 
-def rel(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
         q, k, v = (torch.randn(1, 2, n, 32) for n in (48, 96, 96))
         ref = F.scaled_dot_product_attention(q, k, v)
         for s in slices:
-            err = rel(split_attention(q, k, v, s, "math"), ref)
+            err = relative_error(split_attention(q, k, v, s, "math"), ref)
             print(f"smoke: {s} slices, rel err {err:.2e}")
             if err > 1e-5:
                 return 1
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
             variants += [(f"split{s}", (lambda s=s: split_attention(q, k, v, s, backend))) for s in slices if m % s == 0]
             for label, fn in variants:
                 try:
-                    err = rel(fn(), ref)
+                    err = relative_error(fn(), ref)
                     ms = time_ms(fn)
                     print(f"{name:>44} {backend:>9} {label:>9} {ms:7.3f} {flops(n, m) / ms / 1e9:8.0f} {err:8.1e}", flush=True)
                 except Exception as exc:

@@ -50,7 +50,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .base import FrameSink, FrameSource, check_rgba
+from .base import FrameSink, FrameSource
 from .staging import HostStager
 
 log = logging.getLogger(__name__)
