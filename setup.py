@@ -1,24 +1,16 @@
-"""Build hook (the project's metadata is in pyproject.toml): the shipped presets, kept in the
-repository's presets/ folder, go into the wheel as the package data bridge/shipped_presets/*.json,
-so an installed vacelive finds them without a checkout (bridge.presets.shipped_dir)."""
-import shutil
-from pathlib import Path
+"""Build hook (the project's metadata is in pyproject.toml): the repository's top-level folders
+install as subpackages of the one `vacelive` package, so nothing but `vacelive` lands at the top
+of site-packages and a checkout (editable install) imports exactly what a wheel does."""
+from setuptools import find_packages, setup
 
-from setuptools import setup
-from setuptools.command.build_py import build_py
+# repository folder -> installed package
+FOLDERS = {"engine": "vacelive.engine", "bridge": "vacelive.bridge",
+           "presets": "vacelive.presets", "touchdesigner": "vacelive.touchdesigner"}
 
-PRESETS = Path(__file__).resolve().parent / "presets"
+package_dir = {"vacelive": "vacelive"}
+packages = ["vacelive"]
+for folder, name in FOLDERS.items():
+    package_dir[name] = folder
+    packages += [name] + [f"{name}.{sub}" for sub in find_packages(folder)]
 
-
-class build_py_with_presets(build_py):
-    def run(self) -> None:
-        super().run()
-        if self.editable_mode:  # an editable install reads the checkout's presets/ in place
-            return
-        dest = Path(self.build_lib, "bridge", "shipped_presets")
-        dest.mkdir(parents=True, exist_ok=True)
-        for src in sorted(PRESETS.glob("*.json")):
-            shutil.copyfile(src, dest / src.name)
-
-
-setup(cmdclass={"build_py": build_py_with_presets})
+setup(package_dir=package_dir, packages=packages)

@@ -13,12 +13,12 @@ import sys
 
 # name -> (module, one-line help). Keep in the order a new user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("bridge.commands.demo", "the whole live loop on CPU in under a minute: no GPU, no weights"),
-    "serve": ("bridge.commands.serve", "run the engine with textures in/out and OSC control (one box)"),
-    "weights": ("bridge.commands.weights", "list, check and download the weight files of a pipeline"),
-    "keys": ("bridge.commands.keys", "create CURVE keys for the remote engine link"),
-    "engine": ("bridge.commands.engine", "serve the model on a GPU box to a remote relay (ZMQ)"),
-    "relay": ("bridge.commands.relay", "textures and OSC beside TouchDesigner, model on a remote engine"),
+    "demo": ("vacelive.bridge.commands.demo", "the whole live loop on CPU in under a minute: no GPU, no weights"),
+    "serve": ("vacelive.bridge.commands.serve", "run the engine with textures in/out and OSC control (one box)"),
+    "weights": ("vacelive.bridge.commands.weights", "list, check and download the weight files of a pipeline"),
+    "keys": ("vacelive.bridge.commands.keys", "create CURVE keys for the remote engine link"),
+    "engine": ("vacelive.bridge.commands.engine", "serve the model on a GPU box to a remote relay (ZMQ)"),
+    "relay": ("vacelive.bridge.commands.relay", "textures and OSC beside TouchDesigner, model on a remote engine"),
 }
 
 

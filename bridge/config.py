@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bridge.osc import add_cli_arguments as add_osc_arguments
+from vacelive.bridge.osc import add_cli_arguments as add_osc_arguments
 
 # Groups of flags a command can register (serve: model, io, osc, run; engine: model, listen;
 # relay: link, io, osc, run).

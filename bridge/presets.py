@@ -3,8 +3,7 @@
 Two folders: the shipped examples and a user folder for saved ones (`$VACELIVE_PRESETS_DIR`, else
 `$XDG_CONFIG_HOME/vacelive/presets`, else `~/.config/vacelive/presets`; `--presets-dir`
 overrides). A saved preset with a shipped name shadows the shipped one. The shipped examples are
-the repository's presets/ folder; a wheel carries a copy as package data (bridge/shipped_presets,
-written by setup.py), which `shipped_dir()` prefers when it exists. Files are written atomically (temp file + os.replace), so a crash or a
+the repository's presets/ folder, installed as the package `vacelive.presets`. Files are written atomically (temp file + os.replace), so a crash or a
 full disk never leaves half a preset; a corrupt or invalid file loads nothing and the error names
 the file and the key.
 
@@ -25,17 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from bridge.schema import DEFAULT_SCHEMA, ParamError, Schema, to_json_value
+from vacelive.bridge.schema import DEFAULT_SCHEMA
+
+from vacelive.bridge.param_types import ParamError, Schema, to_json_value
 
 FORMAT = 1
 
 
 def shipped_dir() -> Path:
-    """The shipped example presets: the installed package's copy (bridge/shipped_presets in a
-    wheel), else the source checkout's presets/ next to the bridge package."""
-    package = Path(__file__).resolve().parent
-    installed = package / "shipped_presets"
-    return installed if installed.is_dir() else package.parent / "presets"
+    """The shipped example presets: the `vacelive.presets` package folder (the repository's
+    presets/ in a checkout, package data in a wheel)."""
+    import vacelive.presets
+    return Path(vacelive.presets.__file__).resolve().parent
 
 
 SHIPPED_DIR = shipped_dir()

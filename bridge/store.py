@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from bridge.schema import DEFAULT_SCHEMA, Param, ParamError, Prompts, Schema, dominant_text
+from vacelive.bridge.schema import DEFAULT_SCHEMA
+
+from vacelive.bridge.param_types import Param, ParamError, Prompts, Schema, dominant_text
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class Snapshot:
         (load `values["refs"]` when "refs" in `changed`; None keeps the sticky set) and
         extension (from extension_* when changed), and reads pause / output_fps itself.
         """
-        from engine.request import Outpaint, Prompt  # lazy: schema users need no torch
+        from vacelive.engine.request import Outpaint, Prompt  # lazy: schema users need no torch
 
         v = self.values
         out: dict[str, Any] = {name: v[name] for name in _direct_fields() if name in v}
@@ -95,7 +97,7 @@ def _direct_fields() -> frozenset[str]:
     if _DIRECT is None:
         from dataclasses import fields
 
-        from engine.request import ChunkRequest
+        from vacelive.engine.request import ChunkRequest
 
         plain = {p.name for p in DEFAULT_SCHEMA.live if p.type in ("float", "int", "bool", "enum")}
         _DIRECT = frozenset(f.name for f in fields(ChunkRequest)) & plain

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from engine.config import WAN_1_3B, WanConfig, tiny_config
+from vacelive.engine.config import WAN_1_3B, WanConfig, tiny_config
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def random_text_encoder(d_model: int, *, size: str = "tiny", seq_len: int = 512,
     "full" (umT5-XXL, d_model must be 4096; ~11 GB in bf16), with byte_tokenizer()."""
     from transformers import UMT5EncoderModel
 
-    from engine.text import TextEncoder, umt5_xxl_config
+    from vacelive.engine.text import TextEncoder, umt5_xxl_config
 
     if size not in SIZES:
         raise ValueError(f"text encoder size must be one of {SIZES}, got {size!r}")
@@ -121,7 +121,7 @@ def random_dit(cfg: WanConfig, *, vace: bool, device="cpu", dtype: torch.dtype =
     """A CausalWanModel (wrapped in VaceWanModel when `vace`) with seeded random weights, built
     directly on `device`. VACE's before/after projections are zero in the public init (hints
     would vanish); here they are random so the hint path is numerically live."""
-    from engine.dit import CausalWanModel, VaceWanModel
+    from vacelive.engine.dit import CausalWanModel, VaceWanModel
 
     device = torch.device(device)
     with _seeded(seed, device), torch.device(device):
@@ -139,7 +139,7 @@ def build_random(size: str = "tiny", *, device="cpu", dtype: torch.dtype | None 
                  seed: int = 0, vace: bool = True, text_encoder_size: str = "tiny",
                  cfg: WanConfig | None = None, width: int | None = None, height: int | None = None) -> Parts:
     """Random-weight parts; `cfg` overrides the DiT config of `size` (tests use smaller ones)."""
-    from engine.codecs import random_codec
+    from vacelive.engine.codecs import random_codec
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
@@ -151,7 +151,7 @@ def build_random(size: str = "tiny", *, device="cpu", dtype: torch.dtype | None 
     codec_obj = random_codec(codec, small=size == "tiny", seed=seed + 1, device=device, dtype=dtype)
     text = random_text_encoder(cfg.text_dim, size=text_encoder_size, seq_len=cfg.text_len, device=device,
                                dtype=dtype, seed=seed + 2)
-    from engine.lora import LoraSet
+    from vacelive.engine.lora import LoraSet
 
     parts = Parts(model, codec_obj, text, LoraSet(model))
     if vace:
@@ -174,11 +174,11 @@ def build_from_recipe(recipe, models_dir=None, *, codec: str = "wan", text_encod
     (which is registered as "pipeline", the name the OSC schema's /vace/lora/pipeline uses).
     dit_config / codec_config / text_config replace the full-size architectures (tests load
     tiny checkpoints written in the public layouts through this same path)."""
-    from engine.codecs import LightTAECodec, TAECodec, WanVAECodec, load_codec
-    from engine.lora import LoraSpec
-    from engine.pipelines import GENERATOR, LORA, TEXT_ENCODER, TOKENIZER, VACE, WeightOptions
-    from engine.text import TextEncoder
-    from engine.weights import build_model
+    from vacelive.engine.codecs import LightTAECodec, TAECodec, WanVAECodec, load_codec
+    from vacelive.engine.lora import LoraSpec
+    from vacelive.engine.pipelines import GENERATOR, LORA, TEXT_ENCODER, TOKENIZER, VACE, WeightOptions
+    from vacelive.engine.text import TextEncoder
+    from vacelive.engine.weights import build_model
 
     options = WeightOptions(codec=codec, text_encoder=text_encoder)
     paths = _require(recipe, options, models_dir, skip_roles=None if vace else {VACE})
@@ -214,7 +214,7 @@ def _require(recipe, options, models_dir, skip_roles=None):
     not need the VACE module)."""
     from dataclasses import replace
 
-    from engine import models_dir as md
+    from vacelive.engine import models_dir as md
 
     if skip_roles:
         recipe = replace(recipe, files=tuple(f for f in recipe.files if f.role not in skip_roles))
@@ -231,7 +231,7 @@ def make_conditioner(model, codec, *, width, height, device, dtype, models=None)
     if not hasattr(model, "compute_hints"):
         raise ValueError("VACE conditioning needs a VACE-wrapped model (engine.dit.VaceWanModel)")
     try:
-        from engine.conditioning import VaceConditioner
+        from vacelive.engine.conditioning import VaceConditioner
     except ImportError as exc:
         raise RuntimeError(
             "VACE was requested but engine.conditioning.VaceConditioner is not available "

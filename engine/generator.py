@@ -52,14 +52,14 @@ from typing import Any, Sequence
 
 import torch
 
-from engine.codecs import pixel_frames
-from engine.dit import SinkWindow
-from engine.dit.attention import SDPA_BACKENDS, sdpa_context
-from engine.pipelines import Recipe, get_recipe
-from engine.request import ChunkRequest, ChunkResult
-from engine.schedule import FlowSchedule, chunk_seed, renoise, x0_from_flow
-from engine.stream_state import LatentHistory, StageClock, frames_to_rgba
-from engine.text import EmbeddingCache, PromptState
+from vacelive.engine.codecs import pixel_frames
+from vacelive.engine.dit import SinkWindow
+from vacelive.engine.dit.attention import SDPA_BACKENDS, sdpa_context
+from vacelive.engine.pipelines import Recipe, get_recipe
+from vacelive.engine.request import ChunkRequest, ChunkResult
+from vacelive.engine.schedule import FlowSchedule, chunk_seed, renoise, x0_from_flow
+from vacelive.engine.stream_state import LatentHistory, StageClock, frames_to_rgba
+from vacelive.engine.text import EmbeddingCache, PromptState
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class StreamGenerator:
                     progress: bool = True) -> "StreamGenerator":
         """Load the recipe's real weights from the models folder (engine.models_dir). Raises
         MissingWeightsError listing every missing file before loading anything."""
-        from engine.factory import build_from_recipe
+        from vacelive.engine.factory import build_from_recipe
 
         rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
         parts = build_from_recipe(rec, models_dir, codec=codec, text_encoder=text_encoder,
@@ -178,7 +178,7 @@ class StreamGenerator:
         (Wan2.1-1.3B + full codec; GPU benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
         `text_encoder_size="full"` builds a random umT5-XXL (11 GB bf16). `cfg` overrides the DiT
         config."""
-        from engine.factory import build_random
+        from vacelive.engine.factory import build_random
 
         parts = build_random(size, device=device, dtype=dtype, codec=codec, seed=seed, vace=vace,
                              text_encoder_size=text_encoder_size, cfg=cfg, width=width, height=height)
@@ -193,7 +193,7 @@ class StreamGenerator:
     def set_compile(self, enabled: bool) -> None:
         """torch.compile the pure parts of every DiT block (engine.dit.compile), or restore eager."""
         if enabled and self._restore_compile is None:
-            from engine.dit.compile import compile_blocks
+            from vacelive.engine.dit.compile import compile_blocks
 
             self._restore_compile = compile_blocks(self.model, dynamic=False)
         elif not enabled and self._restore_compile is not None:
@@ -207,7 +207,7 @@ class StreamGenerator:
     def set_fp8(self, enabled: bool) -> None:
         """e4m3 block Linears (engine.dit.fp8: quantised once, reversible), or restore bf16."""
         if enabled and self._fp8 is None:
-            from engine.dit.fp8 import Fp8Linears, fp8_supported
+            from vacelive.engine.dit.fp8 import Fp8Linears, fp8_supported
 
             if not fp8_supported(self.device):
                 raise ValueError(f"FP8 matmuls are not supported on {self.device}")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.pipelines import TOKENIZER, Recipe, WeightFile, WeightOptions
+from vacelive.engine.pipelines import TOKENIZER, Recipe, WeightFile, WeightOptions
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from engine.config import CONFIGS, WanConfig
-from engine.schedule import ScheduleConfig
+from vacelive.engine.config import CONFIGS, WanConfig
+from vacelive.engine.schedule import ScheduleConfig
 
 Codec = Literal["wan", "tae", "lighttae"]
 TextEncoderKind = Literal["bf16", "fp8"]

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from engine.dit.rope import position_runs
+from vacelive.engine.dit.rope import position_runs
 
 
 class LatentHistory:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from engine.request import ChunkRequest
+from vacelive.engine.request import ChunkRequest
 
 
 @dataclass

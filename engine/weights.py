@@ -25,8 +25,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from engine.checkpoint import CheckpointError, CheckpointReader, first_keys, progress_bar
-from engine.dit.vace import VACE_PREFIXES
+from vacelive.engine.checkpoint import CheckpointError, CheckpointReader, first_keys, progress_bar
+from vacelive.engine.dit.vace import VACE_PREFIXES
 
 
 @dataclass
@@ -122,9 +122,9 @@ class LoadedDiT:
 def build_model(cfg, dit_path, *, vace_path=None, loras: Sequence = (), ema: bool = False, dtype=torch.bfloat16,
                 device="cuda", vace_in_dim: int | None = None, progress: bool = True) -> LoadedDiT:
     """Meta-device build -> base weights -> VACE wrap + weights -> LoRAs (engine.lora.LoraSpec)."""
-    from engine.dit.model import CausalWanModel
-    from engine.dit.vace import VaceWanModel
-    from engine.lora import LoraSet
+    from vacelive.engine.dit.model import CausalWanModel
+    from vacelive.engine.dit.vace import VaceWanModel
+    from vacelive.engine.lora import LoraSet
 
     with torch.device("meta"):
         base = CausalWanModel(cfg)

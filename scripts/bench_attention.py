@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.dit.fp8 import relative_error  # noqa: E402
+from vacelive.engine.dit.fp8 import relative_error  # noqa: E402
 
 SHAPES = {  # name: (queries, keys)
     "832x480 main (3 of 12 frames)": (4680, 18720),

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.codecs import random_codec  # noqa: E402
+from vacelive.engine.codecs import random_codec  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 KNOWN_FLAGS = {"eager", "channels_last", "cudnn_benchmark", "compile"}

@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config import WAN_1_3B, tiny_config  # noqa: E402
-from engine.dit import CausalWanModel, SinkWindow, VaceWanModel  # noqa: E402
-from engine.dit.attention import SDPA_BACKENDS, sdpa_context  # noqa: E402
-from engine.dit.compile import compile_blocks  # noqa: E402
-from engine.dit.fp8 import Fp8Linears, relative_error  # noqa: E402
+from vacelive.engine.config import WAN_1_3B, tiny_config  # noqa: E402
+from vacelive.engine.dit import CausalWanModel, SinkWindow, VaceWanModel  # noqa: E402
+from vacelive.engine.dit.attention import SDPA_BACKENDS, sdpa_context  # noqa: E402
+from vacelive.engine.dit.compile import compile_blocks  # noqa: E402
+from vacelive.engine.dit.fp8 import Fp8Linears, relative_error  # noqa: E402
 
 # --compile variants: torch.compile kwargs for engine.dit.compile.compile_blocks
 COMPILE_VARIANTS = {

@@ -50,9 +50,9 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from bridge.transports import gl_interop
-    from bridge.transports.base import TransportUnavailable
-    from bridge.transports.staging import HostStager
+    from vacelive.bridge.transports import gl_interop
+    from vacelive.bridge.transports.base import TransportUnavailable
+    from vacelive.bridge.transports.staging import HostStager
 
     cuda = torch.cuda.is_available()
     if not args.smoke:

@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     seconds = 0.5 if args.smoke else args.seconds
 
-    from bridge.osc import OscConfig, OscServer
-    from bridge.store import ParamStore
+    from vacelive.bridge.osc import OscConfig, OscServer
+    from vacelive.bridge.store import ParamStore
 
     store = ParamStore()
     server = OscServer(store, None, OscConfig(port=0, oscquery_port=None)).start()

@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bridge.run.loop import RunLoop  # noqa: E402
-from bridge.store import ParamStore  # noqa: E402
-from bridge.transports import FrameHistory, ShmFrameSink, ShmFrameSource  # noqa: E402
+from vacelive.bridge.run.loop import RunLoop  # noqa: E402
+from vacelive.bridge.store import ParamStore  # noqa: E402
+from vacelive.bridge.transports import FrameHistory, ShmFrameSink, ShmFrameSource  # noqa: E402
 
 
 class TimedSink:
@@ -81,9 +81,9 @@ class ControlFeed:
 
 
 def build(args):
-    from engine.generator import StreamGenerator
+    from vacelive.engine.generator import StreamGenerator
 
-    from bridge.run.generators import resolve_dtype, vace_available
+    from vacelive.bridge.run.generators import resolve_dtype, vace_available
 
     dtype = getattr(torch, resolve_dtype(args.dtype, args.device))
     if args.model == "real":

@@ -35,11 +35,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.codecs import random_codec  # noqa: E402
-from engine.config import WAN_1_3B, tiny_config  # noqa: E402
-from engine.factory import make_conditioner, random_dit, random_text_encoder  # noqa: E402
-from engine.generator import SDPA_BACKENDS, StreamGenerator  # noqa: E402
-from engine.request import ChunkRequest, Prompt  # noqa: E402
+from vacelive.engine.codecs import random_codec  # noqa: E402
+from vacelive.engine.config import WAN_1_3B, tiny_config  # noqa: E402
+from vacelive.engine.factory import make_conditioner, random_dit, random_text_encoder  # noqa: E402
+from vacelive.engine.generator import SDPA_BACKENDS, StreamGenerator  # noqa: E402
+from vacelive.engine.request import ChunkRequest, Prompt  # noqa: E402
 
 PROMPT = "a neon city street at night, rain, reflections, slow camera move"
 CUT_PROMPT = "a quiet forest lake at dawn, mist over the water"

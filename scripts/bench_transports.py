@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bridge.link import EngineServer, RemoteGenerator  # noqa: E402
-from bridge.pacer import Pacer  # noqa: E402
-from bridge.transports.shm import ShmFrameSink, ShmFrameSource  # noqa: E402
-from engine.request import ChunkRequest, ChunkResult  # noqa: E402
+from vacelive.bridge.link import EngineServer, RemoteGenerator  # noqa: E402
+from vacelive.bridge.pacer import Pacer  # noqa: E402
+from vacelive.bridge.transports.shm import ShmFrameSink, ShmFrameSource  # noqa: E402
+from vacelive.engine.request import ChunkRequest, ChunkResult  # noqa: E402
 
 
 class EchoGenerator:

@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_stream import HEADER, HostCopy, depth_video, format_row, onoff, parse_res, run_variant, sync  # noqa: E402
 
-from engine.codecs import random_codec  # noqa: E402
-from engine.config import WAN_1_3B, tiny_config  # noqa: E402
-from engine.factory import make_conditioner, random_dit, random_text_encoder  # noqa: E402
-from engine.generator import StreamGenerator  # noqa: E402
-from engine.request import ChunkRequest, Extension, Prompt  # noqa: E402
+from vacelive.engine.codecs import random_codec  # noqa: E402
+from vacelive.engine.config import WAN_1_3B, tiny_config  # noqa: E402
+from vacelive.engine.factory import make_conditioner, random_dit, random_text_encoder  # noqa: E402
+from vacelive.engine.generator import StreamGenerator  # noqa: E402
+from vacelive.engine.request import ChunkRequest, Extension, Prompt  # noqa: E402
 
 MODES = ("text", "r2v", "r2v3", "depth", "r2v+depth", "inpaint", "scribble", "extension")
 PROMPT = "a neon city street at night, rain, reflections, slow camera move"

@@ -1,16 +1,11 @@
-"""Shared pytest configuration: hardware markers skip cleanly where the hardware is absent, the
-repository root is importable, and the fixtures many modules share live here."""
+"""Shared pytest configuration: hardware markers skip cleanly where the hardware is absent, and
+the fixtures many modules share live here. The code under test is the installed `vacelive`
+package (an editable install maps the repository's folders into it)."""
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-# touchdesigner/ is not an installed package (TouchDesigner loads it from Text DATs), so its tests
-# import it from the repository root, whichever test module pytest happens to import first.
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bridge.run.demo import OscSurface, ReadBack
-from bridge.run.generators import GeneratorWrapper
-from bridge.transports import ShmFrameSource
-from engine.request import ChunkRequest
+from vacelive.bridge.run.demo import OscSurface, ReadBack
+from vacelive.bridge.run.generators import GeneratorWrapper
+from vacelive.bridge.transports import ShmFrameSource
+from vacelive.engine.request import ChunkRequest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ class OutputReader(ReadBack):
 def vacelive(*args: str, **kw) -> subprocess.Popen:
     """Start `python -m bridge.cli ARGS` (the `vacelive` entry point) as a process."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "bridge.cli", *args], cwd=kw.pop("cwd", REPO),
+    return subprocess.Popen([sys.executable, "-m", "vacelive.bridge.cli", *args], cwd=kw.pop("cwd", REPO),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from engine.config import tiny_config
-from engine.dit import CausalWanModel, VaceWanModel
+from vacelive.engine.config import tiny_config
+from vacelive.engine.dit import CausalWanModel, VaceWanModel
 
 MANIFESTS = Path(__file__).parent / "manifests"
 TOL = 2e-5

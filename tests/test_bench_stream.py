@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.run.generators import vace_available
+from vacelive.bridge.run.generators import vace_available
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_stream.py"

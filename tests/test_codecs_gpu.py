@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.codecs import random_codec
-from engine.dit.fp8 import relative_error
+from vacelive.engine.codecs import random_codec
+from vacelive.engine.dit.fp8 import relative_error
 
 pytestmark = pytest.mark.gpu
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.codecs import (CodecLoadError, LightTAECodec, TAECodec, WanVAECodec, codec_config,
+from vacelive.engine.codecs import (CodecLoadError, LightTAECodec, TAECodec, WanVAECodec, codec_config,
                            load_codec, random_codec)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.conditioning.annotators import (
+from vacelive.engine.conditioning.annotators import (
     DEPTH_FOLDERS, DEPTH_REPO, PLUGINS, AnnotatorUnavailable, Annotators, canny, edges, gray, register_annotator,
     scribble,
 )

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.codecs import random_codec
-from engine.conditioning.encode import (
+from vacelive.engine.codecs import random_codec
+from vacelive.engine.conditioning.encode import (
     MAX_FIXED_POINT_CHECKS, ConditionStream, VaceEncoder, chunk_groups, encode_masks,
     encode_references, fold_mask, mask_time_indices, reference_context,
 )

@@ -8,9 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.codecs import random_codec
-from engine.conditioning import VaceConditioner
-from engine.request import ChunkRequest, Extension, Outpaint
+from vacelive.engine.codecs import random_codec
+from vacelive.engine.conditioning import VaceConditioner
+from vacelive.engine.request import ChunkRequest, Extension, Outpaint
 
 H = W = 16
 

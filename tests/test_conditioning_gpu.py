@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.codecs import random_codec
-from engine.conditioning import VaceConditioner
-from engine.request import ChunkRequest, Extension, Outpaint
+from vacelive.engine.codecs import random_codec
+from vacelive.engine.conditioning import VaceConditioner
+from vacelive.engine.request import ChunkRequest, Extension, Outpaint
 
 pytestmark = pytest.mark.gpu
 W, H = 96, 64

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.codecs import random_codec
-from engine.conditioning import VaceConditioner
-from engine.conditioning.inputs import InputError, fit, frames01, mask_plane, take_frames, to_rgb
-from engine.request import ChunkRequest
+from vacelive.engine.codecs import random_codec
+from vacelive.engine.conditioning import VaceConditioner
+from vacelive.engine.conditioning.inputs import InputError, fit, frames01, mask_plane, take_frames, to_rgb
+from vacelive.engine.request import ChunkRequest
 
 CPU = torch.device("cpu")
 H, W = 32, 48

@@ -14,7 +14,7 @@ from runloop_support import REPO
 def test_demo_runs_and_writes_its_files(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "demo", "--chunks", "5", "--out", str(out),
+        [sys.executable, "-m", "vacelive.bridge.cli", "demo", "--chunks", "5", "--out", str(out),
          "--width", "128", "--height", "96", "--timeout", "90"],
         cwd=REPO, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

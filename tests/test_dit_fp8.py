@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import tiny_config
-from engine.dit import CausalWanModel, SinkWindow, VaceWanModel
-from engine.dit.fp8 import BLOCK_LINEARS, Fp8Linear, Fp8Linears, relative_error
+from vacelive.engine.config import tiny_config
+from vacelive.engine.dit import CausalWanModel, SinkWindow, VaceWanModel
+from vacelive.engine.dit.fp8 import BLOCK_LINEARS, Fp8Linear, Fp8Linears, relative_error
 
 LATENT_HW = (4, 6)
 

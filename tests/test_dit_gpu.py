@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import tiny_config
-from engine.dit import CausalWanModel, SinkWindow, VaceWanModel
+from vacelive.engine.config import tiny_config
+from vacelive.engine.dit import CausalWanModel, SinkWindow, VaceWanModel
 
 pytestmark = pytest.mark.gpu
 LATENT_HW = (8, 12)
@@ -44,7 +44,7 @@ def test_bf16_streaming_matches_dense_masked_forward():
 
 @torch.inference_mode()
 def test_compiled_blocks_match_eager():
-    from engine.dit.compile import compile_blocks
+    from vacelive.engine.dit.compile import compile_blocks
 
     model, x, vc, t, text = model_and_inputs(3)
     kv_a = model.new_kv_cache(SinkWindow(12, 3), latent_hw=LATENT_HW)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import tiny_config
-from engine.dit import CacheState, CausalWanModel, SinkWindow
+from vacelive.engine.config import tiny_config
+from vacelive.engine.dit import CacheState, CausalWanModel, SinkWindow
 from support import windowed_mask
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import WAN_1_3B, WAN_14B, tiny_config
-from engine.dit import CausalWanModel, RopeTable, VaceWanModel, keeps_fp32, rope_split
+from vacelive.engine.config import WAN_1_3B, WAN_14B, tiny_config
+from vacelive.engine.dit import CausalWanModel, RopeTable, VaceWanModel, keeps_fp32, rope_split
 from support import read_manifest
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import tiny_config
-from engine.factory import byte_tokenizer, random_text_encoder
-from engine.generator import StreamGenerator
-from engine.lora import lora_target_names
-from engine.models_dir import MissingWeightsError
-from engine.pipelines import WeightOptions, get_recipe
-from engine.request import ChunkRequest, Generator, Prompt
-from engine.vace_input import VaceInput
+from vacelive.engine.config import tiny_config
+from vacelive.engine.factory import byte_tokenizer, random_text_encoder
+from vacelive.engine.generator import StreamGenerator
+from vacelive.engine.lora import lora_target_names
+from vacelive.engine.models_dir import MissingWeightsError
+from vacelive.engine.pipelines import WeightOptions, get_recipe
+from vacelive.engine.request import ChunkRequest, Generator, Prompt
+from vacelive.engine.vace_input import VaceInput
 from support import count_hints
 
 W, H = 32, 32  # latent 4x4 -> 2x2 tokens per latent frame
@@ -253,7 +253,7 @@ def test_a_failing_chunk_leaves_the_stream_consistent(where, monkeypatch):
 
         handle = gen.model.blocks[1].register_forward_hook(hook)
     else:
-        import engine.generator as generator_module
+        import vacelive.engine.generator as generator_module
 
         real = generator_module.frames_to_rgba
         monkeypatch.setattr(generator_module, "frames_to_rgba", lambda f: (_ for _ in ()).throw(Boom("oom")))
@@ -308,10 +308,10 @@ class FixedConditioner:
 
 
 def make_vace(**kw):
-    from engine.factory import build_random
+    from vacelive.engine.factory import build_random
 
     parts = build_random("tiny", codec="tae", vace=False, seed=0)
-    from engine.factory import random_dit
+    from vacelive.engine.factory import random_dit
 
     model = random_dit(tiny_config(), vace=True, seed=0)
     cond = FixedConditioner()
@@ -342,7 +342,7 @@ def test_vace_context_scale_0_equals_text_only_and_scale_changes_output():
     a = gen0.step(req(context_scale=0.0)).frames
     b = gen1.step(req(context_scale=1.0)).frames
     # text-only generator with the same DiT weights: rebuild one without conditioner
-    from engine.factory import random_dit
+    from vacelive.engine.factory import random_dit
 
     plain = StreamGenerator(random_dit(tiny_config(), vace=True, seed=0), text_only.codec, text_only.text_encoder,
                             width=W, height=H)
@@ -361,7 +361,7 @@ def test_without_vace_inputs_are_ignored_with_one_notice():
 def test_vace_true_without_the_conditioning_module_is_a_clear_error(monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "engine.conditioning", None)  # as if the module were absent
+    monkeypatch.setitem(sys.modules, "vacelive.engine.conditioning", None)  # as if the module were absent
     with pytest.raises(RuntimeError, match="vace=False"):
         StreamGenerator.random("tiny", width=W, height=H, codec="tae", vace=True)
 

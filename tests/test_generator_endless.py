@@ -7,9 +7,9 @@ import gc
 import pytest
 import torch
 
-from engine.config import tiny_config
-from engine.generator import StreamGenerator
-from engine.request import ChunkRequest, Prompt
+from vacelive.engine.config import tiny_config
+from vacelive.engine.generator import StreamGenerator
+from vacelive.engine.request import ChunkRequest, Prompt
 
 W, H = 32, 32
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.codecs import random_codec, tiny_tae_config
-from engine.config import tiny_config
-from engine.factory import build_from_recipe, byte_tokenizer, random_dit, random_text_encoder, tiny_umt5_config
-from engine.generator import StreamGenerator
-from engine.lora import lora_target_names
-from engine.pipelines import GENERATOR, LORA, TEXT_ENCODER, TOKENIZER, VACE, WeightOptions, get_recipe
-from engine.request import ChunkRequest, Prompt
-from engine.text import hf_to_wan_key
-from engine.text.umt5_keys import HF_TIED
+from vacelive.engine.codecs import random_codec, tiny_tae_config
+from vacelive.engine.config import tiny_config
+from vacelive.engine.factory import build_from_recipe, byte_tokenizer, random_dit, random_text_encoder, tiny_umt5_config
+from vacelive.engine.generator import StreamGenerator
+from vacelive.engine.lora import lora_target_names
+from vacelive.engine.pipelines import GENERATOR, LORA, TEXT_ENCODER, TOKENIZER, VACE, WeightOptions, get_recipe
+from vacelive.engine.request import ChunkRequest, Prompt
+from vacelive.engine.text import hf_to_wan_key
+from vacelive.engine.text.umt5_keys import HF_TIED
 
 CFG = tiny_config(num_layers=2, vace_layers=(0,))
 RANK = 4

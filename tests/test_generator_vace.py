@@ -8,12 +8,12 @@ import pytest
 import torch
 
 try:
-    from engine.conditioning import VaceConditioner
+    from vacelive.engine.conditioning import VaceConditioner
 except ImportError:  # pragma: no cover - the conditioning module ships separately
     pytest.skip("engine.conditioning.VaceConditioner is not available", allow_module_level=True)
 
-from engine.generator import StreamGenerator
-from engine.request import ChunkRequest, Prompt
+from vacelive.engine.generator import StreamGenerator
+from vacelive.engine.request import ChunkRequest, Prompt
 from support import count_hints
 
 W, H = 32, 32

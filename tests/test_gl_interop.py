@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.transports import gl_interop
-from bridge.transports.base import TransportUnavailable
+from vacelive.bridge.transports import gl_interop
+from vacelive.bridge.transports.base import TransportUnavailable
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="EGL path is Linux-only")
 

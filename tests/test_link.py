@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.link import EngineServer, EngineUnavailable, RemoteGenerator, RemoteStepError
-from bridge.link.testgen import PatternGenerator, read_stamp, refs_checksum
-from engine.request import ChunkRequest, Generator
+from vacelive.bridge.link import EngineServer, EngineUnavailable, RemoteGenerator, RemoteStepError
+from vacelive.bridge.link.testgen import PatternGenerator, read_stamp, refs_checksum
+from vacelive.engine.request import ChunkRequest, Generator
 
 
 def video(n=12, h=64, w=96, seed=0):
@@ -99,7 +99,7 @@ def _free_port() -> int:
 
 def _spawn_engine(endpoint: str, step_delay: float) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.link", "--listen", endpoint,
+    proc = subprocess.Popen([sys.executable, "-m", "vacelive.bridge.link", "--listen", endpoint,
                              "--step-delay", str(step_delay)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = proc.stdout.readline()

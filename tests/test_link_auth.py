@@ -6,10 +6,10 @@ import logging
 import pytest
 import zmq.auth
 
-from bridge.cli import main as cli_main
-from bridge.link import ClientKeys, EngineKeys, EngineServer, EngineUnavailable, RemoteGenerator, generate_keys
-from bridge.link.testgen import PatternGenerator, read_stamp
-from engine.request import ChunkRequest
+from vacelive.bridge.cli import main as cli_main
+from vacelive.bridge.link import ClientKeys, EngineKeys, EngineServer, EngineUnavailable, RemoteGenerator, generate_keys
+from vacelive.bridge.link.testgen import PatternGenerator, read_stamp
+from vacelive.engine.request import ChunkRequest
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_authorized_relay_is_accepted(keyed_engine):
 
 def test_relay_without_keys_is_refused_and_logged(keyed_engine, caplog):
     server, _ = keyed_engine
-    caplog.set_level(logging.WARNING, logger="bridge.link.server")
+    caplog.set_level(logging.WARNING, logger="vacelive.bridge.link.server")
     with RemoteGenerator(server.endpoint, heartbeat=0.1, connect_timeout=None) as gen:
         _refused(gen)
     assert "does not use CURVE" in caplog.text
@@ -44,7 +44,7 @@ def test_relay_without_keys_is_refused_and_logged(keyed_engine, caplog):
 
 def test_unauthorized_key_is_refused_and_logged(keyed_engine, tmp_path, caplog):
     server, paths = keyed_engine
-    caplog.set_level(logging.WARNING, logger="bridge.link.server")
+    caplog.set_level(logging.WARNING, logger="vacelive.bridge.link.server")
     stranger_dir = tmp_path / "stranger"
     stranger_dir.mkdir()
     _, secret_file = zmq.auth.create_certificates(str(stranger_dir), "stranger")
@@ -59,7 +59,7 @@ def test_unauthorized_key_is_refused_and_logged(keyed_engine, tmp_path, caplog):
 
 def test_wrong_engine_key_is_refused_and_logged(keyed_engine, tmp_path, caplog):
     server, paths = keyed_engine
-    caplog.set_level(logging.WARNING, logger="bridge.link.server")
+    caplog.set_level(logging.WARNING, logger="vacelive.bridge.link.server")
     other = generate_keys(tmp_path / "other", "relay")  # a different engine's public key
     with RemoteGenerator(server.endpoint, server_public_key=other.engine_dir / "engine.key",
                          client_key=paths.client_dir / "relay.key_secret", heartbeat=0.1,

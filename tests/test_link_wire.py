@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.link import wire
-from engine.request import ChunkRequest, ChunkResult, Extension, Outpaint, Prompt
+from vacelive.bridge.link import wire
+from vacelive.engine.request import ChunkRequest, ChunkResult, Extension, Outpaint, Prompt
 
 
 def roundtrip(request: ChunkRequest, codec: str = "raw") -> ChunkRequest:

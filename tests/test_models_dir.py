@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
-from engine.models_dir import (
+from vacelive.bridge.cli import main
+from vacelive.engine.models_dir import (
     DownloadError,
     MissingWeightsError,
     check,
@@ -15,7 +15,7 @@ from engine.models_dir import (
     models_dir,
     require,
 )
-from engine.pipelines import RECIPES, TOKENIZER, WeightOptions
+from vacelive.engine.pipelines import RECIPES, TOKENIZER, WeightOptions
 
 LONGLIVE = RECIPES["longlive"]
 FP8_TAE = WeightOptions(codec="tae", text_encoder="fp8")

@@ -1,6 +1,6 @@
 """docs/osc.md is generated from the schema; this fails when the committed file is stale."""
-from bridge.osc import docs
-from bridge.schema import DEFAULT_SCHEMA
+from vacelive.bridge.osc import docs
+from vacelive.bridge.schema import DEFAULT_SCHEMA
 
 
 def test_committed_osc_docs_are_current():

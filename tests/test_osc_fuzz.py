@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from bridge.osc import OscConfig, OscServer
-from bridge.presets import PresetLibrary
-from bridge.schema import DEFAULT_SCHEMA
-from bridge.store import ParamStore
+from vacelive.bridge.osc import OscConfig, OscServer
+from vacelive.bridge.presets import PresetLibrary
+from vacelive.bridge.schema import DEFAULT_SCHEMA
+from vacelive.bridge.store import ParamStore
 
 import os
 N = int(os.environ.get("FUZZ_N", 10_000))

@@ -14,11 +14,12 @@ from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from bridge.osc import OscConfig, OscServer
-from bridge.osc.coercion import value_args
-from bridge.presets import PresetLibrary
-from bridge.schema import INT32_MAX, build_schema
-from bridge.store import ParamStore
+from vacelive.bridge.osc import OscConfig, OscServer
+from vacelive.bridge.osc.coercion import value_args
+from vacelive.bridge.presets import PresetLibrary
+from vacelive.bridge.schema import build_schema
+from vacelive.bridge.param_types import INT32_MAX
+from vacelive.bridge.store import ParamStore
 
 
 def msg(address, *args):
@@ -425,7 +426,7 @@ def test_corrupt_preset_over_osc_loads_nothing(rig, peer):
 
 
 def test_lan_binding_is_opt_in_and_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="bridge.osc"):
+    with caplog.at_level(logging.WARNING, logger="vacelive.bridge.osc"):
         with OscServer(ParamStore(), config=OscConfig(host="0.0.0.0", port=0,
                                                       oscquery_port=None)):
             pass
@@ -500,7 +501,7 @@ def test_a_new_senders_first_message_is_echoed(rig):
 def test_cli_arguments_build_the_config():
     import argparse
 
-    from bridge.osc import add_cli_arguments
+    from vacelive.bridge.osc import add_cli_arguments
 
     ap = argparse.ArgumentParser()
     add_cli_arguments(ap)

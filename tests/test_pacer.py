@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bridge.pacer import ManualClock, Pacer
+from vacelive.bridge.pacer import ManualClock, Pacer
 
 
 class Recorder:

@@ -1,8 +1,8 @@
 """Pipeline recipes: the declared cache policy, schedule, LoRA and files match the reference."""
 import pytest
 
-from engine.config import CONFIGS
-from engine.pipelines import (
+from vacelive.engine.config import CONFIGS
+from vacelive.engine.pipelines import (
     DEFAULT_RECIPE,
     GENERATOR,
     LORA,
@@ -16,7 +16,7 @@ from engine.pipelines import (
     WeightOptions,
     get_recipe,
 )
-from engine.schedule import FlowSchedule
+from vacelive.engine.schedule import FlowSchedule
 
 
 def test_longlive_recipe():

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge import presets as presets_mod
-from bridge.presets import SHIPPED_DIR, PresetError, PresetLibrary, read
-from bridge.schema import build_schema
-from bridge.store import ParamStore
+from vacelive.bridge import presets as presets_mod
+from vacelive.bridge.presets import SHIPPED_DIR, PresetError, PresetLibrary, read
+from vacelive.bridge.schema import build_schema
+from vacelive.bridge.store import ParamStore
 
 
 def shipped_files():
@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 _INSTALLED_CHECK = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from bridge.presets import SHIPPED_DIR, PresetLibrary
+from vacelive.bridge.presets import SHIPPED_DIR, PresetLibrary
 lib = PresetLibrary(user_dir=sys.argv[2])
-print(json.dumps({"dir": str(SHIPPED_DIR), "module": sys.modules["bridge.presets"].__file__,
+print(json.dumps({"dir": str(SHIPPED_DIR), "module": sys.modules["vacelive.bridge.presets"].__file__,
                   "names": lib.names(), "neon": sorted(lib.load("neon-city").values)}))
 """
 
@@ -44,20 +44,28 @@ def test_a_wheel_carries_the_shipped_presets_and_the_installed_loader_finds_them
     src.mkdir()
     for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("bridge", "engine", "presets"):
+    for name in ("vacelive", "bridge", "engine", "presets", "touchdesigner"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run([sys.executable, "-c", "from setuptools import build_meta; "
                             "print(build_meta.build_wheel('dist'))"],
                            cwd=src, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
     site = tmp_path / "site"
-    zipfile.ZipFile(src / "dist" / build.stdout.split()[-1]).extractall(site)
+    wheel = zipfile.ZipFile(src / "dist" / build.stdout.split()[-1])
+    tops = {n.split("/")[0] for n in wheel.namelist() if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"vacelive"}  # nothing top-level but the one package
+    names = set(wheel.namelist())
+    for data in ("vacelive/touchdesigner/vacelive_ext.py", "vacelive/touchdesigner/README.md",
+                 "vacelive/touchdesigner/surfaces/vacelive.tosc",
+                 "vacelive/touchdesigner/surfaces/vacelive-osc.json"):
+        assert data in names, data  # the TouchDesigner component and the surface layouts ship
+    wheel.extractall(site)
     run = subprocess.run([sys.executable, "-I", "-S", "-c", _INSTALLED_CHECK, str(site),
                           str(tmp_path / "user")], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout)
-    assert got["module"] == str(site / "bridge" / "presets.py")  # the wheel's code, not the repo's
-    assert got["dir"] == str(site / "bridge" / "shipped_presets")
+    assert got["module"] == str(site / "vacelive" / "bridge" / "presets.py")  # the wheel's, not the repo's
+    assert got["dir"] == str(site / "vacelive" / "presets")
     assert got["names"] == PresetLibrary(user_dir=tmp_path / "user").names()
     assert len(got["names"]) == len(shipped_files()) and got["neon"]
 

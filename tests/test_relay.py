@@ -10,10 +10,10 @@ import time
 import numpy as np
 from PIL import Image
 
-from bridge import config
-from bridge.cli import _build_parser
-from bridge.run.generators import build_remote_generator
-from bridge.run.session import Session, SessionOptions
+from vacelive.bridge import config
+from vacelive.bridge.cli import _build_parser
+from vacelive.bridge.run.generators import build_remote_generator
+from vacelive.bridge.run.session import Session, SessionOptions
 from runloop_support import OutputReader, Peer, ProcessLog, unique, vacelive, wait_until
 
 W, H = 64, 48

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge.link.testgen import PatternGenerator, read_stamp
-from bridge.run.generators import vace_available
-from bridge.run.loop import RunLoop
-from bridge.schema import STATUS_FIELDS
-from bridge.store import ParamStore
-from bridge.transports import FrameHistory
-from bridge.transports.base import FrameSource
-from engine.generator import StreamGenerator
-from engine.request import ChunkResult
+from vacelive.bridge.link.testgen import PatternGenerator, read_stamp
+from vacelive.bridge.run.generators import vace_available
+from vacelive.bridge.run.loop import RunLoop
+from vacelive.bridge.schema import STATUS_FIELDS
+from vacelive.bridge.store import ParamStore
+from vacelive.bridge.transports import FrameHistory
+from vacelive.bridge.transports.base import FrameSource
+from vacelive.engine.generator import StreamGenerator
+from vacelive.engine.request import ChunkResult
 from runloop_support import Recorder, wait_until
 
 
@@ -380,7 +380,7 @@ class WithLoras(PatternGenerator):
 
 
 def test_lora_scales_only_for_loras_the_generator_has():
-    from bridge.schema import build_schema
+    from vacelive.bridge.schema import build_schema
 
     store = ParamStore(build_schema(["style"]))
     loop, gen, store, sent, notes = make_loop(gen=Recorder(WithLoras(96, 64)), store=store)
@@ -413,7 +413,7 @@ def test_a_generator_that_keeps_failing_is_reported_sparingly():
 def test_clip_anchors_from_video_files(tmp_path):
     import av
 
-    from bridge.run.media import load_anchor
+    from vacelive.bridge.run.media import load_anchor
 
     path = tmp_path / "clip.mp4"
     with av.open(str(path), "w") as c:

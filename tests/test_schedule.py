@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.schedule import (
+from vacelive.engine.schedule import (
     FlowSchedule,
     ScheduleConfig,
     chunk_generator,

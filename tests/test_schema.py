@@ -6,10 +6,10 @@ import typing
 
 import pytest
 
-from bridge.schema import (
-    CONTROLS, COSTS, DEFAULT_SCHEMA, INT32_MAX, ParamError, build_schema,
-)
-from engine import request as req
+from vacelive.bridge.schema import CONTROLS, DEFAULT_SCHEMA, build_schema
+
+from vacelive.bridge.param_types import COSTS, INT32_MAX, ParamError
+from vacelive.engine import request as req
 
 S = DEFAULT_SCHEMA
 

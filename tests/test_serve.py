@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from bridge.link.testgen import PatternGenerator
-from bridge.osc import OscConfig
-from bridge.run.generators import vace_available
-from bridge.run.session import Session, SessionOptions
-from bridge.transports import ShmFrameSink
-from engine.generator import StreamGenerator
+from vacelive.bridge.link.testgen import PatternGenerator
+from vacelive.bridge.osc import OscConfig
+from vacelive.bridge.run.generators import vace_available
+from vacelive.bridge.run.session import Session, SessionOptions
+from vacelive.bridge.transports import ShmFrameSink
+from vacelive.engine.generator import StreamGenerator
 from runloop_support import (OutputReader, Peer, ProcessLog, Recorder, shm_exists, unique,
                              vacelive, wait_until)
 
@@ -162,7 +162,7 @@ def test_a_chunk_that_raises_does_not_stop_the_output(rig):
 
 
 def test_initial_params_and_bad_ones(tmp_path):
-    from bridge.config import ConfigError
+    from vacelive.bridge.config import ConfigError
 
     out = unique("bp")
     opts = SessionOptions(output=f"shm:{out}", osc=None, params={"stepz": 3})
@@ -178,7 +178,7 @@ def test_initial_params_and_bad_ones(tmp_path):
 
 
 def test_missing_platform_library_is_a_clear_startup_error():
-    from bridge.config import ConfigError
+    from vacelive.bridge.config import ConfigError
 
     opts = SessionOptions(output=f"shm:{unique('pl')}", control="spout:TDOut", osc=None)
     import sys
@@ -218,7 +218,7 @@ def test_serve_process_sigterm_exits_cleanly_and_releases_shm(tmp_path):
 def test_serve_reports_an_osc_port_in_use(capsys):
     import socket
 
-    from bridge.cli import main
+    from vacelive.bridge.cli import main
 
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))

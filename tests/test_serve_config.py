@@ -5,9 +5,9 @@ import tomllib
 
 import pytest
 
-from bridge import config
-from bridge.cli import _build_parser, main
-from bridge.config import ConfigError
+from vacelive.bridge import config
+from vacelive.bridge.cli import _build_parser, main
+from vacelive.bridge.config import ConfigError
 
 
 def parse(*argv):
@@ -126,7 +126,7 @@ def test_endpoints_are_checked(capsys, argv, match):
 
 
 def test_speed_switches_reach_the_generator(tmp_path):
-    from bridge.run.generators import build_local_generator
+    from vacelive.bridge.run.generators import build_local_generator
 
     exact = build_local_generator(parse("serve", "--random-weights", "tiny", "--device", "cpu", "--width", "64",
                                         "--height", "48", "--codec", "tae")).describe()

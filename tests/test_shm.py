@@ -11,9 +11,9 @@ import uuid
 import numpy as np
 import pytest
 
-from bridge.transports import shm as shm_mod
-from bridge.transports.base import FrameHistory
-from bridge.transports.shm import ShmFrameSink, ShmFrameSource
+from vacelive.bridge.transports import shm as shm_mod
+from vacelive.bridge.transports.base import FrameHistory
+from vacelive.bridge.transports.shm import ShmFrameSink, ShmFrameSource
 
 
 def _name() -> str:
@@ -34,7 +34,7 @@ def _frame_number(frame: np.ndarray) -> int:
 
 WRITER = r"""
 import sys, time, numpy as np
-from bridge.transports.shm import ShmFrameSink
+from vacelive.bridge.transports.shm import ShmFrameSink
 name, w, h, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 sink = ShmFrameSink(name, slots=3)
 n, end = 0, time.monotonic() + seconds
@@ -259,7 +259,7 @@ def test_frame_history_thread_survives_a_failing_source(caplog):
 
 
 def test_open_by_spec():
-    from bridge.transports import open_sink, open_source
+    from vacelive.bridge.transports import open_sink, open_source
 
     name = _name()
     with open_sink(f"shm:{name}") as sink, open_source(f"shm:{name}") as src:
@@ -268,7 +268,7 @@ def test_open_by_spec():
     with pytest.raises(ValueError, match="spec"):
         open_source("ndi:cam")
     if sys.platform != "win32":
-        from bridge.transports.base import TransportUnavailable
+        from vacelive.bridge.transports.base import TransportUnavailable
 
         with pytest.raises(TransportUnavailable, match="pip install SpoutGL"):
             open_sink("spout:out")

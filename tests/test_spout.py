@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.transports.base import TransportUnavailable
-from bridge.transports.spout import GL_BGRA, GL_RGBA, GL_TEXTURE_2D, SpoutSink, SpoutSource, load_spoutgl
+from vacelive.bridge.transports.base import TransportUnavailable
+from vacelive.bridge.transports.spout import GL_BGRA, GL_RGBA, GL_TEXTURE_2D, SpoutSink, SpoutSource, load_spoutgl
 
 
 class World:

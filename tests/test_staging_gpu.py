@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridge.transports.staging import HostStager
+from vacelive.bridge.transports.staging import HostStager
 
 pytestmark = pytest.mark.gpu
 

@@ -4,9 +4,11 @@ import threading
 
 import pytest
 
-from bridge.schema import ParamError, build_schema
-from bridge.store import Action, ParamStore, blend_prompts
-from engine.request import ChunkRequest, Outpaint, Prompt
+from vacelive.bridge.schema import build_schema
+
+from vacelive.bridge.param_types import ParamError
+from vacelive.bridge.store import Action, ParamStore, blend_prompts
+from vacelive.engine.request import ChunkRequest, Outpaint, Prompt
 
 
 def test_latest_value_wins_and_changed_is_relative_to_last_snapshot():

@@ -9,8 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from bridge.transports.base import TransportUnavailable
-from bridge.transports.syphon import SyphonSink, SyphonSource, load_syphon
+from vacelive.bridge.transports.base import TransportUnavailable
+from vacelive.bridge.transports.syphon import SyphonSink, SyphonSource, load_syphon
 
 RGBA8, BGRA8 = 70, 80
 

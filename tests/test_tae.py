@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.codecs import CodecInputError, LightTAECodec, TAECodec, random_codec
-from engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD
+from vacelive.engine.codecs import CodecInputError, LightTAECodec, TAECodec, random_codec
+from vacelive.engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD
 from support import close, read_manifest
 
 MEAN = torch.tensor(WAN_LATENT_MEAN).view(1, -1, 1, 1, 1)

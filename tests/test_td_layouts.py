@@ -5,13 +5,14 @@ import socket
 import xml.etree.ElementTree as ET
 import zlib
 
-from bridge.osc.server import OscConfig, OscServer
-from bridge.presets import PresetLibrary
-from bridge.schema import CONTROLS, DEFAULT_SCHEMA, STATUS_FIELDS, ParamError, build_schema
-from bridge.store import ParamStore
+from vacelive.bridge.osc.server import OscConfig, OscServer
+from vacelive.bridge.presets import PresetLibrary
+from vacelive.bridge.schema import CONTROLS, DEFAULT_SCHEMA, STATUS_FIELDS, build_schema
+from vacelive.bridge.param_types import ParamError
+from vacelive.bridge.store import ParamStore
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
-from touchdesigner import layouts
+from vacelive.touchdesigner import layouts
 
 
 def tosc_root():

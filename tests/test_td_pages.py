@@ -7,8 +7,8 @@ import types
 import pytest
 import td_standin as T
 
-from bridge.schema import DEFAULT_SCHEMA, STATUS_FIELDS, build_schema
-from touchdesigner import build_tox, td_params
+from vacelive.bridge.schema import DEFAULT_SCHEMA, STATUS_FIELDS, build_schema
+from vacelive.touchdesigner import build_tox, td_params
 
 DOC = DEFAULT_SCHEMA.to_json()
 
@@ -155,7 +155,7 @@ def test_builder_assembles_and_saves_the_component(project, tmp_path, capsys):
 def test_extension_imports_its_modules_from_sibling_dats(monkeypatch):
     """Inside TouchDesigner there is no `touchdesigner` package: `import td_params` finds the
     sibling Text DAT. Simulate that import path and check the module still loads."""
-    from touchdesigner import engine_process, osc_sync, textures
+    from vacelive.touchdesigner import engine_process, osc_sync, textures
     monkeypatch.setitem(sys.modules, "touchdesigner", None)  # makes the package import fail
     for name, mod in (("td_params", td_params), ("osc_sync", osc_sync),
                       ("engine_process", engine_process), ("textures", textures)):

@@ -9,7 +9,7 @@ import time
 import pytest
 import td_standin as T
 
-from touchdesigner import build_tox, engine_process, textures
+from vacelive.touchdesigner import build_tox, engine_process, textures
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_engine_page_shapes_the_command(comp):
     p.Presetsdir.val = "/shows/presets"
     p.Extraargs.val = '--snapshots "/shows/snap shots" --status-hz 8'
     cmd = comp.ext.VaceLiveExt.EngineCommand()
-    assert cmd[:4] == ["/opt/vl/.venv/bin/python3", "-m", "bridge.cli", "serve"]
+    assert cmd[:4] == ["/opt/vl/.venv/bin/python3", "-m", "vacelive.bridge.cli", "serve"]
     flags = dict(zip(cmd[4::2], cmd[5::2]))
     assert flags["--config"] == "/shows/tonight.toml" and flags["--models"] == "/models"
     assert (flags["--width"], flags["--height"]) == ("1024", "576")
@@ -89,7 +89,7 @@ def test_relay_and_external_modes(comp):
 def test_the_real_cli_accepts_the_command(comp):
     """Parsed by `vacelive`'s own argument parser (skipped until `serve`/`relay` are
     registered in bridge/cli.py)."""
-    from bridge import cli
+    from vacelive.bridge import cli
 
     for mode in ("local", "relay"):
         sub = "serve" if mode == "local" else "relay"

@@ -9,11 +9,11 @@ import td_standin as T
 from pythonosc.osc_packet import OscPacket
 from pythonosc.udp_client import SimpleUDPClient
 
-from bridge.osc.server import OscConfig, OscServer
-from bridge.presets import PresetLibrary
-from bridge.schema import build_schema
-from bridge.store import ParamStore
-from touchdesigner import build_tox, osc_sync
+from vacelive.bridge.osc.server import OscConfig, OscServer
+from vacelive.bridge.presets import PresetLibrary
+from vacelive.bridge.schema import build_schema
+from vacelive.bridge.store import ParamStore
+from vacelive.touchdesigner import build_tox, osc_sync
 
 HANDSHAKE = {"/vace/hello", "/vace/describe", "/vace/preset/list", "/vace/get"}
 
@@ -319,7 +319,7 @@ def test_stale_echo_does_not_move_the_parameter_back(tmp_path):
 def test_decode_and_classify():
     p = build_schema().to_json()["params"]
     prompts = next(x for x in p if x["name"] == "prompts")
-    from touchdesigner import td_params
+    from vacelive.touchdesigner import td_params
     specs = td_params.param_specs(prompts)
     value, writes = osc_sync.decode(prompts, specs, ["a", 1.0, "b", 0.5])
     assert value == (("a", 1.0), ("b", 0.5))

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import UMT5Config, UMT5EncoderModel
 
-from engine.text import (
+from vacelive.engine.text import (
     EmbeddingCache,
     TextEncoder,
     TextEncoderLoadError,
@@ -22,7 +22,7 @@ from engine.text import (
     umt5_xxl_config,
     wan_to_hf_key,
 )
-from engine.text.umt5_keys import HF_TIED
+from vacelive.engine.text.umt5_keys import HF_TIED
 
 WORDS = "a cat dog red blue city night neon rain over the sea forest fire slow motion".split()
 

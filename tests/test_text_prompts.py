@@ -5,8 +5,8 @@ import zlib
 import pytest
 import torch
 
-from engine.request import Prompt
-from engine.text import EmbeddingCache, PromptState, blend, interpolate
+from vacelive.engine.request import Prompt
+from vacelive.engine.text import EmbeddingCache, PromptState, blend, interpolate
 
 L, D = 8, 16
 

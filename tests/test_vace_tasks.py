@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.codecs import random_codec
-from engine.codecs.tae import TAECodec
-from engine.conditioning import VaceConditioner, infer_tasks
-from engine.request import ChunkRequest, Extension, Outpaint
+from vacelive.engine.codecs import random_codec
+from vacelive.engine.codecs.tae import TAECodec
+from vacelive.engine.conditioning import VaceConditioner, infer_tasks
+from vacelive.engine.request import ChunkRequest, Extension, Outpaint
 
 H, W = 32, 48
 GRAY = 0.5
@@ -315,7 +315,7 @@ def test_inpainting_plus_extension_and_control_inside_the_mask(tae):
 def test_the_halves_the_encoder_streams_receive(tae, monkeypatch):
     """Pixel level: inactive = video where the mask keeps (zero where mask = 1), reactive = video
     where it regenerates; an all-ones mask or no video sends None (all zero) to the stream."""
-    from engine.conditioning.encode import ConditionStream
+    from vacelive.engine.conditioning.encode import ConditionStream
 
     seen = []
     real = ConditionStream.encode

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.generator import StreamGenerator
-from engine.request import ChunkRequest, Extension, Outpaint
+from vacelive.engine.generator import StreamGenerator
+from vacelive.engine.request import ChunkRequest, Extension, Outpaint
 
 W, H = 48, 32
 CHUNKS = 3
@@ -110,7 +110,7 @@ def test_hint_reuse_changes_the_output_less_than_vace_itself():
 def test_conditioner_restore_undoes_a_prepare():
     """snapshot()/restore() around a failed chunk: the retried prepare gives what a single
     prepare gives (encoder streams, extension position, references)."""
-    from engine.request import ChunkRequest as R
+    from vacelive.engine.request import ChunkRequest as R
 
     def fresh():
         g = gen()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.dit import SinkWindow
-from engine.dit.vace import PREFIX_TIMESTEP
+from vacelive.engine.dit import SinkWindow
+from vacelive.engine.dit.vace import PREFIX_TIMESTEP
 from support import vace_pair
 
 LATENT_HW = (4, 6)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.config import tiny_config
-from engine.dit import CausalWanModel, SinkWindow, VaceWanModel
+from vacelive.engine.config import tiny_config
+from vacelive.engine.dit import CausalWanModel, SinkWindow, VaceWanModel
 from support import vace_pair, windowed_mask
 
 LATENT_HW = (4, 6)

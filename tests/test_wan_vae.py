@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.codecs import CodecInputError, WanVAECodec, latent_frames, pixel_frames, random_codec
-from engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD
+from vacelive.engine.codecs import CodecInputError, WanVAECodec, latent_frames, pixel_frames, random_codec
+from vacelive.engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD
 from support import close, read_manifest
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.config import tiny_config
-from engine.dit import CausalWanModel, VaceWanModel, keeps_fp32
-from engine.lora import LoraSpec, lora_target_names
-from engine.weights import CheckpointError, build_model, load_dit_weights, load_vace_weights
+from vacelive.engine.config import tiny_config
+from vacelive.engine.dit import CausalWanModel, VaceWanModel, keeps_fp32
+from vacelive.engine.lora import LoraSpec, lora_target_names
+from vacelive.engine.weights import CheckpointError, build_model, load_dit_weights, load_vace_weights
 
 CFG = tiny_config(num_layers=2, vace_layers=(0,))
 

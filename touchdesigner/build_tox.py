@@ -87,7 +87,7 @@ def schema_document(root: str = ROOT) -> dict:
     if added:
         sys.path.insert(0, root)
     try:
-        from bridge.schema import DEFAULT_SCHEMA
+        from vacelive.bridge.schema import DEFAULT_SCHEMA
     finally:
         if added:
             sys.path.remove(root)
@@ -195,7 +195,7 @@ def build(parent: Any, name: str = "vacelive", save_to: str | None = None, td: A
 def _import_td_params() -> Any:
     """td_params from this folder (the builder runs from a file path, not as a package)."""
     try:
-        from touchdesigner import td_params
+        from vacelive.touchdesigner import td_params
         return td_params
     except ImportError:
         import importlib.util

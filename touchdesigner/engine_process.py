@@ -51,7 +51,7 @@ def _base_command(executable: str, sub: str) -> list[str]:
     """`vacelive <sub>`, or `<python> -m bridge.cli <sub>` when the executable is a Python."""
     name = os.path.basename(executable).lower()
     if name.startswith("python") or name.startswith("py.exe"):
-        return [executable, "-m", "bridge.cli", sub]
+        return [executable, "-m", "vacelive.bridge.cli", sub]
     return [executable, sub]
 
 

@@ -35,9 +35,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from bridge.presets import SHIPPED_DIR
-from bridge.schema import DEFAULT_SCHEMA, PREFIX, STATUS_FIELDS, Param, Schema
-from touchdesigner.td_params import SLIDER_SPAN
+from vacelive.bridge.presets import SHIPPED_DIR
+from vacelive.bridge.schema import DEFAULT_SCHEMA, STATUS_FIELDS
+from vacelive.bridge.param_types import PREFIX, Param, Schema
+from vacelive.touchdesigner.td_params import SLIDER_SPAN
 
 SURFACES = Path(__file__).resolve().parent / "surfaces"
 TOSC_PATH = SURFACES / "vacelive.tosc"

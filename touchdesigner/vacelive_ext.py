@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable
 
 try:  # in the repository / tests
-    from touchdesigner import engine_process, osc_sync, td_params, textures
+    from vacelive.touchdesigner import engine_process, osc_sync, td_params, textures
 except ImportError:  # inside TouchDesigner: sibling Text DATs with these names
     import engine_process  # type: ignore[no-redef]
     import osc_sync  # type: ignore[no-redef]

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge.run.demo import run_demo
+    from vacelive.bridge.run.demo import run_demo
 
     try:
         run_demo(args.out, args.chunks, width=args.width, height=args.height, codec=args.codec,

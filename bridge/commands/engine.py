@@ -12,10 +12,10 @@ import sys
 import threading
 from typing import Any
 
-from bridge import config
-from bridge.config import ConfigError
-from bridge.run.generators import GeneratorWrapper
-from engine.request import ChunkRequest, ChunkResult
+from vacelive.bridge import config
+from vacelive.bridge.config import ConfigError
+from vacelive.bridge.run.generators import GeneratorWrapper
+from vacelive.engine.request import ChunkRequest, ChunkResult
 
 log = logging.getLogger("vacelive.engine")
 
@@ -61,8 +61,8 @@ class LoggedGenerator(GeneratorWrapper):
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge.link import EngineServer, is_local_endpoint
-    from bridge.run.generators import build_local_generator
+    from vacelive.bridge.link import EngineServer, is_local_endpoint
+    from vacelive.bridge.run.generators import build_local_generator
 
     try:
         cfg = config.resolve(args)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from bridge.link.keys import generate_keys
+from vacelive.bridge.link.keys import generate_keys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from bridge import config
-from bridge.commands.serve import run_session
+from vacelive.bridge import config
+from vacelive.bridge.commands.serve import run_session
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

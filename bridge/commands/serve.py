@@ -9,8 +9,8 @@ import argparse
 import logging
 import sys
 
-from bridge import config
-from bridge.config import ConfigError
+from vacelive.bridge import config
+from vacelive.bridge.config import ConfigError
 
 log = logging.getLogger("vacelive.serve")
 
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_session(args: argparse.Namespace, command: str) -> int:
     """Shared by serve and relay: resolve settings, build the generator, run until a signal."""
-    from bridge.run.session import Session, SessionOptions
+    from vacelive.bridge.run.session import Session, SessionOptions
 
     try:
         cfg = config.resolve(args)
@@ -36,11 +36,11 @@ def run_session(args: argparse.Namespace, command: str) -> int:
             return 0
         options = SessionOptions.from_config(cfg)
         if command == "relay":
-            from bridge.run.generators import build_remote_generator
+            from vacelive.bridge.run.generators import build_remote_generator
 
             generator = build_remote_generator(cfg)
         else:
-            from bridge.run.generators import build_local_generator, resolve_dtype
+            from vacelive.bridge.run.generators import build_local_generator, resolve_dtype
 
             generator = build_local_generator(cfg)
             options.load_time.update(pipeline=cfg.pipeline, codec=cfg.codec,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.models_dir import (
+from vacelive.engine.models_dir import (
     ENV_VAR,
     DownloadError,
     MissingWeightsError,
@@ -13,7 +13,7 @@ from engine.models_dir import (
     models_dir,
     require,
 )
-from engine.pipelines import CODECS, PLANNED_RECIPES, RECIPES, TEXT_ENCODERS, Recipe, WeightOptions, get_recipe
+from vacelive.engine.pipelines import CODECS, PLANNED_RECIPES, RECIPES, TEXT_ENCODERS, Recipe, WeightOptions, get_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from engine.request import ChunkRequest, ChunkResult
+from vacelive.engine.request import ChunkRequest, ChunkResult
 
 from . import wire
 from .keys import ClientKeys, load_public_key

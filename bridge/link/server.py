@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from engine.request import ChunkRequest, Generator
+from vacelive.engine.request import ChunkRequest, Generator
 
 from . import wire
 from .keys import EngineKeys

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.request import ChunkRequest, ChunkResult
+from vacelive.engine.request import ChunkRequest, ChunkResult
 
 STAMP = 16
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.request import ChunkRequest, ChunkResult, Extension, Outpaint, Prompt
+from vacelive.engine.request import ChunkRequest, ChunkResult, Extension, Outpaint, Prompt
 
 WIRE_VERSION = 1
 CODECS = ("raw", "jpeg")

@@ -21,7 +21,7 @@ import json
 import math
 from typing import Any, Sequence
 
-from bridge.schema import Param, ParamError
+from vacelive.bridge.param_types import Param, ParamError
 
 
 def _clean(arg: Any, where: str) -> Any:

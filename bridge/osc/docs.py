@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge.osc.server import DEFAULT_OSCQUERY_PORT, DEFAULT_PORT
-from bridge.schema import (
-    CONTROLS, COSTS, DEFAULT_SCHEMA, FEEDBACK, PREFIX, STATUS_FIELDS, Param, Schema,
-)
+from vacelive.bridge.osc.server import DEFAULT_OSCQUERY_PORT, DEFAULT_PORT
+from vacelive.bridge.schema import CONTROLS, DEFAULT_SCHEMA, FEEDBACK, STATUS_FIELDS
+from vacelive.bridge.param_types import COSTS, PREFIX, Param, Schema
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "osc.md"
 
@@ -202,8 +201,8 @@ def render(schema: Schema = DEFAULT_SCHEMA) -> str:
         "",
         "## Presets",
         "",
-        "JSON files: shipped examples in `presets/` (an installed wheel carries them as "
-        "package data, `bridge/shipped_presets/`), saved ones in the user folder "
+        "JSON files: shipped examples in `presets/` (installed as the package "
+        "`vacelive.presets`), saved ones in the user folder "
         "(`--presets-dir`, else `$VACELIVE_PRESETS_DIR`, else "
         "`$XDG_CONFIG_HOME/vacelive/presets` or `~/.config/vacelive/presets`). A saved preset "
         "with a shipped name shadows the shipped one. Files are written atomically (never "

@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from bridge.schema import PREFIX
+from vacelive.bridge.param_types import PREFIX
 
-log = logging.getLogger("bridge.osc")
+log = logging.getLogger("vacelive.bridge.osc")
 
 Addr = tuple[str, int]
 StatusProvider = Callable[[], Mapping[str, Any]]

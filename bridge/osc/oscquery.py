@@ -16,13 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from bridge.osc.coercion import echo_messages, value_args
-from bridge.schema import CONTROLS, PREFIX, STATUS_FIELDS, Param
+from vacelive.bridge.osc.coercion import echo_messages, value_args
+from vacelive.bridge.schema import CONTROLS, STATUS_FIELDS
+from vacelive.bridge.param_types import PREFIX, Param
 
 if TYPE_CHECKING:
-    from bridge.osc.server import OscServer
+    from vacelive.bridge.osc.server import OscServer
 
-log = logging.getLogger("bridge.osc")
+log = logging.getLogger("vacelive.bridge.osc")
 
 EXTENSIONS = {
     "ACCESS": True, "VALUE": True, "RANGE": True, "DESCRIPTION": True, "TAGS": True,

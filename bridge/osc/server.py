@@ -22,13 +22,14 @@ from typing import Any, Callable, Sequence
 
 from pythonosc.osc_message import OscMessage
 
-from bridge.osc.coercion import args_to_value, echo_messages, flatten, is_trigger, value_args
-from bridge.osc.feedback import Addr, Feedback, StatusProvider
-from bridge.presets import PresetError, PresetLibrary
-from bridge.schema import CONTROLS, PREFIX, ParamError, to_json_value
-from bridge.store import Action, ParamStore
+from vacelive.bridge.osc.coercion import args_to_value, echo_messages, flatten, is_trigger, value_args
+from vacelive.bridge.osc.feedback import Addr, Feedback, StatusProvider
+from vacelive.bridge.presets import PresetError, PresetLibrary
+from vacelive.bridge.schema import CONTROLS
+from vacelive.bridge.param_types import PREFIX, ParamError, to_json_value
+from vacelive.bridge.store import Action, ParamStore
 
-log = logging.getLogger("bridge.osc")
+log = logging.getLogger("vacelive.bridge.osc")
 
 DEFAULT_PORT = 7700
 DEFAULT_OSCQUERY_PORT = 7701
@@ -192,7 +193,7 @@ class OscServer:
         self.feedback.start()
         self.store.add_listener(self._on_change)
         if cfg.oscquery_port is not None:
-            from bridge.osc.oscquery import OscQueryServer
+            from vacelive.bridge.osc.oscquery import OscQueryServer
 
             self.oscquery = OscQueryServer(self, cfg.host, cfg.oscquery_port).start()
         self._stop.clear()

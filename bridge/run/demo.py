@@ -29,11 +29,11 @@ import numpy as np
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from bridge.osc import OscConfig
-from bridge.run.loop import ChunkRecord
-from bridge.run.media import to_numpy_rgba
-from bridge.run.session import Session, SessionOptions
-from bridge.transports import FrameSource, ShmFrameSink, ShmFrameSource
+from vacelive.bridge.osc import OscConfig
+from vacelive.bridge.run.loop import ChunkRecord
+from vacelive.bridge.run.media import to_numpy_rgba
+from vacelive.bridge.run.session import Session, SessionOptions
+from vacelive.bridge.transports import FrameSource, ShmFrameSink, ShmFrameSource
 
 log = logging.getLogger("vacelive.demo")
 
@@ -388,8 +388,8 @@ def run_demo(out_dir: str | Path = "vacelive-demo", chunks: int = 8, *, width: i
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     if generator is None:
-        from bridge.run.generators import vace_available
-        from engine.generator import StreamGenerator
+        from vacelive.bridge.run.generators import vace_available
+        from vacelive.engine.generator import StreamGenerator
 
         generator = StreamGenerator.random("tiny", width=width, height=height, codec=codec,
                                            device="cpu", vace=vace_available())
@@ -404,7 +404,7 @@ def run_demo(out_dir: str | Path = "vacelive-demo", chunks: int = 8, *, width: i
         presets_dir=str(out / "presets"), fps=fps, snapshots=str(out / "snapshots"),
         params={"prompt": FIRST_PROMPT},
     )
-    from bridge.presets import PresetLibrary
+    from vacelive.bridge.presets import PresetLibrary
 
     PresetLibrary(user_dir=out / "presets").save(PRESET, PRESET_VALUES, "vacelive demo preset", 2)
     session = reader = surface = None

@@ -8,9 +8,9 @@ import argparse
 import logging
 from typing import Any
 
-from bridge.config import ConfigError, check_endpoint
+from vacelive.bridge.config import ConfigError, check_endpoint
 
-log = logging.getLogger("bridge.run")
+log = logging.getLogger("vacelive.bridge.run")
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -30,7 +30,7 @@ def _check_device(device: str) -> None:
 def vace_available() -> bool:
     """Whether this build has VACE conditioning (engine.conditioning.VaceConditioner)."""
     try:
-        from engine.conditioning import VaceConditioner  # noqa: F401
+        from vacelive.engine.conditioning import VaceConditioner  # noqa: F401
     except ImportError:
         return False
     return True
@@ -77,7 +77,7 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
     import torch
 
     _check_device(cfg.device)
-    from engine.generator import StreamGenerator
+    from vacelive.engine.generator import StreamGenerator
 
     dtype = getattr(torch, resolve_dtype(cfg.dtype, cfg.device))
     speed = dict(rope=cfg.rope, compile=bool(cfg.compile), fp8=bool(cfg.fp8), sdpa=cfg.sdpa)
@@ -103,7 +103,7 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
 
 def build_remote_generator(cfg: argparse.Namespace) -> Any:
     """The relay's RemoteGenerator (connects in the background; reconnects by itself)."""
-    from bridge.link import RemoteGenerator
+    from vacelive.bridge.link import RemoteGenerator
 
     check_endpoint(cfg.engine, "--engine")
     try:

@@ -17,8 +17,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from bridge.run.media import MediaError, load_anchor, load_image
-from engine.request import Extension
+from vacelive.bridge.run.media import MediaError, load_anchor, load_image
+from vacelive.engine.request import Extension
 
 log = logging.getLogger(__name__)
 

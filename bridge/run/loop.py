@@ -28,13 +28,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from bridge.pacer import Pacer
-from bridge.run.inputs import ExtensionInput, RefsInput
-from bridge.run.media import write_png
-from bridge.store import ParamStore, Snapshot
-from engine.request import ChunkRequest, ChunkResult, Generator
+from vacelive.bridge.pacer import Pacer
+from vacelive.bridge.run.inputs import ExtensionInput, RefsInput
+from vacelive.bridge.run.media import write_png
+from vacelive.bridge.store import ParamStore, Snapshot
+from vacelive.engine.request import ChunkRequest, ChunkResult, Generator
 
-log = logging.getLogger("bridge.run")
+log = logging.getLogger("vacelive.bridge.run")
 
 
 class Reporter(Protocol):

@@ -15,16 +15,17 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.config import ConfigError, parse_spec
-from bridge.osc import OscConfig, OscServer
-from bridge.presets import PresetLibrary
-from bridge.run.loop import LogReporter, RunLoop
-from bridge.schema import DEFAULT_SCHEMA, ParamError, Schema
-from bridge.store import ParamStore
-from bridge.transports import FrameHistory, TransportUnavailable, open_sink, open_source
-from engine.request import Generator
+from vacelive.bridge.config import ConfigError, parse_spec
+from vacelive.bridge.osc import OscConfig, OscServer
+from vacelive.bridge.presets import PresetLibrary
+from vacelive.bridge.run.loop import LogReporter, RunLoop
+from vacelive.bridge.schema import DEFAULT_SCHEMA
+from vacelive.bridge.param_types import ParamError, Schema
+from vacelive.bridge.store import ParamStore
+from vacelive.bridge.transports import FrameHistory, TransportUnavailable, open_sink, open_source
+from vacelive.engine.request import Generator
 
-log = logging.getLogger("bridge.run")
+log = logging.getLogger("vacelive.bridge.run")
 
 CONTROL_DEPTH = 24  # ≥ 13 frames: a first chunk after a reset plus slack
 

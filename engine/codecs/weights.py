@@ -7,7 +7,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from engine.checkpoint import CheckpointError, CheckpointReader
+from vacelive.engine.checkpoint import CheckpointError, CheckpointReader
 
 from .base import CodecLoadError
 

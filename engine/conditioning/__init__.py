@@ -9,11 +9,11 @@ Modules: inputs (live frames -> device tensors), annotators (gray/edges/scribble
 encode (streaming VACE encoding), tasks (inference, sticky refs, outpaint, extension layout),
 conditioner (the per-chunk orchestration). User guide: docs/vace.md.
 """
-from engine.conditioning.annotators import AnnotatorUnavailable, Annotators, register_annotator
-from engine.conditioning.conditioner import VaceConditioner
-from engine.conditioning.encode import VaceEncoder, chunk_groups, encode_masks, fold_mask
-from engine.conditioning.inputs import InputError
-from engine.conditioning.tasks import Tasks, infer_tasks
+from vacelive.engine.conditioning.annotators import AnnotatorUnavailable, Annotators, register_annotator
+from vacelive.engine.conditioning.conditioner import VaceConditioner
+from vacelive.engine.conditioning.encode import VaceEncoder, chunk_groups, encode_masks, fold_mask
+from vacelive.engine.conditioning.inputs import InputError
+from vacelive.engine.conditioning.tasks import Tasks, infer_tasks
 
 __all__ = [
     "AnnotatorUnavailable", "Annotators", "register_annotator",

@@ -29,7 +29,7 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.conditioning.inputs import luma
+from vacelive.engine.conditioning.inputs import luma
 
 
 class AnnotatorUnavailable(RuntimeError):
@@ -199,7 +199,7 @@ class Annotators:
     @property
     def models(self) -> Path:
         if self._models is None:
-            from engine.models_dir import models_dir
+            from vacelive.engine.models_dir import models_dir
 
             return models_dir()
         return self._models

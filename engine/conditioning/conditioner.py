@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from engine.codecs import Codec
-from engine.conditioning.annotators import AnnotatorUnavailable, Annotators
-from engine.conditioning.encode import VaceEncoder
-from engine.conditioning.inputs import InputError, fit, frames01, mask_plane, take_frames, to_rgb, to_signed
-from engine.conditioning.tasks import (
+from vacelive.engine.codecs import Codec
+from vacelive.engine.conditioning.annotators import AnnotatorUnavailable, Annotators
+from vacelive.engine.conditioning.encode import VaceEncoder
+from vacelive.engine.conditioning.inputs import InputError, fit, frames01, mask_plane, take_frames, to_rgb, to_signed
+from vacelive.engine.conditioning.tasks import (
     ExtensionPlan, ReferenceSet, Tasks, extension_chunks, infer_tasks, outpaint_active, outpaint_rect,
 )
-from engine.request import ChunkRequest
-from engine.vace_input import VaceInput
+from vacelive.engine.request import ChunkRequest
+from vacelive.engine.vace_input import VaceInput
 
 GRAY = 0.5  # VACE's "missing" fill in 0..1 (0.0 in [-1, 1])
 CHOICES = {"fit": ("crop", "letterbox", "stretch"), "ref_fit": ("crop", "letterbox"),

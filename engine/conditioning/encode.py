@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.codecs import LATENT_CHANNELS, SPATIAL_STRIDE, TEMPORAL_STRIDE, Codec, EncoderStream
-from engine.codecs.tae import TAECodec
-from engine.codecs.wan_vae import WanVAECodec
+from vacelive.engine.codecs import LATENT_CHANNELS, SPATIAL_STRIDE, TEMPORAL_STRIDE, Codec, EncoderStream
+from vacelive.engine.codecs.tae import TAECodec
+from vacelive.engine.codecs.wan_vae import WanVAECodec
 
 MASK_CHANNELS = SPATIAL_STRIDE * SPATIAL_STRIDE  # 64
 CONTEXT_CHANNELS = 2 * LATENT_CHANNELS + MASK_CHANNELS  # 96

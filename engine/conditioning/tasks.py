@@ -16,10 +16,10 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from engine.codecs import Codec
-from engine.conditioning.encode import chunk_groups, encode_references, reference_context
-from engine.conditioning.inputs import InputError, fit, frames01, to_rgb, to_signed
-from engine.request import ChunkRequest, Extension, Outpaint
+from vacelive.engine.codecs import Codec
+from vacelive.engine.conditioning.encode import chunk_groups, encode_references, reference_context
+from vacelive.engine.conditioning.inputs import InputError, fit, frames01, to_rgb, to_signed
+from vacelive.engine.request import ChunkRequest, Extension, Outpaint
 
 MAX_REFS = 3
 STEADY_CHUNK_FRAMES = 12

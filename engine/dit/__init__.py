@@ -1,8 +1,8 @@
 """Causal Wan2.1 DiT, its KV-cache policies and the VACE composition wrapper."""
-from engine.dit.kv_cache import CachePolicy, CacheState, ChunkPlan, KVCache, SinkWindow
-from engine.dit.model import CausalWanModel, TextState, keeps_fp32
-from engine.dit.rope import RopeTable, rope_split
-from engine.dit.vace import VACE_PREFIXES, VaceWanModel
+from vacelive.engine.dit.kv_cache import CachePolicy, CacheState, ChunkPlan, KVCache, SinkWindow
+from vacelive.engine.dit.model import CausalWanModel, TextState, keeps_fp32
+from vacelive.engine.dit.rope import RopeTable, rope_split
+from vacelive.engine.dit.vace import VACE_PREFIXES, VaceWanModel
 
 __all__ = [
     "CachePolicy", "CacheState", "ChunkPlan", "KVCache", "SinkWindow",

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import WanConfig
-from engine.dit.attention import CrossAttention, SelfAttention, attend
-from engine.dit.rope import RopeTable
+from vacelive.engine.config import WanConfig
+from vacelive.engine.dit.attention import CrossAttention, SelfAttention, attend
+from vacelive.engine.dit.rope import RopeTable
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:

@@ -61,7 +61,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from engine.dit.rope import RopeTable, position_runs
+from vacelive.engine.dit.rope import RopeTable, position_runs
 
 ROPE_MODES = ("absolute", "relative")
 

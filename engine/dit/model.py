@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import WanConfig
-from engine.dit.attention import LocalAttention
-from engine.dit.block import Head, WanBlock
-from engine.dit.rope import RopeTable, default_build_device
+from vacelive.engine.config import WanConfig
+from vacelive.engine.dit.attention import LocalAttention
+from vacelive.engine.dit.block import Head, WanBlock
+from vacelive.engine.dit.rope import RopeTable, default_build_device
 
 # Parameters kept in fp32 in a low-precision model (matched on state-dict names).
 FP32_PARAMS = re.compile(r"(^|\.)(time_embedding|time_projection|norm3)\.|(^|\.)modulation$")
@@ -199,7 +199,7 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
 
     def new_kv_cache(self, policy, *, batch: int = 1, latent_hw: tuple[int, int], dtype=None, device=None, rope_mode: str = "absolute", origin: int = 0):
         """A KV cache for latents of spatial size latent_hw = (H/8, W/8), sized from it."""
-        from engine.dit.kv_cache import KVCache
+        from vacelive.engine.dit.kv_cache import KVCache
 
         _, ph, pw = self.cfg.patch_size
         if latent_hw[0] % ph or latent_hw[1] % pw:

@@ -1,5 +1,5 @@
 """Text conditioning: the umT5-XXL encoder, the prompt-embedding cache, blends and transitions."""
-from engine.text.encoder import (
+from vacelive.engine.text.encoder import (
     PLACEMENTS,
     SEQ_LEN,
     TextEncoder,
@@ -8,7 +8,7 @@ from engine.text.encoder import (
     load_tokenizer,
     load_umt5,
 )
-from engine.text.prompts import (
+from vacelive.engine.text.prompts import (
     BLEND_METHODS,
     CacheStats,
     EmbeddingCache,
@@ -17,7 +17,7 @@ from engine.text.prompts import (
     blend,
     interpolate,
 )
-from engine.text.umt5_keys import hf_to_wan_key, umt5_xxl_config, wan_to_hf_key
+from vacelive.engine.text.umt5_keys import hf_to_wan_key, umt5_xxl_config, wan_to_hf_key
 
 __all__ = [
     "BLEND_METHODS", "PLACEMENTS", "SEQ_LEN", "CacheStats", "EmbeddingCache", "PromptState",

@@ -24,8 +24,8 @@ from typing import Literal
 import torch
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-from engine.checkpoint import CheckpointError, CheckpointReader, progress_bar
-from engine.text.umt5_keys import HF_SHARED, HF_TIED, to_hf_names, umt5_xxl_config
+from vacelive.engine.checkpoint import CheckpointError, CheckpointReader, progress_bar
+from vacelive.engine.text.umt5_keys import HF_SHARED, HF_TIED, to_hf_names, umt5_xxl_config
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.request import Prompt
-from engine.text.encoder import clean_prompt
+from vacelive.engine.request import Prompt
+from vacelive.engine.text.encoder import clean_prompt
 
 BLEND_METHODS = ("linear", "slerp")
 MAX_TRANSITION_CHUNKS = 1000
