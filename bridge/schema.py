@@ -6,7 +6,7 @@ the OSCQuery namespace and the TouchDesigner parameter page are all generated fr
 records, so adding a parameter is one entry in `_live_params()`.
 
 Live parameter names equal ChunkRequest field names where such a field exists (seed, steps,
-context_scale, ...); `Snapshot.request_fields()` in bridge/store.py relies on that.
+context_scale, ...); `request_fields()` in bridge/run/request_fields.py relies on that.
 """
 from __future__ import annotations
 

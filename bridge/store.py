@@ -1,5 +1,9 @@
 """Parameter store: the mailbox between control input (OSC, presets) and the run loop.
 
+It holds the latest value of every parameter and the queued one-shot actions, nothing else:
+turning a snapshot into an engine request is the run loop's job (bridge/run/request_fields.py),
+preset morph math lives in bridge/morph.py.
+
 - Latest value wins per parameter: a 1,000 msg/s fader stream costs one dict write per message
   and nothing accumulates, so the value the next chunk sees is never stale.
 - One-shot actions (reset, snapshot, preset recall) sit in a separate mailbox keyed by kind: a
@@ -17,9 +21,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
+from vacelive.bridge.morph import Morph
+from vacelive.bridge.param_types import ParamError, Schema, dominant_text
 from vacelive.bridge.schema import DEFAULT_SCHEMA
-
-from vacelive.bridge.param_types import Param, ParamError, Prompts, Schema, dominant_text
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +41,6 @@ class Action:
     payload: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass
-class _Morph:
-    name: str
-    steps: int
-    target: dict[str, Any]
-    start: dict[str, Any] = field(default_factory=dict)
-    step: int = 0
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """What the run loop sees for one chunk. `values` holds every live parameter."""
@@ -61,76 +56,6 @@ class Snapshot:
 
     def action(self, kind: str) -> Action | None:
         return next((a for a in self.actions if a.kind == kind), None)
-
-    def request_fields(self) -> dict[str, Any]:
-        """Keyword arguments for engine.request.ChunkRequest that need no file or frame I/O.
-
-        Fields named like a parameter are copied as-is (no translation table); prompts,
-        lora_scales, outpaint and reset are assembled here. The run loop adds video, mask, refs
-        (load `values["refs"]` when "refs" in `changed`; None keeps the sticky set) and
-        extension (from extension_* when changed), and reads pause / output_fps itself.
-        """
-        from vacelive.engine.request import Outpaint, Prompt  # lazy: schema users need no torch
-
-        v = self.values
-        out: dict[str, Any] = {name: v[name] for name in _direct_fields() if name in v}
-        out["prompts"] = [Prompt(text, weight) for text, weight in v["prompts"]]
-        out["lora_scales"] = {n[5:]: s for n, s in v.items() if n.startswith("lora/")}
-        sides = _OUTPAINT_SIDES[v["outpaint_direction"]]
-        ratio = v["outpaint_ratio"]
-        out["outpaint"] = Outpaint(**{s: ratio for s in sides}) if sides and ratio > 0 else None
-        out["reset"] = self.action("reset") is not None
-        return out
-
-
-_OUTPAINT_SIDES = {
-    "none": (), "left": ("left",), "right": ("right",), "top": ("top",), "bottom": ("bottom",),
-    "horizontal": ("left", "right"), "vertical": ("top", "bottom"),
-    "all": ("left", "right", "top", "bottom"),
-}
-_DIRECT: frozenset[str] | None = None
-
-
-def _direct_fields() -> frozenset[str]:
-    """ChunkRequest fields that are plain parameters of the same name (scalars and enums)."""
-    global _DIRECT
-    if _DIRECT is None:
-        from dataclasses import fields
-
-        from vacelive.engine.request import ChunkRequest
-
-        plain = {p.name for p in DEFAULT_SCHEMA.live if p.type in ("float", "int", "bool", "enum")}
-        _DIRECT = frozenset(f.name for f in fields(ChunkRequest)) & plain
-    return _DIRECT
-
-
-def blend_prompts(a: Prompts, b: Prompts, t: float, max_items: int = 8) -> Prompts:
-    """Weighted prompt list moving from `a` (t=0) to `b` (t=1): old weights fade by (1-t), new
-    weights grow by t; the same text in both keeps the sum. Capped at max_items by weight."""
-    if t <= 0:
-        return a
-    if t >= 1:
-        return b
-    merged: dict[str, float] = {}
-    for text, w in a:
-        merged[text] = merged.get(text, 0.0) + w * (1.0 - t)
-    for text, w in b:
-        merged[text] = merged.get(text, 0.0) + w * t
-    items = [(text, w) for text, w in merged.items() if w > 0]
-    if len(items) > max_items:
-        keep = set(sorted(items, key=lambda tw: -tw[1])[:max_items])
-        items = [tw for tw in items if tw in keep]
-    return tuple(items)
-
-
-def morph_value(p: Param, start: Any, goal: Any, t: float) -> Any:
-    """The value of `p` at fraction t of a morph: numbers interpolate, prompts blend, discrete
-    values switch at the midpoint."""
-    if p.morph == "lerp":
-        return p.coerce(start + (goal - start) * t)
-    if p.morph == "prompts":
-        return blend_prompts(start, goal, t, p.max_items or 8)
-    return goal if t >= 0.5 else start
 
 
 class ParamStore:
@@ -154,8 +79,8 @@ class ParamStore:
         if initial:
             self._values.update(self.prepare(initial))
         self._actions: dict[str, Action] = {}
-        self._pending: _Morph | None = None
-        self._morph: _Morph | None = None
+        self._pending: Morph | None = None
+        self._morph: Morph | None = None
         self._last: Mapping[str, Any] = MappingProxyType(dict(self._values))
         self._index = 0
         self._listeners: list[Listener] = []
@@ -258,7 +183,7 @@ class ParamStore:
         self._actions[a.kind] = a
         if a.kind == PRESET_LOAD:
             name, steps = a.args
-            self._pending = _Morph(name=name, steps=steps, target=dict(a.payload or {}))
+            self._pending = Morph(name=name, steps=steps, target=dict(a.payload or {}))
 
     # -- the chunk boundary -------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -270,9 +195,10 @@ class ParamStore:
             moved: dict[str, Any] = {}
             progress = None
             if self._morph is not None:
-                moved = self._advance(self._morph)
+                moved = self._morph.advance(self.schema, self._values)
+                self._values.update(moved)
                 progress = (self._morph.name, self._morph.step, self._morph.steps)
-                if self._morph.step >= self._morph.steps:
+                if self._morph.done:
                     self._morph = None
             values = MappingProxyType(dict(self._values))
             last = self._last
@@ -284,22 +210,6 @@ class ParamStore:
             snap = Snapshot(self._index, values, changed, actions, progress)
         self._notify(moved, "morph")
         return snap
-
-    def _advance(self, m: _Morph) -> dict[str, Any]:  # under the lock
-        m.step += 1
-        t = m.step / m.steps
-        moved = {}
-        for name, goal in m.target.items():
-            p = self.schema[name]
-            if p.alias_of:  # derived from its target below
-                continue
-            value = morph_value(p, m.start[name], goal, t)
-            if value != self._values[name]:
-                moved[name] = value
-        if "prompts" in moved:
-            moved["prompt"] = dominant_text(moved["prompts"])
-        self._values.update(moved)
-        return moved
 
     # -- listeners (OSC echo) -----------------------------------------------------------------
     def add_listener(self, fn: Listener) -> None:

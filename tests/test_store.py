@@ -7,7 +7,9 @@ import pytest
 from vacelive.bridge.schema import build_schema
 
 from vacelive.bridge.param_types import ParamError
-from vacelive.bridge.store import Action, ParamStore, blend_prompts
+from vacelive.bridge.morph import blend_prompts
+from vacelive.bridge.run.request_fields import request_fields
+from vacelive.bridge.store import Action, ParamStore
 from vacelive.engine.request import ChunkRequest, Outpaint, Prompt
 
 
@@ -33,8 +35,8 @@ def test_actions_coalesce_and_drain_once():
     st.trigger("snapshot")
     snap = st.snapshot()
     assert [a.kind for a in snap.actions] == ["reset", "snapshot"]
-    assert snap.request_fields()["reset"] is True
-    assert st.snapshot().actions == () and st.snapshot().request_fields()["reset"] is False
+    assert request_fields(snap)["reset"] is True
+    assert st.snapshot().actions == () and request_fields(st.snapshot())["reset"] is False
     with pytest.raises(ParamError):
         st.trigger("bogus")
 
@@ -68,7 +70,7 @@ def test_request_fields_build_a_chunk_request():
     st.apply({"prompts": ["a", 1.0, "b", 0.5], "steps": 2, "annotator": "pose",
               "outpaint_direction": "horizontal", "outpaint_ratio": 0.2, "lora/ink": 0.3,
               "hint_reuse": True, "fit": "letterbox"})
-    fields = st.snapshot().request_fields()
+    fields = request_fields(st.snapshot())
     request = ChunkRequest(**fields)
     assert request.prompts == [Prompt("a", 1.0), Prompt("b", 0.5)]
     assert request.steps == 2 and request.annotator == "pose" and request.hint_reuse
@@ -77,7 +79,7 @@ def test_request_fields_build_a_chunk_request():
     assert request.lora_scales == {"pipeline": 1.0, "ink": 0.3}
     assert "refs" not in fields  # file I/O belongs to the run loop
     st.set("outpaint_direction", "none")
-    assert st.snapshot().request_fields()["outpaint"] is None
+    assert request_fields(st.snapshot())["outpaint"] is None
 
 
 def test_concurrent_batches_land_whole_in_one_snapshot():

@@ -5,7 +5,7 @@ One thread, one chunk at a time, forever:
 1. wait while paused (the pacer keeps showing the last frame), and in fixed-fps mode while more
    than a chunk is already queued (generating further ahead only adds latency);
 2. take ONE parameter snapshot (the chunk boundary: OSC changes, preset morph steps, actions);
-3. assemble the request: `snapshot.request_fields()` + the newest `generator.next_chunk_frames`
+3. assemble the request: `request_fields(snapshot)` (bridge/run/request_fields.py) + the newest `generator.next_chunk_frames`
    control frames (FrameHistory.window: never an old backlog) + the newest mask + references and
    extension anchors when they changed;
 4. `generator.step()`; its frames (GPU tensors when local) go to the Pacer, which emits them one
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any, Callable, Protocol
 from vacelive.bridge.pacer import Pacer
 from vacelive.bridge.run.inputs import ExtensionInput, RefsInput
 from vacelive.bridge.run.media import write_png
+from vacelive.bridge.run.request_fields import request_fields
 from vacelive.bridge.store import ParamStore, Snapshot
 from vacelive.engine.request import ChunkRequest, ChunkResult, Generator
 
@@ -224,9 +226,8 @@ class RunLoop:
         remote = self.describe.get("gpu_mem_mb")
         if isinstance(remote, (int, float)):
             return float(remote)
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch = sys.modules.get("torch")  # never imported here: no GPU memory of ours (a relay)
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
             return torch.cuda.memory_allocated() / 2**20
         return 0.0
 
@@ -309,7 +310,7 @@ class RunLoop:
 
     def build_request(self, snap: Snapshot, ref_writes: int | None = None,
                       ext_writes: int | None = None) -> ChunkRequest:
-        fields = snap.request_fields()
+        fields = request_fields(snap)
         if fields["reset"]:
             # The engine's reset clears its sticky references; the refs parameter still names
             # them, so they go along with the reset chunk.
