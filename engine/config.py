@@ -1,4 +1,6 @@
-"""Model configurations of the Wan2.1 DiT family (facts: shared/reference/model-spec.md §1.1, §3.1)."""
+"""Model configurations of the Wan2.1 DiT family (facts: shared/reference/model-spec.md §1.1, §3.1)
+and of the flow schedule. Plain data without torch: pipeline recipes hold these, and `vacelive
+weights`/`doctor` read recipes on a torch-free relay install."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -68,3 +70,13 @@ def tiny_config(
 
 
 CONFIGS = {"wan2.1-1.3b": WAN_1_3B, "wan2.1-14b": WAN_14B}
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A recipe's few-step flow schedule (engine.schedule.FlowSchedule builds the tables)."""
+
+    shift: float = 5.0
+    steps: tuple[int, ...] = (1000, 750, 500, 250)  # denoising_step_list, before warping
+    warp: bool = True  # warp_denoising_step (Self-Forcing, LongLive); Scope's LongLive port: False
+    context_noise: int = 0  # timestep of the clean pass that commits the chunk to the KV cache

@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vacelive.engine.config import CONFIGS, WanConfig
-from vacelive.engine.schedule import ScheduleConfig
+from vacelive.engine.config import CONFIGS, ScheduleConfig, WanConfig
 
 Codec = Literal["wan", "tae", "lighttae"]
 TextEncoderKind = Literal["bf16", "fp8"]
@@ -73,10 +72,16 @@ class CachePolicy:
     sink_frames: int  # first frames never evicted (LongLive 3 = the first chunk)
     global_sink: bool = True  # on re-cache the sink keeps its old-prompt K/V (LongLive global_sink)
     recache_on_cut: bool = False  # hard prompt switch -> re-run the last window under the new prompt
+    # RewardForcing: keys cached un-roped, RoPE at attention time with window-relative positions
+    # (engine.policies.reward_forcing); evicted frames EMA-merged into the sink with this alpha.
+    unroped_keys: bool = False
+    sink_ema: float | None = None
 
     def __post_init__(self):
         if not 0 <= self.sink_frames < self.local_frames:
             raise ValueError("need 0 <= sink_frames < local_frames")
+        if self.sink_ema is not None and not (0.0 <= self.sink_ema <= 1.0 and self.sink_frames > 0):
+            raise ValueError("sink_ema needs a sink and 0 <= alpha <= 1")
 
 
 @dataclass(frozen=True)
@@ -101,12 +106,36 @@ class Recipe:
     cache: CachePolicy
     schedule: ScheduleConfig = ScheduleConfig()
     frames_per_chunk: int = 3  # latent frames per chunk (12 video frames; 9 on the first chunk)
+    first_chunk_frames: int | None = None  # latent frames of a stream's first chunk (None: frames_per_chunk)
     lora: LoraSpec | None = None
     files: tuple[WeightFile, ...] = field(default=())
+    # "normalised": the codec's encoder output (z - mean) / std, the space the DiT denoises in.
+    # "raw": StreamDiffusionV2 encodes video without that normalisation (its wrapper's
+    # stream_encode(is_scale=False)) while it decodes with it; VACE contexts, reference latents and
+    # V2V input latents follow the encoder side (docs/vace.md).
+    vae_latents: Literal["normalised", "raw"] = "normalised"
+    # Video-to-video defaults (engine.v2v): the step list a V2V chunk runs (None: schedule.steps),
+    # the default noise scale, and the offset of its first timestep (round(1000 s) - offset).
+    v2v_steps: tuple[int, ...] | None = None
+    v2v_noise_scale: float = 0.7
+    v2v_timestep_offset: int = 0
+    # Latent frames the chunk after a V2V stream's first chunk starts earlier (it rewrites that
+    # many of the first chunk's last frames in the KV cache): Scope's RewardForcing prepare_next.
+    v2v_first_chunk_overlap: int = 0
+
+    def __post_init__(self):
+        if self.frames_per_chunk < 1 or (self.first_chunk_frames is not None and self.first_chunk_frames < 1):
+            raise ValueError("a chunk needs at least one latent frame")
+        if self.vae_latents not in ("normalised", "raw"):
+            raise ValueError(f"vae_latents must be 'normalised' or 'raw', got {self.vae_latents!r}")
 
     @property
     def model_config(self) -> WanConfig:
         return CONFIGS[self.model]
+
+    def chunk_latents(self, first: bool) -> int:
+        """Latent frames of a chunk: the stream's first one or any later one."""
+        return (self.first_chunk_frames or self.frames_per_chunk) if first else self.frames_per_chunk
 
     def needed(self, options: WeightOptions = WeightOptions()) -> tuple[WeightFile, ...]:
         """The files a run with these options loads (what `check` requires)."""
@@ -183,16 +212,62 @@ SELF_FORCING = Recipe(
     ) + WAN_1_3B_SHARED,
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (LONGLIVE, SELF_FORCING)}
+REWARD_FORCING = Recipe(
+    name="reward-forcing",
+    title="RewardForcing 1.3B (3-frame EMA sink + 6 recent frames, window-relative RoPE)",
+    model="wan2.1-1.3b",
+    # YepicAI/Reward-Forcing configs/reward_forcing.yaml: local_attn_size 9, sink_size 3, attention
+    # compression_alpha 0.999 (wan/modules/causal_model.py); no KV re-cache on a prompt change.
+    cache=CachePolicy(local_frames=9, sink_frames=3, global_sink=False, recache_on_cut=False,
+                      unroped_keys=True, sink_ema=0.999),
+    # Same file: denoising_step_list [1000, 750, 500, 250], warp_denoising_step true, shift 5.
+    schedule=ScheduleConfig(shift=5.0, steps=(1000, 750, 500, 250), warp=True),
+    # Scope's video mode (reward_forcing/schema.py): steps [1000, 750]; its prepare_next counts the
+    # first V2V chunk one latent frame short, so the second chunk rewrites the first one's last frame.
+    v2v_steps=(1000, 750),
+    v2v_first_chunk_overlap=1,
+    files=(
+        WeightFile(GENERATOR, "JaydenLu666/Reward-Forcing-T2V-1.3B", "rewardforcing.pt",
+                   strip_prefix="model.",
+                   note="causal DiT, flat dict of model.<WanModel key> (inference.py loads it into the "
+                        "WanDiffusionWrapper); Scope mirror daydreamlive/Reward-Forcing-T2V-1.3B"),
+    ) + WAN_1_3B_SHARED,
+)
+
+STREAMDIFFUSIONV2 = Recipe(
+    name="streamdiffusionv2",
+    title="StreamDiffusionV2 1.3B (1 latent frame per chunk, 3-frame sink + 3 rolling frames)",
+    model="wan2.1-1.3b",
+    # configs/wan_causal_dmd_v2v.yaml: num_kv_cache 6, num_sink_tokens 3 (frames), attention over the
+    # whole cache; keys stored rotated (absolute positions). Its adaptive sink refresh
+    # (adapt_sink_threshold) and stream-batch ring are not part of Scope's port and not here.
+    cache=CachePolicy(local_frames=6, sink_frames=3, global_sink=False, recache_on_cut=False),
+    # Wrapper scheduler shift 8.0, warp_denoising_step false; text-to-video list [1000, 750, 500,
+    # 250, 0] (the trailing 0 is the KV-refresh pass, here the clean pass). Scope's text mode runs
+    # [1000, 750]; with steps=2 the live selection gives [1000, 250].
+    schedule=ScheduleConfig(shift=8.0, steps=(1000, 750, 500, 250), warp=False),
+    frames_per_chunk=1,  # num_frame_per_block 1: 4 output frames per chunk
+    first_chunk_frames=2,  # first chunk = 1 + 4 input frames -> 2 latents (streamv2v start_stream_session)
+    vae_latents="raw",
+    # V2V list [700, 500, 400, 200] (0 dropped); compute_noise_scale_and_step starts at
+    # int(1000 s) - 100, default s 0.8 (streamv2v/inference.py --noise_scale; Scope uses 0.7).
+    v2v_steps=(700, 500, 400, 200),
+    v2v_noise_scale=0.8,
+    v2v_timestep_offset=100,
+    files=(
+        WeightFile(GENERATOR, "jerryfeng/StreamDiffusionV2", "wan_causal_dmd_v2v/model.pt",
+                   state_keys=("generator", "generator_ema", "state_dict"), strip_prefix="model.",
+                   note="causal DiT under 'generator' (or 'generator_ema'/'state_dict', or flat), keys with "
+                        "or without model.; Scope mirror daydreamlive/StreamDiffusionV2"),
+    ) + WAN_1_3B_SHARED,
+)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (LONGLIVE, SELF_FORCING, REWARD_FORCING, STREAMDIFFUSIONV2)}
 DEFAULT_RECIPE = "longlive"
 
 # Room for more recipes: facts in model-spec.md §8. Each needs run-time behaviour that the
 # generator does not have yet, so they are listed, not faked.
 PLANNED_RECIPES: dict[str, str] = {
-    "reward-forcing": "RewardForcing 1.3B (Reward-Forcing-T2V-1.3B/rewardforcing.pt, flat): needs un-roped "
-                      "KV cache with window-relative RoPE and EMA-merged sink (local 9, sink 3)",
-    "streamdiffusionv2": "StreamDiffusionV2 1.3B (wan_causal_dmd_v2v/model.pt): 1 latent frame per chunk, "
-                         "shift 8, un-normalised VAE latents, stream-batch pipelining",
     "krea-realtime": "Krea Realtime 14B (krea-realtime-video-14b.safetensors): 14B config, KV recompute every "
                      "chunk, attention bias 0.3 on cached keys, VACE 14B module",
     "memflow": "MemFlow 1.3B (base.pt + lora.pt r=256): LongLive cache plus a text-query-compressed "

@@ -27,15 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from vacelive.engine.config import ScheduleConfig  # noqa: F401  (plain data; recipes hold one)
+
 NUM_TRAIN_TIMESTEPS = 1000
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    shift: float = 5.0
-    steps: tuple[int, ...] = (1000, 750, 500, 250)  # denoising_step_list, before warping
-    warp: bool = True  # warp_denoising_step (Self-Forcing, LongLive); Scope's LongLive port: False
-    context_noise: int = 0  # timestep of the clean pass that commits the chunk to the KV cache
 
 
 def shifted_table(shift: float, n: int = NUM_TRAIN_TIMESTEPS) -> tuple[torch.Tensor, torch.Tensor]:
