@@ -250,6 +250,9 @@ REJECTED = [
     ("/vace/get", ["/vace/reset"], "action"),
     ("/vace/get", ["/vace/status/fps_missing"], "no status"),
     ("/vace/hello", [70000], "not in 1..65535"),
+    ("/vace/hello", [float("inf")], "expects a port number"),
+    ("/vace/hello", [float("nan")], "expects a port number"),
+    ("/vace/hello", ["1e999"], "expects a port number"),
 ]
 
 

@@ -3,7 +3,8 @@
 A plain UDP socket and python-osc's packet parsers, not python-osc's server/dispatcher, because
 the dispatcher sleeps on future bundle time tags inside the receive thread and hides bundle
 boundaries. Here every datagram (message or bundle, nested bundles flattened, time tags ignored)
-becomes one `ParamStore.apply()`, so a bundle lands in one snapshot; then the packet's queries
+is routed through one table (bridge/osc/routing.py: OSC 1.0 address patterns, so
+`/vace/lora/* 0.5` sets every LoRA scale) and becomes one `ParamStore.apply()`, so a bundle lands in one snapshot; then the packet's queries
 (get, describe, preset save/list, hello) are answered, seeing the bundle's values.
 
 Nothing a sender does stops the server: unknown addresses, wrong types, malformed packets and
@@ -18,15 +19,17 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Sequence
 
 from pythonosc.osc_message import OscMessage
 
 from vacelive.bridge.osc.coercion import args_to_value, echo_messages, flatten, is_trigger, value_args
 from vacelive.bridge.osc.feedback import Addr, Feedback, StatusProvider
+from vacelive.bridge.osc.routing import RoutingTable, is_pattern
 from vacelive.bridge.presets import PresetError, PresetLibrary
 from vacelive.bridge.schema import CONTROLS
-from vacelive.bridge.param_types import PREFIX, ParamError, to_json_value
+from vacelive.bridge.param_types import PREFIX, Param, ParamError, to_json_value
 from vacelive.bridge.store import Action, ParamStore
 
 log = logging.getLogger("vacelive.bridge.osc")
@@ -127,6 +130,17 @@ def parse_packet(data: bytes) -> list[OscMessage]:
     return out
 
 
+@dataclass
+class Packet:
+    """What the messages of one datagram add up to: applied with one store.apply(), then the
+    queries in `after` are answered."""
+
+    sender: Addr | None
+    changes: dict[str, Any] = field(default_factory=dict)
+    actions: list[Action] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+
 class _PythonOscNoise(logging.Filter):
     """python-osc logs every unknown type tag on the root logger; a fuzzing or broken sender
     would flood the console. Our own (rate-limited) error reports say what matters."""
@@ -155,7 +169,13 @@ class OscServer:
         self.oscquery = None
         self.received = 0  # datagrams
         self.rejected = 0  # messages refused
-        self._controls: dict[str, Callable[..., None]] = {
+        self.routes = self._build_routes()
+
+    def _build_routes(self) -> RoutingTable:
+        """Every address this server answers: the controls (literal only), then each parameter
+        with its /norm and /index forms. A handler is called as handler(args, packet)."""
+        table = RoutingTable()
+        controls = {
             f"{PREFIX}/get": self._get,
             f"{PREFIX}/describe": self._describe,
             f"{PREFIX}/hello": self._hello,
@@ -163,7 +183,21 @@ class OscServer:
             f"{PREFIX}/preset/save": self._preset_save,
             f"{PREFIX}/preset/list": self._preset_list,
         }
-        assert set(self._controls) == {c.address for c in CONTROLS}
+        assert set(controls) == {c.address for c in CONTROLS}
+        for address, fn in controls.items():
+            table.add(address, fn, patterns=False)
+        for p in self.schema:
+            if not p.live:
+                table.add(p.address, partial(self._load_time, p), patterns=False)
+            elif p.type == "action":
+                table.add(p.address, partial(self._trigger, p))
+            else:
+                table.add(p.address, partial(self._write, p, "value"))
+                if p.numeric:
+                    table.add(f"{p.address}/norm", partial(self._write, p, "norm"))
+                if p.type == "enum":
+                    table.add(f"{p.address}/index", partial(self._write, p, "index"))
+        return table
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -276,50 +310,60 @@ class OscServer:
             return
         if sender is not None:  # before applying: the echo thread must already know it
             self.feedback.note_sender(sender)
-        changes: dict[str, Any] = {}
-        actions: list[Action] = []
-        after: list[Callable[[], None]] = []
+        packet = Packet(sender)
         for msg in messages:
             try:
-                self._route(msg.address, msg.params, sender, changes, actions, after)
+                self._route(msg.address, msg.params, packet)
             except (ParamError, PresetError) as exc:
                 self.rejected += 1
                 self.feedback.error(sender, str(exc))
-        if changes or actions:
+        if packet.changes or packet.actions:
             try:
-                self.store.apply(changes, actions, origin=sender)
+                self.store.apply(packet.changes, packet.actions, origin=sender)
             except ParamError as exc:  # cannot happen for coerced values; stay safe anyway
                 self.feedback.error(sender, str(exc))
-        for fn in after:  # queries see the packet's own values
+        for fn in packet.after:  # queries see the packet's own values
             try:
                 fn()
             except (ParamError, PresetError) as exc:
                 self.rejected += 1
                 self.feedback.error(sender, str(exc))
 
-    def _route(self, address: Any, args: Sequence[Any], sender: Addr | None,
-               changes: dict[str, Any], actions: list[Action], after: list) -> None:
+    def _route(self, address: Any, args: Sequence[Any], packet: Packet) -> None:
         if not isinstance(address, str):
             raise ParamError("malformed address")
         if len(address) > 1:
             address = address.rstrip("/")
         if not address.startswith(PREFIX + "/"):
             raise ParamError(f"unknown address '{address[:80]}': vacelive listens under {PREFIX}/")
-        control = self._controls.get(address)
-        if control is not None:
-            control(list(args), sender, actions, after)
+        routes = self.routes.match(address)
+        if not routes:
+            if is_pattern(address):
+                raise ParamError(f"address pattern '{address[:80]}' matches no parameter")
+            self.schema.resolve(address)  # raises the "unknown address (did you mean ...)" error
+            raise ParamError(f"unknown address '{address[:80]}'")
+        if len(routes) == 1:
+            routes[0].handler(list(args), packet)
             return
-        p, mode = self.schema.resolve(address)
-        if not p.live:
-            raise ParamError(f"{address} is a load-time parameter (currently "
-                             f"{self.store.get(p.name)!r}); set it when the engine starts")
-        if p.type == "action":
-            if is_trigger(args):
-                actions.append(Action(p.name, (), sender))
-            return
+        for route in routes:  # a pattern: every match is tried, each failure reported
+            try:
+                route.handler(list(args), packet)
+            except (ParamError, PresetError) as exc:
+                self.rejected += 1
+                self.feedback.error(packet.sender, f"{address[:80]} -> {exc}")
+
+    def _load_time(self, p: Param, args: list[Any], packet: Packet) -> None:
+        raise ParamError(f"{p.address} is a load-time parameter (currently "
+                         f"{self.store.get(p.name)!r}); set it when the engine starts")
+
+    def _trigger(self, p: Param, args: list[Any], packet: Packet) -> None:
+        if is_trigger(args):
+            packet.actions.append(Action(p.name, (), packet.sender))
+
+    def _write(self, p: Param, mode: str, args: list[Any], packet: Packet) -> None:
         value = args_to_value(p, args, mode)
-        changes.pop(p.name, None)  # latest wins, also inside one bundle
-        changes[p.name] = value
+        packet.changes.pop(p.name, None)  # latest wins, also inside one bundle
+        packet.changes[p.name] = value
 
     # -- echo ---------------------------------------------------------------------------------
     def _on_change(self, changes: dict[str, Any], origin: Any) -> None:
@@ -332,7 +376,8 @@ class OscServer:
     def _reply(self, sender: Addr | None, address: str, args: list[Any]) -> None:
         self.feedback.reply(sender, address, args)
 
-    def _get(self, args: list[Any], sender: Addr | None, actions: list, after: list) -> None:
+    def _get(self, args: list[Any], packet: Packet) -> None:
+        sender, after = packet.sender, packet.after
         keys = [str(a) for a in flatten(args, f"{PREFIX}/get")]
 
         def answer() -> None:
@@ -347,6 +392,14 @@ class OscServer:
         after.append(answer)
 
     def _answer_get(self, key: str, sender: Addr | None) -> None:
+        if key.startswith("/") and is_pattern(key):
+            routes = self.routes.match(key.rstrip("/"))
+            if not routes:
+                raise ParamError(f"{PREFIX}/get: address pattern '{key[:80]}' matches no parameter")
+            for route in routes:
+                if self.schema.resolve(route.address)[0].type != "action":
+                    self._answer_get(route.address, sender)
+            return
         status_prefix = f"{PREFIX}/status/"
         if key.startswith(status_prefix):
             last = self.feedback.last_status
@@ -369,7 +422,8 @@ class OscServer:
             if address == f"{p.address}/{mode}":
                 self._reply(sender, address, out)
 
-    def _describe(self, args: list[Any], sender: Addr | None, actions: list, after: list) -> None:
+    def _describe(self, args: list[Any], packet: Packet) -> None:
+        sender, after = packet.sender, packet.after
         keys = [str(a) for a in flatten(args, f"{PREFIX}/describe")]
 
         def answer() -> None:
@@ -394,7 +448,8 @@ class OscServer:
 
         after.append(answer)
 
-    def _hello(self, args: list[Any], sender: Addr | None, actions: list, after: list) -> None:
+    def _hello(self, args: list[Any], packet: Packet) -> None:
+        sender, after = packet.sender, packet.after
         flat = flatten(args, f"{PREFIX}/hello")
         if sender is None:
             return
@@ -402,7 +457,7 @@ class OscServer:
         if flat:
             try:
                 port = int(float(flat[0]))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ParamError(f"{PREFIX}/hello: expects a port number, got {flat[0]!r}") from None
             if not 0 < port < 65536:
                 raise ParamError(f"{PREFIX}/hello: port {port} is not in 1..65535")
@@ -423,8 +478,8 @@ class OscServer:
             raise ParamError(f"{address}: presets are not enabled in this session")
         return self.presets
 
-    def _preset_load(self, args: list[Any], sender: Addr | None, actions: list[Action],
-                     after: list) -> None:
+    def _preset_load(self, args: list[Any], packet: Packet) -> None:
+        sender, actions, after = packet.sender, packet.actions, packet.after
         address = f"{PREFIX}/preset/load"
         presets = self._need_presets(address)
         flat = flatten(args, address)
@@ -436,7 +491,7 @@ class OscServer:
         if len(flat) == 2:
             try:
                 chunks = int(float(flat[1]) + 0.5)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ParamError(f"{address}: chunks must be a number, got {flat[1]!r}") from None
             if not 0 <= chunks <= 256:
                 raise ParamError(f"{address}: chunks {chunks} is not in 0..256")
@@ -445,8 +500,8 @@ class OscServer:
             self._reply(sender, f"{PREFIX}/notice", [notice])
         after.append(lambda: self._reply(sender, f"{PREFIX}/preset/loaded", [name, chunks]))
 
-    def _preset_save(self, args: list[Any], sender: Addr | None, actions: list,
-                     after: list) -> None:
+    def _preset_save(self, args: list[Any], packet: Packet) -> None:
+        sender, after = packet.sender, packet.after
         address = f"{PREFIX}/preset/save"
         presets = self._need_presets(address)
         flat = flatten(args, address)
@@ -464,7 +519,7 @@ class OscServer:
 
         after.append(answer)
 
-    def _preset_list(self, args: list[Any], sender: Addr | None, actions: list,
-                     after: list) -> None:
+    def _preset_list(self, args: list[Any], packet: Packet) -> None:
+        sender, after = packet.sender, packet.after
         presets = self._need_presets(f"{PREFIX}/preset/list")
         after.append(lambda: self._reply(sender, f"{PREFIX}/preset/list", presets.names()))
