@@ -15,11 +15,15 @@ Per chunk (`StreamGenerator.step`), at the chunk boundary:
      re-based on the first re-cached frame first.
   3. endless RoPE: see `rope` below.
   4. VACE: the Conditioner (engine.vace_input) turns the request into a VaceInput (or None).
-  5. noise = the first draw of chunk_generator(seed, chunk_index); for each step i:
+  5. V2V (engine.v2v, input_mode "video"): the input frames are encoded by their own encoder
+     stream and noised with the chunk's first draw to the live noise_scale; the plan is entered
+     at that noise level (noise_scale 1 = step 6 unchanged, 0 = the input's latent is the chunk).
+     A similarity skip returns the last frame again and leaves every stream state as it was.
+  6. noise = the first draw of chunk_generator(seed, chunk_index); for each step i:
      hints (VACE) -> v = DiT(x, t_i) -> x0 = x - sigma_i v -> x = renoise(x0, eps_i, sigma_{i+1});
      with `request.hint_reuse` the hints of step 0 serve every step of the chunk.
-  6. clean pass: DiT(x0, t = 0) without VACE writes the chunk's K/V into the cache.
-  7. decode through the codec's decoder stream (9 frames on the first chunk, then 12) and
+  7. clean pass: DiT(x0, t = 0) without VACE writes the chunk's K/V into the cache.
+  8. decode through the codec's decoder stream (9 frames on the first chunk, then 12) and
      convert to uint8 RGBA [F, H, W, 4] on the generator's device.
 Only then is the chunk committed (clean latents into the re-cache history, frame counter). A step
 that raises restores the KV cache state, the prompt state, the text state, the decoder stream and
@@ -60,11 +64,12 @@ from vacelive.engine.request import ChunkRequest, ChunkResult
 from vacelive.engine.schedule import FlowSchedule, chunk_seed, renoise, x0_from_flow
 from vacelive.engine.stream_state import LatentHistory, StageClock, frames_to_rgba
 from vacelive.engine.text import EmbeddingCache, PromptState
+from vacelive.engine.v2v import V2VChunk, VideoInput
 
 log = logging.getLogger(__name__)
 
 ROPE_SETTINGS = ("auto", "absolute", "relative")
-STAGES = ("text", "recache", "vace", "hints", "dit", "decode", "output")
+STAGES = ("input", "text", "recache", "vace", "hints", "dit", "decode", "output")
 CONTEXT_SCALE_RANGE = (0.0, 2.0)
 LORA_SCALE_RANGE = (0.0, 2.0)  # the OSC schema's /vace/lora/<name> range
 BATCH = 1
@@ -128,6 +133,10 @@ class StreamGenerator:
         self.history = LatentHistory(cache.local_frames, BATCH, cfg.in_dim, latent_hw, device=self.device)
         self.schedule = FlowSchedule(self.recipe.schedule, device=self.device)
         self.decoder = codec.decoder_stream()
+        # V2V restyle input (engine.v2v): its own encoder stream, motion and similarity state.
+        self.video_input = VideoInput(codec, self.schedule, width, height, self.device,
+                                      getattr(self.recipe, "v2v_timestep_offset", 0))
+        self._held: torch.Tensor | None = None  # last output frame (similarity skip re-sends it)
         self.prompt_state = PromptState(EmbeddingCache(text_encoder.encode, capacity=embedding_cache_size))
         self.text = None  # TextState of the current prompt embedding
 
@@ -146,7 +155,8 @@ class StreamGenerator:
         if compile_codec:
             codec.use_compile(True)
 
-        self.counters = {"chunks": 0, "recaches": 0, "rope_switches": 0, "resets": 0, "failed_steps": 0}
+        self.counters = {"chunks": 0, "recaches": 0, "rope_switches": 0, "resets": 0, "failed_steps": 0,
+                         "skipped": 0}
         self.frame = 0  # latent frames generated since the last reset (= the next chunk's start frame)
         self.chunk_index = 0  # chunks generated since the last reset (selects the noise)
         self._warned_no_vace = False
@@ -230,6 +240,8 @@ class StreamGenerator:
         self.decoder.reset()
         if self.conditioner is not None:
             self.conditioner.reset()
+        self.video_input.reset()
+        self._held = None
         self.prompt_state.reset()
         self.text = None
         self.frame = self.chunk_index = 0
@@ -272,11 +284,19 @@ class StreamGenerator:
             steps, scale, seed = self._live_parameters(request, notices)
             saved = self._snapshot()
             try:
-                frames, x0 = self._generate(request, steps, scale, seed, notices, clock)
+                v2v = self.video_input.prepare(
+                    request, steps=steps, num_frames=self.next_chunk_frames, first_chunk=self.chunk_index == 0,
+                    chunk_seed=chunk_seed(seed, self.chunk_index), in_transition=self.prompt_state.in_transition,
+                    notices=notices)
+                clock.mark("input")
+                if v2v.skip and self._held is not None:
+                    return self._skipped(v2v.similarity, notices, clock, wall0)
+                frames, x0 = self._generate(request, steps, scale, seed, notices, clock, v2v.chunk)
             except BaseException:
                 self._restore(saved)
                 self.counters["failed_steps"] += 1
                 raise
+            self._held = frames[-1].clone()
             self.history.write(self.frame, x0)  # commit: only a finished chunk moves the stream on
             index = self.chunk_index
             self.frame += self.frames_per_chunk
@@ -284,10 +304,24 @@ class StreamGenerator:
             self.counters["chunks"] += 1
             timings = clock.finish()
         timings["wall"] = (time.perf_counter() - wall0) * 1e3
-        return ChunkResult(frames=frames, chunk_index=index, timings_ms=timings, notices=notices)
+        return ChunkResult(frames=frames, chunk_index=index, timings_ms=timings, notices=notices,
+                           noise_scale=v2v.noise_scale)
+
+    def _skipped(self, similarity: float | None, notices: list[str], clock, wall0: float) -> ChunkResult:
+        """Similarity skip: the last output frame again, for a chunk's worth of frames; the stream
+        (KV cache, codec streams, frame counter) does not move."""
+        frames = self._held.unsqueeze(0).repeat(self.next_chunk_frames, 1, 1, 1)
+        self.counters["skipped"] += 1
+        timings = clock.finish()
+        timings["wall"] = (time.perf_counter() - wall0) * 1e3
+        if similarity is not None:
+            timings["similarity"] = similarity
+        return ChunkResult(frames=frames, chunk_index=self.chunk_index - 1, timings_ms=timings, notices=notices,
+                           skipped=True)
 
     # ---- one chunk ------------------------------------------------------------------------------
-    def _generate(self, request: ChunkRequest, steps: int, scale: float, seed: int, notices: list[str], clock):
+    def _generate(self, request: ChunkRequest, steps: int, scale: float, seed: int, notices: list[str], clock,
+                  v2v: V2VChunk | None = None):
         model, kv = self.model, self.kv
         plan = self.schedule.plan(steps)
 
@@ -307,7 +341,14 @@ class StreamGenerator:
         start = self.frame
         x, x0, eps, g = self._x, self._x0, self._eps, self._rng
         g.manual_seed(chunk_seed(seed, self.chunk_index))  # == chunk_generator(seed, chunk_index)
-        torch.randn(x.shape, generator=g, out=x)
+        if v2v is None:
+            torch.randn(x.shape, generator=g, out=x)
+        else:  # V2V: the same first draw noises the input latent: x = (1 - sigma) x0 + sigma eps
+            torch.randn(eps.shape, generator=g, out=eps)
+            renoise(v2v.latents.to(x.dtype), eps, v2v.noise_sigma, out=x)
+            plan = v2v.plan
+            if not len(plan):  # noise scale 0: the input's latent is the chunk
+                x0.copy_(x)
         hints = None
         for i in range(len(plan)):
             t = plan.timestep_tensor[i]
@@ -410,13 +451,14 @@ class StreamGenerator:
         cond = self.conditioner
         return (self.kv.state, self.kv.origin, dict(self.prompt_state.__dict__), self.text,
                 (dict(st.slots), st.calls, st.first, st.signature),
-                cond.snapshot() if hasattr(cond, "snapshot") else None)
+                cond.snapshot() if hasattr(cond, "snapshot") else None, self.video_input.snapshot())
 
     def _restore(self, saved) -> None:
         """Undo a failed chunk. KV storage may hold K/V of the failed chunk in slots that the
         restored state marks as free or as older frames: the cache policy is frame-indexed, so the
         retried chunk writes those same slots before any attention reads them."""
-        kv_state, origin, prompt, text, (slots, calls, first, signature), conditioning = saved
+        kv_state, origin, prompt, text, (slots, calls, first, signature), conditioning, video_input = saved
+        self.video_input.restore(video_input)
         self.kv.state, self.kv.origin = kv_state, origin
         self.prompt_state.__dict__.update(prompt)
         self.text = text

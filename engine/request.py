@@ -11,12 +11,14 @@ it had to fix in `ChunkResult.notices`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Union, runtime_checkable
 
 import numpy as np
-import torch
 
-Frames = Union[np.ndarray, torch.Tensor]
+if TYPE_CHECKING:  # plain Python + numpy at run time: the relay imports this module without torch
+    import torch
+
+Frames = Union[np.ndarray, "torch.Tensor"]
 
 FitPolicy = Literal["crop", "letterbox", "stretch"]
 Annotator = Literal["none", "gray", "edges", "scribble", "depth", "pose"]
@@ -25,6 +27,7 @@ ExtensionMode = Literal[
     "firstframe", "lastframe", "firstlastframe", "firstclip", "lastclip", "firstlastclip"
 ]
 BlendMethod = Literal["linear", "slerp"]
+InputMode = Literal["text", "video"]
 
 
 @dataclass
@@ -76,6 +79,19 @@ class ChunkRequest:
     extension: Extension | None = None
     fit: FitPolicy = "crop"  # how wrong-size inputs are fitted to the generation size
     hint_reuse: bool = False  # compute VACE hints once per chunk instead of every step
+    # Video-to-video restyle (engine.v2v): with input_mode "video" each chunk starts from the input
+    # video noised to noise_scale (0 = the input passes through, 1 = text-to-video).
+    input_mode: InputMode = "text"
+    input_video: Frames | None = None  # None: `video` (the control/source texture) is the input
+    noise_scale: float = 0.7
+    noise_controller: bool = False  # motion-aware noise scale (StreamDiffusionV2)
+    similarity_skip: bool = False  # re-send the last frame while the input stands still
+    similarity_threshold: float = 0.98
+    similarity_max_skip: int = 10  # chunks skipped in a row at most
+    # Pipeline-specific live values (bridge.schema `pipelines=`); other pipelines ignore them.
+    kv_cache_attention_bias: float = 0.3  # Krea: weight of cached past frames (1 = plain attention)
+    bank_size: int = 3  # MemFlow: memory-bank frames (0 = off)
+    record_interval: int = 3  # MemFlow: chunks per memory-bank slot
     reset: bool = False  # hard reset of every stream state before this chunk
 
 
@@ -83,10 +99,12 @@ class ChunkRequest:
 class ChunkResult:
     # Complete when step() returns (the generator has synchronised): sinks may copy the frames on
     # a stream of their own without waiting for the generator's later work.
-    frames: torch.Tensor  # uint8 RGBA [F, H, W, 4] on the generator's device
+    frames: Frames  # uint8 RGBA [F, H, W, 4]: torch on the generator's device; numpy on a torch-free relay
     chunk_index: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)  # input problems the engine fixed up
+    skipped: bool = False  # similarity skip: `frames` repeat the last output, the stream did not move
+    noise_scale: float | None = None  # V2V noise scale used (after the motion controller); None: text-to-video
 
 
 @runtime_checkable
