@@ -19,7 +19,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("vacelive.bridge.commands.keys", "create CURVE keys for the remote engine link"),
     "engine": ("vacelive.bridge.commands.engine", "serve the model on a GPU box to a remote relay (ZMQ)"),
     "relay": ("vacelive.bridge.commands.relay", "textures and OSC beside TouchDesigner, model on a remote engine"),
+    "td": ("vacelive.bridge.commands.td", "copy the TouchDesigner component and OSC control-surface layouts into a folder"),
+    "doctor": ("vacelive.bridge.commands.doctor", "check GPU, torch, attention kernels, weights, ports and transports"),
 }
+
+# top-level modules of the `engine` extra: a relay-only install lacks them
+ENGINE_EXTRA = ("torch", "safetensors", "peft", "transformers", "sentencepiece",
+                "huggingface_hub")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -55,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_import_error", None):
         print(args._import_error, file=sys.stderr)
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ENGINE_EXTRA:
+            raise
+        print(f"vacelive {args.command}: needs {exc.name}, which the engine extra installs "
+              "(this is a relay-only install): pip install 'vacelive[engine]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -90,9 +90,10 @@ class Param:
         }[self.type]
 
     # -- values -----------------------------------------------------------------------------
-    def coerce(self, value: Any, *, clamp: bool = True) -> Any:
+    def coerce(self, value: Any, *, clamp: bool | None = True) -> Any:
         """Canonical value for `value`, or ParamError. Numbers outside the range are clamped
-        (clamp=True, the OSC rule) or rejected (clamp=False, the preset-file rule)."""
+        (clamp=True, the OSC rule), rejected (clamp=False, the preset-file rule) or kept
+        (clamp=None: a fact the engine reports, such as the size it really runs at)."""
         try:
             return _COERCERS[self.type](self, value, clamp)
         except ParamError:
@@ -168,8 +169,8 @@ def _number(p: Param, value: Any) -> float:
     return x
 
 
-def _in_range(p: Param, x: float, clamp: bool) -> float:
-    if p.min is not None and not (p.min <= x <= p.max):
+def _in_range(p: Param, x: float, clamp: bool | None) -> float:
+    if clamp is not None and p.min is not None and not (p.min <= x <= p.max):
         if not clamp:
             raise ParamError(f"{p.name}: {x:g} is outside {p.min:g}..{p.max:g}")
         x = min(p.max, max(p.min, x))

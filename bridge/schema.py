@@ -104,9 +104,9 @@ def _load_time_params() -> list[Param]:
 
     return [
         P("pipeline", "str", "longlive", "Causal pipeline (cache policy and schedule)."),
-        P("width", "int", 832, "Generation width in pixels (multiple of 16).", min=256,
+        P("width", "int", 832, "Generation width in pixels (multiple of 16).", min=16,
           max=2048, unit="px"),
-        P("height", "int", 480, "Generation height in pixels (multiple of 16).", min=256,
+        P("height", "int", 480, "Generation height in pixels (multiple of 16).", min=16,
           max=2048, unit="px"),
         P("dtype", "enum", "bfloat16", "Model compute dtype.",
           choices=("bfloat16", "float16", "float32")),

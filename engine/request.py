@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # plain Python + numpy at run time: the relay imports this mo
 Frames = Union[np.ndarray, "torch.Tensor"]
 
 FitPolicy = Literal["crop", "letterbox", "stretch"]
-Annotator = Literal["none", "gray", "edges", "scribble", "depth", "pose"]
+Annotator = Literal["none", "gray", "edges", "scribble", "depth", "depth-base", "depth-large", "flow",
+                    "flow-large", "layout", "pose"]
 MaskChannel = Literal["alpha", "red", "luma"]
 ExtensionMode = Literal[
     "firstframe", "lastframe", "firstlastframe", "firstclip", "lastclip", "firstlastclip"
@@ -72,7 +73,10 @@ class ChunkRequest:
     ref_fit: Literal["crop", "letterbox"] = "crop"
     # Source video for VACE: a control map (depth/pose/flow/scribble/gray/layout) or frames to inpaint.
     video: Frames | None = None
-    annotator: Annotator = "none"  # weight-free GPU annotators turn a camera feed into control
+    annotator: Annotator = "none"  # GPU annotators turn a camera feed into control (docs/vace.md)
+    annotator_overlay: Annotator = "none"  # a second map drawn over the first where it is not background
+    # Layout boxes by id, normalised (x, y, w, h); the layout annotator draws them (None: no boxes).
+    layout: dict[str, tuple[float, float, float, float]] | None = None
     mask: Frames | None = None  # white/1 = generate, black/0 = keep; [H,W(,C)] static or [F,H,W(,C)]
     mask_channel: MaskChannel = "alpha"
     outpaint: Outpaint | None = None

@@ -15,6 +15,9 @@ A message is a ZMQ multipart message `[header, blob0, blob1, ...]`. The header i
 
 JPEG runs on the GPU through torchvision.io.encode_jpeg/decode_jpeg when the tensor is on CUDA (or
 a CUDA decode is asked for) and torchvision is importable; otherwise Pillow on the CPU.
+
+`lib` says what the sender had; the receiver rebuilds a torch tensor only where torch is installed.
+A relay without torch gets numpy arrays (bfloat16 cannot be one and is refused there).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ CODECS = ("raw", "jpeg")
 
 _TYPES = {cls.__name__: cls for cls in (ChunkRequest, Prompt, Outpaint, Extension)}
 # Fields whose pictures may travel lossy when the link uses JPEG (masks and anything else: raw).
-_LOSSY_FIELDS = {"ChunkRequest": {"video", "refs", "extension"}, "Extension": {"first", "last"}}
+_LOSSY_FIELDS = {"ChunkRequest": {"video", "input_video", "refs", "extension"}, "Extension": {"first", "last"}}
 _DTYPES = {"uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool"}
 
 
@@ -49,6 +52,15 @@ def _jpeg_ok(x: Any) -> bool:
     shape = tuple(x.shape)
     return "uint8" in str(x.dtype) and len(shape) in (3, 4) and shape[-1] in (1, 3, 4) \
         and shape[-2] >= 8 and shape[-3] >= 8
+
+
+def _torch_module() -> Any:
+    """torch if it is installed, else None (a relay-only install)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 
 def gpu_jpeg_available() -> bool:
@@ -177,10 +189,11 @@ def unpack_array(meta: dict, blobs: list[Any], device: str = "cpu") -> Any:
             # views it. Read-only inputs (bytes) are copied so callers always get writable memory.
             if not arr.flags.writeable:
                 arr = arr.copy()
-            if lib == "numpy":
+            torch = _torch_module() if lib == "torch" else None
+            if torch is None:
+                if dtype == "bfloat16":
+                    raise WireError("a bfloat16 array needs torch on the receiving side")
                 return arr
-            import torch
-
             t = torch.from_numpy(arr)
             if dtype == "bfloat16":
                 t = t.view(torch.bfloat16)
@@ -209,9 +222,8 @@ def unpack_array(meta: dict, blobs: list[Any], device: str = "cpu") -> Any:
                 raise WireError(f"jpeg frames decoded to {tuple(frames.shape)}, header says {shape}")
             if len(shape) == 3:
                 frames = frames[0]
-            if lib == "torch" and not _is_torch(frames):
-                import torch
-
+            torch = _torch_module() if lib == "torch" and not _is_torch(frames) else None
+            if torch is not None:
                 frames = torch.from_numpy(np.ascontiguousarray(frames))
                 if device != "cpu":
                     frames = frames.to(device)
@@ -310,6 +322,8 @@ def encode_result(result: ChunkResult, codec: str = "raw", quality: int = 90) ->
         "chunk_index": int(result.chunk_index),
         "timings_ms": {str(k): float(v) for k, v in result.timings_ms.items()},
         "notices": [str(n) for n in result.notices],
+        "skipped": bool(result.skipped),
+        "noise_scale": None if result.noise_scale is None else float(result.noise_scale),
     }
     return fields, blobs
 
@@ -317,15 +331,16 @@ def encode_result(result: ChunkResult, codec: str = "raw", quality: int = 90) ->
 def decode_result(header: dict, blobs: list[Any], device: str = "cpu") -> ChunkResult:
     try:
         frames = unpack_value(header["frames"], blobs, device)
-        if not _is_torch(frames):
-            import torch
-
+        torch = None if _is_torch(frames) else _torch_module()
+        if torch is not None:  # the engine's own type where torch is installed
             frames = torch.from_numpy(np.ascontiguousarray(frames))
         return ChunkResult(
             frames=frames,
             chunk_index=int(header["chunk_index"]),
             timings_ms=dict(header.get("timings_ms", {})),
             notices=list(header.get("notices", [])),
+            skipped=bool(header.get("skipped", False)),
+            noise_scale=header.get("noise_scale"),
         )
     except KeyError as exc:
         raise WireError(f"result without {exc}") from exc
