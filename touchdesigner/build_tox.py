@@ -1,17 +1,20 @@
 """Assemble the vacelive component inside TouchDesigner and save it as a .tox.
 
-Run from TouchDesigner's Textport (Dialogs > Textport and DATs), with the path of your checkout:
+`vacelive td install C:/vacelive-td` copies this file, the modules below, the parameter schema
+and the control-surface layouts into a folder; then run from TouchDesigner's Textport (Dialogs >
+Textport and DATs):
 
     import runpy
-    runpy.run_path(r'C:/vacelive/touchdesigner/build_tox.py')['build'](
-        op('/project1'), save_to=r'C:/vacelive/touchdesigner/vacelive.tox')
+    runpy.run_path(r'C:/vacelive-td/build_tox.py')['build'](
+        op('/project1'), save_to=r'C:/vacelive-td/vacelive.tox')
 
 It creates /project1/vacelive (a Base COMP) with:
 - Text DATs holding this folder's modules (VaceLiveExt = vacelive_ext.py, td_params, osc_sync,
   engine_process, textures): the .tox needs no repository on the show machine;
   `sync_files=True` instead links them to the files on disk (Text DAT file + syncfile) for
   development;
-- `schema`: the parameter schema JSON (bridge.schema), from which the custom pages are made;
+- `schema`: the parameter schema JSON (SCHEMA_FILE, or bridge.schema), from which the custom
+  pages are made;
 - `oscout` OSC Out DAT, `oscin` OSC In DAT + `oscin_callbacks`, `parexec` Parameter Execute DAT,
   `frame` Execute DAT (frame start, exit), `log` Text DAT (the engine's output);
 - In TOPs Control, Mask, Ref -> Syphon Spout Out TOPs send_control/send_mask/send_ref, and
@@ -30,8 +33,8 @@ import sys
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 MODULES = ("td_params", "osc_sync", "engine_process", "textures")
+SCHEMA_FILE = "vacelive-schema.json"  # written beside this file by `vacelive td install`
 EXTENSION = "VaceLiveExt"
 
 # Callback DATs reach the extension through this helper: while the extension is not (yet)
@@ -81,16 +84,19 @@ def onExit():
 '''
 
 
-def schema_document(root: str = ROOT) -> dict:
-    """The schema JSON of the checkout at `root` (bridge.schema is stdlib-only)."""
-    added = root not in sys.path
-    if added:
-        sys.path.insert(0, root)
+def schema_document() -> dict:
+    """The parameter schema: the SCHEMA_FILE beside this file (`vacelive td install` writes it, so
+    TouchDesigner's own Python needs no vacelive), else the installed vacelive package's."""
+    path = os.path.join(HERE, SCHEMA_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
     try:
         from vacelive.bridge.schema import DEFAULT_SCHEMA
-    finally:
-        if added:
-            sys.path.remove(root)
+    except ImportError:
+        raise RuntimeError(f"vacelive build: no {SCHEMA_FILE} beside {__file__} and no vacelive "
+                           "package in this Python: run `vacelive td install DIR` in vacelive's "
+                           "environment and build from DIR/build_tox.py") from None
     return DEFAULT_SCHEMA.to_json()
 
 
