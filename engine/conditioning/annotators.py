@@ -11,14 +11,18 @@ Weight-free, built in:
   scribble annotator is a learned contour network; this is the weight-free stand-in.)
 
 Weight-based, optional plug-ins (`PLUGINS`, `register_annotator`), loaded lazily from the models
-folder; when the weights are missing the chunk runs without the video and the performer reads a
-notice saying where to put which file:
-- depth: Depth Anything V2 through transformers' DepthAnythingForDepthEstimation, from
-  `<models>/Depth-Anything-V2-Small-hf/` (or -Base-hf / -Large-hf; Hugging Face
-  depth-anything/Depth-Anything-V2-Small-hf: config.json + model.safetensors). Output: the
-  relative (inverse) depth min-max normalised per frame, near = white, gray x3 (VACE `depthv2`).
-- pose: not built in (DWPose needs its YOLOX detector, RTMPose keypoint decoding and drawing);
-  the plug-in reports that pose maps must come from TouchDesigner or another tool.
+folder on the annotator thread; when the weights are missing the chunk runs without the video and
+the performer reads a notice naming the files and the download command:
+- depth / depth-base / depth-large: Depth Anything V2 Small / Base / Large through transformers
+  (engine.conditioning.depth), near = white, gray x3 (VACE `depthv2`), with a running range
+  that does not flicker from chunk to chunk.
+- flow / flow-large: RAFT small / large from torchvision (engine.conditioning.flow) on the
+  Middlebury colour wheel (VACE `flow`), frames paired across chunk boundaries.
+Weights come from `vacelive weights download <name>` (engine.annotator_models); nothing is
+downloaded at run time. `layout` (engine.conditioning.layout) draws boxes given over OSC.
+- pose: DWPose (YOLOX-L + DWPose-L ONNX over onnxruntime, `<models>/DWPose/`, placed by
+  `vacelive weights download pose`) drawn like DWPose/ControlNet, run on a worker thread so it
+  never stalls a chunk (engine.conditioning.pose_annotator).
 """
 from __future__ import annotations
 
@@ -125,59 +129,31 @@ class Plugin(Protocol):
         message names the expected path and where to get the file)."""
 
 
-DEPTH_FOLDERS = ("Depth-Anything-V2-Small-hf", "Depth-Anything-V2-Base-hf", "Depth-Anything-V2-Large-hf")
-DEPTH_REPO = "depth-anything/Depth-Anything-V2-Small-hf"
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+def _model_plugin(module: str, name: str) -> Plugin:
+    def load(models: Path, device: torch.device, dtype: torch.dtype) -> Annotate:
+        from importlib import import_module
 
-
-def load_depth_anything(models: Path, device: torch.device, dtype: torch.dtype) -> Annotate:
-    folder = next((models / f for f in DEPTH_FOLDERS if (models / f / "config.json").is_file()), None)
-    if folder is None:
-        raise WeightsNotFound(
-            f"Depth annotator: weights not found at {models / DEPTH_FOLDERS[0]} (config.json + "
-            f"model.safetensors); get them from Hugging Face {DEPTH_REPO}. Until then send depth "
-            f"maps from TouchDesigner or another tool and set the annotator to none.")
-    try:
-        from transformers import AutoModelForDepthEstimation
-
-        model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, dtype=dtype)
-    except Exception as e:  # noqa: BLE001 - a broken folder is reported, the show goes on
-        raise AnnotatorUnavailable(f"Depth annotator: could not load {folder}: {e}") from None
-    model = model.to(device).eval().requires_grad_(False)
-    patch = int(getattr(model.config, "patch_size", 14))
-    mean = torch.tensor(_IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(_IMAGENET_STD, device=device).view(1, 3, 1, 1)
-
-    @torch.no_grad()
-    def depth(frames: torch.Tensor) -> torch.Tensor:
-        # Depth Anything V2 `infer_image`: shorter side to 518, sides multiples of 14 (lower
-        # bound), bicubic, ImageNet normalisation; prediction resized back bilinearly.
-        h, w = frames.shape[-2:]
-        scale = 518 / min(h, w)
-        size = (max(patch, math.ceil(h * scale / patch) * patch), max(patch, math.ceil(w * scale / patch) * patch))
-        x = F.interpolate(frames, size=size, mode="bicubic", align_corners=False).clamp_(0, 1)
-        x = ((x - mean) / std).to(dtype)
-        d = model(pixel_values=x).predicted_depth.float().unsqueeze(1)
-        d = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
-        lo = d.amin(dim=(1, 2, 3), keepdim=True)
-        hi = d.amax(dim=(1, 2, 3), keepdim=True)
-        span = hi - lo
-        span = torch.where(span > 0, span, torch.ones_like(span))  # a flat map stays black
-        return ((d - lo) / span).expand(-1, 3, -1, -1).to(frames.dtype)
-
-    return depth
-
-
-def load_pose(models: Path, device: torch.device, dtype: torch.dtype) -> Annotate:
-    raise AnnotatorUnavailable(
-        "Pose annotator: not built into vacelive (DWPose is not implemented here). Draw pose "
-        "maps in TouchDesigner or another tool (black background, like DWPose), send them as "
-        "the video and set the annotator to none.")
+        return import_module(f"vacelive.engine.conditioning.{module}").load(name, models, device, dtype)
+    load.__name__ = f"load_{name.replace('-', '_')}"
+    return load
 
 
 BUILT_IN: dict[str, Annotate] = {"gray": gray, "edges": edges, "scribble": scribble}
-PLUGINS: dict[str, Plugin] = {"depth": load_depth_anything, "pose": load_pose}
+PLUGINS: dict[str, Plugin] = {
+    "depth": _model_plugin("depth", "depth"),  # Depth Anything V2 Small (engine.conditioning.depth)
+    "depth-base": _model_plugin("depth", "depth-base"),
+    "depth-large": _model_plugin("depth", "depth-large"),
+    "flow": _model_plugin("flow", "flow"),  # RAFT small (engine.conditioning.flow)
+    "flow-large": _model_plugin("flow", "flow-large"),
+    "pose": _model_plugin("pose_annotator", "pose"),  # DWPose (engine.conditioning.pose_annotator)
+}
+# The background of each map (what an overlay leaves see-through); None: no background (a picture).
+BACKGROUND: dict[str, float | None] = {
+    "gray": None, "edges": 0.0, "scribble": 0.0, "pose": 0.0, "layout": 1.0,
+    "depth": None, "depth-base": None, "depth-large": None, "flow": 1.0, "flow-large": 1.0,
+}
+# The annotator that needs no video frames of its own: boxes from OSC (engine.conditioning.layout).
+LAYOUT = "layout"
 
 
 def register_annotator(name: str, plugin: Plugin) -> None:
@@ -205,7 +181,18 @@ class Annotators:
         return self._models
 
     def reset(self) -> None:
+        """A new stream: plug-ins that failed are tried again; stateful ones (flow's previous
+        frame, depth's running range) start over."""
         self._failed.clear()
+        for fn in self._loaded.values():
+            if hasattr(fn, "reset"):
+                fn.reset()
+
+    @staticmethod
+    def threaded(name: str) -> bool:
+        """Weight-based annotators run on the annotator thread (engine.conditioning.runner); the
+        built-in ones cost about a millisecond and run inline."""
+        return name not in BUILT_IN and name != "none"
 
     def __call__(self, name: str, frames: torch.Tensor) -> torch.Tensor:
         if name == "none":
@@ -231,3 +218,15 @@ class Annotators:
             raise
         self._loaded[name] = fn
         return fn
+
+
+def overlay(base: torch.Tensor, top: torch.Tensor, background: float | None = None) -> torch.Tensor:
+    """Two control maps as one (VACE's control + control composition, with the mask taken from
+    the top map): `top` wherever it is not its background, `base` elsewhere. background None:
+    taken from the top map's most common corner value (black for pose/scribble/edges, white for
+    flow and layout). Both [F, 3, H, W] in 0..1, same size."""
+    if background is None:
+        corners = torch.stack([top[..., 0, 0], top[..., 0, -1], top[..., -1, 0], top[..., -1, -1]])
+        background = float(corners.mean(dim=(1, 2)).median())
+    mask = (top - background).abs().amax(dim=1, keepdim=True) > 1.5 / 255
+    return torch.where(mask, top, base)

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import torch
 
-from vacelive.engine.codecs import Codec
-from vacelive.engine.conditioning.annotators import AnnotatorUnavailable, Annotators
+from vacelive.engine.codecs import LATENT_CHANNELS, Codec
+from vacelive.engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD, LatentNormalizer
+from vacelive.engine.conditioning.annotators import BACKGROUND, LAYOUT, AnnotatorUnavailable, Annotators, overlay
 from vacelive.engine.conditioning.encode import VaceEncoder
 from vacelive.engine.conditioning.inputs import InputError, fit, frames01, mask_plane, take_frames, to_rgb, to_signed
+from vacelive.engine.conditioning.layout import LayoutTrack, clean_boxes, detect_and_render, layout_detector
+from vacelive.engine.conditioning.runner import AnnotatorRunner, ChunkMaps
 from vacelive.engine.conditioning.tasks import (
     ExtensionPlan, ReferenceSet, Tasks, extension_chunks, infer_tasks, outpaint_active, outpaint_rect,
 )
@@ -66,7 +69,7 @@ class VaceConditioner:
     """engine.vace_input.Conditioner for every VACE task and their compositions (docs/vace.md)."""
 
     def __init__(self, codec: Codec, width: int, height: int, device, dtype: torch.dtype,
-                 models: Path | str | None = None) -> None:
+                 models: Path | str | None = None, annotator_thread: bool = True) -> None:
         if width % 16 or height % 16:
             raise ValueError(f"VACE needs a width and height that are multiples of 16, got {width}x{height}")
         self.codec, self.width, self.height = codec, width, height
@@ -74,18 +77,51 @@ class VaceConditioner:
         self.encoder = VaceEncoder(codec)
         self.refs = ReferenceSet(codec, height, width, self.device)
         self.annotators = Annotators(self.device, dtype, models)
+        # weight-based annotators run one chunk ahead on their own thread (engine.conditioning.runner);
+        # annotator_thread=False runs them inline (benchmarks of their cost, offline renders)
+        self.annotator_thread = annotator_thread
+        self._maps: ChunkMaps | None = None
+        self.layout = LayoutTrack()
+        self.timings_ms: dict[str, float] = {}  # this chunk's annotator cost and lag (ChunkResult.timings_ms)
+        self._seq = 0
         self.extension: ExtensionPlan | None = None
         self.tasks = Tasks()
         self.notices: list[str] = []
         self._board = NoticeBoard()
+        self.chunk_frames = 12  # pixel frames of a chunk after the first (set_stream_layout)
+        self._raw = None  # LatentNormalizer when contexts are handed over un-normalised
+
+    def set_stream_layout(self, *, chunk_frames: int, raw_latents: bool = False) -> None:
+        """The generator's pipeline: pixel frames of every chunk after a stream's first one (what
+        extension spans are laid out in), and whether its DiT takes un-normalised VAE latents
+        (StreamDiffusionV2): then the inactive/reactive latents and the reference latents are
+        handed over as raw mu = z * std + mean, the space its encoder side works in."""
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        self.chunk_frames = int(chunk_frames)
+        self._raw = LatentNormalizer(WAN_LATENT_MEAN, WAN_LATENT_STD) if raw_latents else None
 
     def reset(self) -> None:
         self.encoder.reset()
         self.refs.clear()
         self.extension = None
+        if self._maps is not None:
+            self._maps.clear()
         self.annotators.reset()
+        self.layout.reset()
         self._board.clear()
         self.tasks = Tasks()
+
+    @property
+    def maps(self) -> ChunkMaps:
+        if self._maps is None:
+            self._maps = ChunkMaps(AnnotatorRunner(self.device))
+        return self._maps
+
+    def close(self) -> None:
+        """Stop the annotator thread (the stream no longer needs maps)."""
+        if self._maps is not None:
+            self._maps.runner.close()
 
     def snapshot(self) -> tuple:
         """Everything prepare() changes, by reference (cheap): restore() it when the chunk that
@@ -118,7 +154,11 @@ class VaceConditioner:
     @torch.no_grad()
     def prepare(self, request: ChunkRequest, *, first_chunk: bool, num_frames: int) -> VaceInput | None:
         notes: list[str] = []
+        self._seq += 1
+        if self._maps is not None:
+            self._maps.begin_chunk()
         result = self._prepare(request, first_chunk, num_frames, notes)
+        self.timings_ms = self._maps.timings() if self._maps is not None else {}
         self.notices = self._board.filter(notes)
         return result
 
@@ -129,6 +169,7 @@ class VaceConditioner:
         if first_chunk:  # a new generator stream: the encoder streams and anchors start over
             self.encoder.reset()
             self.extension = None
+        request = self._layout_video(request, n, notes)
         running = self.extension is not None
         self.tasks = tasks = infer_tasks(request, sticky_refs=len(self.refs) > 0, extension_running=running)
         self.refs.update(request.refs, request.ref_fit, notes)
@@ -139,12 +180,27 @@ class VaceConditioner:
             return None
         shape = (1, n, self.height, self.width)
         # anchors on gray: the kept anchors have mask 0 and the rest is 0.0, so video * m == 0
-        context = self.encoder.encode(video, mask, shape, reactive_is_zero=anchors_only).to(self.dtype)
+        context = self.encoder.encode(video, mask, shape, reactive_is_zero=anchors_only)
+        if self._raw is not None:
+            context = self._raw_context(context)
+        context = context.to(self.dtype)
         prefix = None
         if len(self.refs):
-            context = torch.cat([self.refs.context.to(self.dtype), context], 2)
-            prefix = self.refs.latents.to(self.dtype)
+            refs_context, prefix = self.refs.context, self.refs.latents
+            if self._raw is not None:
+                refs_context, prefix = self._raw_context(refs_context, reactive=False), self._raw.denormalize(prefix)
+            context = torch.cat([refs_context.to(self.dtype), context], 2)
+            prefix = prefix.to(self.dtype)
         return VaceInput(context=context, prefix_latents=prefix)
+
+    def _raw_context(self, context: torch.Tensor, reactive: bool = True) -> torch.Tensor:
+        """Encoded latent channels (inactive 0-15, reactive 16-31) de-normalised; mask channels
+        unchanged. A reference prefix's reactive half is the original's literal zeros, not an
+        encoding (reactive=False keeps it)."""
+        c = LATENT_CHANNELS
+        parts = [self._raw.denormalize(context[:, :c])]
+        parts.append(self._raw.denormalize(context[:, c:2 * c]) if reactive else context[:, c:2 * c])
+        return torch.cat(parts + [context[:, 2 * c:]], 1)
 
     def _update_extension(self, request: ChunkRequest, n: int, notes: list[str]) -> None:
         ext = request.extension
@@ -153,7 +209,7 @@ class VaceConditioner:
             chunks = extension_chunks(ext)
             if chunks is None or chunks > 0:
                 try:
-                    self.extension = ExtensionPlan(ext, n, self.device, notes)
+                    self.extension = ExtensionPlan(ext, n, self.chunk_frames, self.device, notes)
                 except InputError as e:
                     notes.append(str(e))
 
@@ -234,18 +290,63 @@ class VaceConditioner:
             notes.append(f"{e} Mask ignored this chunk.")
             return None
 
+    def _layout_video(self, request: ChunkRequest, n: int, notes: list[str]) -> ChunkRequest:
+        """The layout annotator with OSC boxes: the boxes, drawn at the output size, become the
+        chunk's control video (the camera, if any, is not used). With a detector plug-in and a
+        video, the boxes are tracked in the video instead (in _annotate, on the annotator thread)."""
+        if request.annotator != LAYOUT or (layout_detector() is not None and request.video is not None):
+            return request
+        boxes = clean_boxes(request.layout, notes)
+        if not boxes:
+            self.layout.reset()
+            notes.append("Layout annotator: no boxes; send /vace/layout/box id x y w h (0-1). "
+                         "No layout control this chunk.")
+            return replace(request, video=None, annotator="none")
+        frames = self.layout(boxes, n, self.height, self.width, self.device)
+        return replace(request, video=frames.permute(0, 2, 3, 1), annotator="none")
+
     def _annotate(self, request: ChunkRequest, raw: torch.Tensor, src: torch.Tensor, user_mask,
                   control: bool, notes: list[str]) -> torch.Tensor | None:
         """Control: the annotator's map replaces the video. Inpainting: the map goes where the mask
         regenerates (VACE's control-inside-the-mask composition), the video stays elsewhere.
         Outpainting only: nothing to annotate (the new border has no picture). The annotator
-        sees the video at its own size, before fitting (letterbox bars would draw lines)."""
-        name = request.annotator
-        if name == "none" or not (control or user_mask is not None):
+        sees the video at its own size, before fitting (letterbox bars would draw lines).
+        An overlay annotator draws its map over the first one (or over the video itself)."""
+        name, top_name = request.annotator, request.annotator_overlay
+        if (name == "none" and top_name == "none") or not (control or user_mask is not None):
             return src
-        try:
-            a = fit(self.annotators(name, raw), src.shape[-2], src.shape[-1], request.fit, GRAY)[0]
-        except AnnotatorUnavailable as e:
-            notes.append(f"{e} Video ignored this chunk.")
-            return None
+        n = raw.shape[0]
+        a = src
+        if name != "none":
+            a = self._map(name, raw, n, src, request.fit, notes, "Video ignored this chunk.")
+            if a is None:
+                return None
+        if top_name != "none":
+            top = self._map(top_name, raw, n, src, request.fit, notes, "Overlay ignored this chunk.")
+            if top is not None:
+                a = overlay(a, top, BACKGROUND.get(top_name))
         return a if user_mask is None else torch.where(user_mask > 0.5, a, src)
+
+    def _map(self, name: str, raw: torch.Tensor, n: int, src: torch.Tensor, fit_policy: str,
+             notes: list[str], dropped: str) -> torch.Tensor | None:
+        """The map of annotator `name` fitted like the video; None when there is none (notice)."""
+        if name == LAYOUT:
+            detector = layout_detector()
+            if detector is None:
+                notes.append("Layout as an overlay needs a layout detector plug-in (boxes from OSC "
+                             f"are drawn by the main annotator). {dropped}")
+                return None
+            job = lambda: detect_and_render(raw, detector)  # noqa: E731
+        else:
+            job = lambda: self.annotators(name, raw)  # noqa: E731
+        try:
+            if self.annotator_thread and (name == LAYOUT or self.annotators.threaded(name)):
+                m = self.maps(name, job, self._seq, n, notes)
+            else:
+                m = job()
+        except AnnotatorUnavailable as e:
+            notes.append(f"{e} {dropped}")
+            return None
+        if m is None:
+            return None
+        return fit(m, src.shape[-2], src.shape[-1], fit_policy, GRAY)[0]
