@@ -75,7 +75,7 @@ class ParamStore:
             p = schema[name]
             if p.live:
                 raise ParamError(f"{name} is a live parameter, not a load-time one")
-            self._load_time[name] = p.coerce(value)
+            self._load_time[name] = p.coerce(value, clamp=None)  # what runs, even off-range
         if initial:
             self._values.update(self.prepare(initial))
         self._actions: dict[str, Action] = {}

@@ -235,3 +235,35 @@ def test_serve_reports_an_osc_port_in_use(capsys):
     assert code == 2
     assert f"cannot listen for OSC on 127.0.0.1:{port}" in err and "--osc-port" in err
     assert not shm_exists(out)
+
+
+def test_load_time_size_is_reported_as_the_engine_runs_it():
+    """An engine at 256x160 reports 160 through /vace/get and OSCQuery (not the schema default)."""
+    import json
+    import urllib.request
+
+    out = unique("sz")
+    opts = SessionOptions(output=f"shm:{out}", presets_dir=None,
+                          osc=OscConfig(port=0, oscquery_port=0, status_hz=20.0))
+    session = Session(PatternGenerator(256, 160), opts).start()
+    peer = Peer(session.osc.address)
+    try:
+        peer.send("/vace/get", "/vace/height", "width")
+        wait_until(lambda: peer.got("/vace/height") and peer.got("/vace/width"), 5, "replies")
+        assert peer.got("/vace/height")[-1][2] == [160]
+        assert peer.got("/vace/width")[-1][2] == [256]
+        url = f"http://127.0.0.1:{session.osc.oscquery.address[1]}/vace/height?VALUE"
+        with urllib.request.urlopen(url, timeout=3) as r:
+            assert json.loads(r.read()) == {"VALUE": [160]}
+    finally:
+        peer.close()
+        session.close()
+
+
+def test_an_engine_size_outside_the_schema_range_is_reported_unclamped():
+    session = Session(PatternGenerator(4096, 32), SessionOptions(
+        output=f"shm:{unique('sx')}", osc=None, presets_dir=None)).start()
+    try:
+        assert session.store.get("width") == 4096 and session.store.get("height") == 32
+    finally:
+        session.close()

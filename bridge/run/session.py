@@ -58,18 +58,27 @@ class SessionOptions:
 
 
 def _load_time_values(schema: Schema, values: dict[str, Any]) -> dict[str, Any]:
-    """Only values the schema accepts as they are (a tiny test model's 64 px width is not a
-    valid production setting; it is left out rather than shown clamped)."""
+    """The values the engine really runs with, as the schema types them; a value outside the
+    schema's range is reported as it is (never clamped), one of the wrong type is left out."""
     out = {}
     for name, value in values.items():
         p = schema.get(name)
         if p is None or p.live or value is None:
             continue
         try:
-            out[name] = p.coerce(value, clamp=False)
+            out[name] = p.coerce(value, clamp=None)
         except ParamError:
             pass
     return out
+
+
+def _pipeline_of(generator: Generator) -> str | None:
+    """The recipe name the generator reports in describe(), or None."""
+    try:
+        name = generator.describe().get("pipeline")
+    except Exception:  # a remote engine not connected yet, a stand-in without describe()
+        return None
+    return name if isinstance(name, str) else None
 
 
 class Session:
@@ -115,6 +124,9 @@ class Session:
             initial["output_fps"] = opts.fps
         load_time = dict(opts.load_time)
         load_time.update(width=self.generator.width, height=self.generator.height)
+        pipeline = _pipeline_of(self.generator)
+        if pipeline is not None:  # the engine's own recipe name (also behind a relay)
+            load_time["pipeline"] = pipeline
         try:
             self.store = ParamStore(self.schema, _load_time_values(self.schema, load_time), initial)
         except ParamError as exc:
