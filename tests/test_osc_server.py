@@ -154,8 +154,8 @@ def sample_value(p):
 
 def test_every_live_parameter_sets_echoes_and_reads_back(rig, peer):
     for p in rig.schema.live:
-        if p.type == "action" or p.name == "prompt":
-            continue
+        if p.type == "action" or p.name == "prompt" or p.pipelines:
+            continue  # pipeline-only parameters: tests/test_pipeline_params.py
         value = sample_value(p)
         args = value_args(p, value)
         peer.drain()
@@ -517,3 +517,25 @@ def test_cli_arguments_build_the_config():
     assert cfg.feedback == (("127.0.0.1", 7710), ("10.0.0.5", 9001))
     with pytest.raises(SystemExit):
         ap.parse_args(["--osc-feedback", "nohost"])
+
+
+@pytest.mark.parametrize("path", ["/", "/vace/steps", "/?HOST_INFO"])
+def test_oscquery_client_that_hangs_up_early_logs_no_traceback(rig, peer, path, caplog, capfd):
+    """The client sends its request and closes before the reply: the reply's write fails with a
+    broken pipe (a closed socketpair end makes that certain), run through the server's own
+    request path. One debug line, no traceback, no 500 attempt; the server keeps answering."""
+    import urllib.request
+
+    httpd = rig.oscquery.httpd
+    ours, client = socket.socketpair()
+    client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    client.close()
+    with caplog.at_level(logging.DEBUG, logger="vacelive.bridge.osc"):
+        httpd.process_request_thread(ours, ("127.0.0.1", 1))
+    assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("left before the reply" in r.getMessage() for r in caplog.records)
+    assert "Traceback" not in capfd.readouterr().err
+    with urllib.request.urlopen(f"http://127.0.0.1:{rig.oscquery.address[1]}/vace/steps?VALUE",
+                                timeout=3) as r:
+        assert r.status == 200
+    alive(rig, peer)

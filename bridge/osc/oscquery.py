@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -107,12 +108,27 @@ def find(root: dict[str, Any], path: str) -> dict[str, Any] | None:
     return node
 
 
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up early is normal (a browser tab closed, a tool's timeout): one
+        debug line. socketserver's default prints a traceback to stderr for it."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _GONE):
+            log.debug("OSCQuery client %s left before the reply: %s", client_address, exc)
+        else:
+            log.warning("OSCQuery request from %s failed", client_address, exc_info=True)
+
+
 class OscQueryServer:
     def __init__(self, osc: "OscServer", host: str, port: int):
         self.osc = osc
         handler = type("Handler", (_Handler,), {"osc": osc})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer((host, port), handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -158,9 +174,15 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 return self._json(200, {query: node[query]})
             return self._json(200, node)
+        except _GONE as exc:  # nobody is left to send a 500 to
+            log.debug("OSCQuery client left before the reply: %s", exc)
+            self.close_connection = True
         except Exception as exc:  # a discovery request must never hurt the stream
             log.exception("OSCQuery request failed")
-            self._json(500, {"error": str(exc)})
+            try:
+                self._json(500, {"error": str(exc)})
+            except OSError:
+                self.close_connection = True
 
     def _json(self, code: int, body: Any) -> None:
         data = json.dumps(body, ensure_ascii=False).encode()
