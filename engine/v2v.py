@@ -16,11 +16,13 @@ Per chunk with `input_mode = "video"` (the generator calls `VideoInput.prepare` 
     gives LESS noise, so a fast-moving input is followed more closely;
  4. the frames are encoded by the input's own encoder stream, aligned to the decoder's chunk
     groups exactly like the VACE streams (engine.conditioning.encode.ConditionStream);
- 5. the step plan (`v2v_plan`): the live `steps` plan of the recipe, entered at the noise level s:
-    the first step runs at t_start = round(1000 s) - offset, followed by the plan's steps whose
-    timestep is below t_start. `offset` is the recipe's `v2v_timestep_offset` (StreamDiffusionV2
-    and Scope feed int(1000 s) - 100: the model is told 0.1 less noise than was added; LongLive and
-    Self-Forcing use 0, the timestep of that very noise level);
+ 5. the step plan (`v2v_plan`): the first step runs at t_start = round(1000 s) - offset, followed
+    by up to steps - 1 (the live step count) of the recipe's V2V step list entries whose
+    timestep is below t_start (the list is `v2v_steps`, else the schedule's own list; warped like
+    it). `offset` is the recipe's `v2v_timestep_offset` (StreamDiffusionV2 and Scope feed
+    int(1000 s) - 100: the model is told 0.1 less noise than was added; LongLive and Self-Forcing
+    use 0, the timestep of that very noise level). StreamDiffusionV2's own default, --step 2 on
+    [700, 500, 400, 200] at s 0.8, gives [700, 500] here as there;
  6. the latent x = (1 - sigma) x0 + sigma eps, sigma = the schedule's sigma at timestep round(1000 s)
     (the nearest entry of the shifted table, `FlowSchedule.sigma`; t = 1000 sigma' there), eps =
     the chunk's first noise draw, i.e. the text-to-video initial noise of the same seed.
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -41,7 +43,7 @@ from vacelive.engine.codecs import Codec
 from vacelive.engine.conditioning.encode import ConditionStream
 from vacelive.engine.conditioning.inputs import InputError, fit, frames01, take_frames, to_rgb, to_signed
 from vacelive.engine.request import ChunkRequest
-from vacelive.engine.schedule import NUM_TRAIN_TIMESTEPS, FlowSchedule, StepPlan
+from vacelive.engine.schedule import NUM_TRAIN_TIMESTEPS, FlowSchedule, StepPlan, select_steps
 
 # StreamDiffusionV2 compute_noise_scale_and_step constants.
 MOTION_NORMALISER = 0.2  # d_f / 0.2, clamped to 0..1
@@ -89,12 +91,15 @@ def start_timestep(noise_scale: float, offset: int = 0) -> int:
 
 def v2v_plan(schedule: FlowSchedule, steps: int, noise_scale: float, offset: int = 0) -> tuple[StepPlan, float]:
     """(plan, sigma of the input noise) for a chunk started from the input at noise scale s in
-    (0, 1): the plan's first timestep is `start_timestep(s, offset)`, followed by the `steps`
-    plan's timesteps below it (module doc, steps 5-6). Not cached: `VideoInput` caches."""
-    base = schedule.plan(steps)
+    (0, 1): the first timestep is `start_timestep(s, offset)`, followed by at most steps - 1 of
+    the schedule's timesteps below it, chosen like the live step count chooses them
+    (`select_steps`: evenly spaced, first and last kept; one = the first). Module doc, steps
+    5-6. Not cached: `VideoInput` caches."""
+    base = schedule.plan()  # every entry of the list
     t0 = start_timestep(noise_scale, offset)
     noise_sigma = schedule.sigma(round(NUM_TRAIN_TIMESTEPS * noise_scale))
-    keep = [i for i, t in enumerate(base.timesteps) if t < t0]
+    below = [i for i, t in enumerate(base.timesteps) if t < t0]
+    keep = list(select_steps(below, min(steps - 1, len(below)))) if steps > 1 and below else []
     timesteps = (float(t0),) + tuple(base.timesteps[i] for i in keep)
     sigmas = (schedule.sigma(t0),) + tuple(base.sigmas[i] for i in keep)
     plan = StepPlan(
@@ -175,7 +180,11 @@ class VideoInput:
     the similarity filter (module doc). Not thread-safe (the generator's thread)."""
 
     def __init__(self, codec: Codec, schedule: FlowSchedule, width: int, height: int, device,
-                 timestep_offset: int = 0) -> None:
+                 timestep_offset: int = 0, steps: tuple[int, ...] | None = None) -> None:
+        """schedule: the recipe's; `steps` (the recipe's `v2v_steps`) replaces its step list for
+        V2V chunks (same shift and warping)."""
+        if steps:
+            schedule = FlowSchedule(replace(schedule.config, steps=tuple(steps)), device=schedule.device)
         self.codec, self.schedule = codec, schedule
         self.width, self.height = width, height
         self.device = torch.device(device)

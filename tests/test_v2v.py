@@ -137,11 +137,15 @@ def test_plans_follow_the_rule_for_both_offsets():
     assert plan.sigmas[0] == pytest.approx(plain_sigma(5.0, 700))
     plan, _ = v2v_plan(longlive, 2, 0.5)  # steps=2 -> [1000, 625]: nothing below 500 remains
     assert plan.timesteps == (500.0,)
-    # StreamDiffusionV2: shift 8, unwarped [700, 500], first step int(1000 s) - 100
-    sdv2 = FlowSchedule(ScheduleConfig(shift=8.0, steps=(700, 500), warp=False))
-    plan, sigma = v2v_plan(sdv2, 2, 0.8, offset=100)
+    plan, _ = v2v_plan(longlive, 2, 0.9)  # one step below 900 of [833.3, 625]: the first
+    assert plan.timesteps == pytest.approx((900.0, 833.3333), abs=1e-3)
+    # StreamDiffusionV2: shift 8, unwarped V2V list [700, 500, 400, 200], first step int(1000 s) - 100
+    sdv2 = FlowSchedule(ScheduleConfig(shift=8.0, steps=(700, 500, 400, 200), warp=False))
+    plan, sigma = v2v_plan(sdv2, 2, 0.8, offset=100)  # its 1.3B default: --step 2 -> [700, 500]
     assert plan.timesteps == (700.0, 500.0) and sigma == pytest.approx(plain_sigma(8.0, 800))
     assert v2v_plan(sdv2, 2, 0.75, offset=100)[0].timesteps == (650.0, 500.0)
+    assert v2v_plan(sdv2, 4, 0.8, offset=100)[0].timesteps == (700.0, 500.0, 400.0, 200.0)
+    assert v2v_plan(sdv2, 3, 0.8, offset=100)[0].timesteps == (700.0, 500.0, 200.0)
     assert start_timestep(0.05, 100) == 1  # never below the first table entry
 
 
