@@ -62,6 +62,9 @@ class Param:
     morph: Literal["lerp", "step", "prompts", "none"] = "step"  # how a preset morph moves it
     in_presets: bool = True  # saved into / loaded from presets
     alias_of: str | None = None  # a shorthand that writes another param (prompt -> prompts)
+    # Pipelines that have this parameter (engine.pipelines recipe names); () = every pipeline.
+    # On another pipeline the OSC server refuses it with a notice naming the ones that have it.
+    pipelines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -137,7 +140,19 @@ class Param:
             d["in_presets"] = self.in_presets
         if self.alias_of:
             d["alias_of"] = self.alias_of
+        if self.pipelines:
+            d["pipelines"] = list(self.pipelines)
         return d
+
+    def available_on(self, pipeline: str | None) -> bool:
+        """Whether the pipeline `pipeline` has this parameter (None: unknown, so yes)."""
+        return not self.pipelines or pipeline is None or pipeline in self.pipelines
+
+    def unavailable_message(self, pipeline: str) -> str:
+        """The notice sent when this parameter is set on a pipeline that does not have it."""
+        return (f"{self.address} only applies to the {' / '.join(self.pipelines)} pipeline"
+                f"{'s' if len(self.pipelines) > 1 else ''}; this engine runs {pipeline!r}, so the "
+                "value is not used")
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,9 +16,14 @@ from typing import Sequence
 from vacelive.bridge.param_types import (
     INT32_MAX, PREFIX, Control, Param, Schema, StatusField, _LORA_NAME_RE,
 )
+from vacelive.engine.pipelines import DEFAULT_RECIPE, RECIPES  # plain data, no torch
 
 # --------------------------------------------------------------------------------------------
 # the parameter list
+
+# engine.conditioning.annotators: built in, weight-based (vacelive weights download <name>), layout
+ANNOTATORS = ("none", "gray", "edges", "scribble", "depth", "depth-base", "depth-large", "flow",
+              "flow-large", "layout", "pose")
 
 def _live_params() -> list[Param]:
     P = Param
@@ -60,7 +65,14 @@ def _live_params() -> list[Param]:
           "connected; off generates from text and references only.", "Inputs"),
         P("annotator", "enum", "none", "Turn the incoming video into a control map on the GPU "
           "before VACE (none: the video already is a control map or a source to inpaint).",
-          "Inputs", choices=("none", "gray", "edges", "scribble", "depth", "pose")),
+          "Inputs", choices=ANNOTATORS),
+        P("annotator_overlay", "enum", "none", "A second control map drawn over the first "
+          "wherever it is not its background (e.g. gray + scribble, depth + pose; with annotator "
+          "none, over the video itself).", "Inputs", choices=ANNOTATORS),
+        P("layout_boxes", "str_list", (), "Boxes for the layout annotator, each \"id x y w h\" "
+          "(top-left corner and size, 0-1 of the frame). /vace/layout/box, /vace/layout/remove "
+          "and /vace/layout/clear edit them; boxes glide to new positions over a chunk.", "Inputs",
+          max_items=16),
         P("fit", "enum", "crop", "How wrong-size video and mask inputs are fitted.", "Inputs",
           choices=("crop", "letterbox", "stretch")),
         P("mask_enabled", "bool", True, "Use the mask input when one is connected (white = "
@@ -72,6 +84,24 @@ def _live_params() -> list[Param]:
           choices=("none", "left", "right", "top", "bottom", "horizontal", "vertical", "all")),
         P("outpaint_ratio", "float", 0.25, "Fraction of the output width/height generated on "
           "each outpainted side.", "Inputs", 0.0, 0.45, morph="lerp"),
+        # V2V restyle (engine/v2v.py): the input video as each chunk's starting point
+        P("input_mode", "enum", "text", "video restyles the input video (the Input texture, or "
+          "the control texture when no Input is connected) by the prompt; text generates from "
+          "noise. Composes with VACE control, references and masks.", "V2V",
+          choices=("text", "video")),
+        P("noise_scale", "float", 0.7, "V2V strength: how much noise is added to the input "
+          "before denoising; 0 passes the input through, 1 ignores it (text-to-video).", "V2V",
+          0.0, 1.0, morph="lerp"),
+        P("noise_controller", "bool", False, "Motion-aware noise (StreamDiffusionV2): fast "
+          "input motion lowers the noise by up to 0.1 so the output follows the motion.", "V2V"),
+        P("similarity_skip", "bool", False, "While the input stands still, re-send the last "
+          "frame instead of generating (StreamDiffusion's similarity filter; a static scene "
+          "costs no GPU). Never while other parameters change.", "V2V"),
+        P("similarity_threshold", "float", 0.98, "Input similarity (cosine) above which chunks "
+          "start to be skipped; the skip chance rises to 1 at identical input.", "V2V",
+          0.9, 1.0, morph="lerp"),
+        P("similarity_max_skip", "int", 10, "Chunks skipped in a row at most, then one is "
+          "generated anyway.", "V2V", 0, 100, unit="chunks"),
         # Extension
         P("extension_mode", "enum", "none", "Anchor the stream to first/last frame or clip "
           "files (VACE frame extension); changing it to none ends a running extension.", "Extension",
@@ -88,6 +118,26 @@ def _live_params() -> list[Param]:
           "generation rate.", "Output", 0.0, 120.0, unit="fps", in_presets=False),
         P("snapshot", "action", None, "Save the next output frame as a PNG (the run loop "
           "writes it and reports the path).", "Output", morph="none", in_presets=False),
+    ] + _pipeline_params()
+
+
+def _pipeline_params() -> list[Param]:
+    """Live parameters that only some pipelines have (`pipelines=`): reported by /vace/describe
+    with their pipelines, refused with a notice on the others. Names equal ChunkRequest fields."""
+    P = Param
+    return [
+        # Krea Realtime 14B (Scope's krea_realtime_video port: kv_cache_attention_bias, default 0.3)
+        P("kv_cache_attention_bias", "float", 0.3, "Krea: attention weight of the cached past "
+          "frames (log-bias on every cached key except the first frame and the current chunk); "
+          "lower = less error build-up from the past, 1 = plain attention.", "Pipeline",
+          0.01, 1.0, morph="lerp", pipelines=("krea-realtime",)),
+        # MemFlow (KlingTeam/MemFlow configs/inference.yaml: bank_size 3, record_interval 3)
+        P("bank_size", "int", 3, "MemFlow: latent frames in the per-block memory bank (0 = "
+          "memory off). A change empties the memory at the next chunk.", "Pipeline", 0, 6,
+          unit="frames", pipelines=("memflow",)),
+        P("record_interval", "int", 3, "MemFlow: a new bank slot opens every N chunks; until it "
+          "does, each chunk's first frame replaces the newest slot.", "Pipeline", 1, 12,
+          unit="chunks", pipelines=("memflow",)),
     ]
 
 
@@ -103,7 +153,10 @@ def _load_time_params() -> list[Param]:
                      cost=("restart",), morph="none", in_presets=False, **kw)
 
     return [
-        P("pipeline", "str", "longlive", "Causal pipeline (cache policy and schedule)."),
+        P("pipeline", "enum", DEFAULT_RECIPE, "Causal pipeline (weights, cache policy and "
+          "schedule). Changing it reloads the engine: restart with --pipeline NAME (the "
+          "TouchDesigner component restarts its engine when its Pipeline menu changes).",
+          choices=tuple(RECIPES)),
         P("width", "int", 832, "Generation width in pixels (multiple of 16).", min=16,
           max=2048, unit="px"),
         P("height", "int", 480, "Generation height in pixels (multiple of 16).", min=16,
@@ -142,6 +195,13 @@ CONTROLS: tuple[Control, ...] = (
             "Save the current live values to the user preset folder.", "s"),
     Control(f"{PREFIX}/preset/list", "", f"{PREFIX}/preset/list name ...",
             "Names of every shipped and saved preset.", ""),
+    Control(f"{PREFIX}/layout/box", "id x y w h", f"{PREFIX}/layout_boxes ...",
+            "Add or move a layout box (top-left corner and size, 0-1 of the frame); the layout "
+            "annotator draws it.", "sffff"),
+    Control(f"{PREFIX}/layout/remove", "id", f"{PREFIX}/layout_boxes ...",
+            "Remove one layout box.", "s"),
+    Control(f"{PREFIX}/layout/clear", "", f"{PREFIX}/layout_boxes",
+            "Remove every layout box.", ""),
 )
 
 # Everything the run loop's status provider (bridge.run.loop.RunLoop.status) sends, in its order.
@@ -157,6 +217,15 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
     StatusField("paused", "int", "", "1 while paused (the output holds the last frame), else 0."),
     StatusField("jitter_p99_ms", "float", "ms", "Output pacing jitter, 99th percentile over the "
                 "last 1024 frames."),
+    StatusField("annotator_ms", "float", "ms", "Time the annotator thread took for the newest "
+                "map(s) of the last chunk (depth, flow, pose, ...); 0 without one."),
+    StatusField("annotator_lag", "int", "chunks", "How many chunks older than the previous "
+                "chunk the map in use is: 0 keeps up, more means the annotator is slower than a "
+                "chunk and its last map is reused."),
+    StatusField("noise_scale_used", "float", "", "V2V noise scale of the last chunk (after the "
+                "motion-aware controller); -1 while generating from text."),
+    StatusField("skipped", "int", "chunks", "Chunks the similarity skip replaced by the last "
+                "frame so far (a still input)."),
 )
 
 FEEDBACK: tuple[tuple[str, str], ...] = (

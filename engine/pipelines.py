@@ -76,12 +76,28 @@ class CachePolicy:
     # (engine.policies.reward_forcing); evicted frames EMA-merged into the sink with this alpha.
     unroped_keys: bool = False
     sink_ema: float | None = None
+    # Krea Realtime: the cache is rebuilt before every chunk from this many clean context frames
+    # (engine.policies.krea); the chunk's RoPE start is clamped to it and there is no clean pass.
+    recompute_frames: int = 0
+    # Krea: default log-bias weight on cached keys except the first frame and the current chunk
+    # (live: ChunkRequest.kv_cache_attention_bias; 1.0 = plain attention).
+    attention_bias: float | None = None
+    # MemFlow: per-block memory bank of this many latent frames (engine.policies.memflow); a new
+    # slot every `record_interval` chunks (both live: ChunkRequest.bank_size / record_interval).
+    bank_frames: int = 0
+    record_interval: int = 3
 
     def __post_init__(self):
         if not 0 <= self.sink_frames < self.local_frames:
             raise ValueError("need 0 <= sink_frames < local_frames")
         if self.sink_ema is not None and not (0.0 <= self.sink_ema <= 1.0 and self.sink_frames > 0):
             raise ValueError("sink_ema needs a sink and 0 <= alpha <= 1")
+        if self.recompute_frames and (self.recompute_frames >= self.local_frames or self.sink_frames):
+            raise ValueError("recompute_frames needs a window larger than it and no sink")
+        if self.attention_bias is not None and not 0.0 < self.attention_bias <= 1.0:
+            raise ValueError("attention_bias must be in (0, 1]")
+        if self.bank_frames < 0 or self.record_interval < 1:
+            raise ValueError("need bank_frames >= 0 and record_interval >= 1")
 
 
 @dataclass(frozen=True)
@@ -262,17 +278,60 @@ STREAMDIFFUSIONV2 = Recipe(
     ) + WAN_1_3B_SHARED,
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (LONGLIVE, SELF_FORCING, REWARD_FORCING, STREAMDIFFUSIONV2)}
+# ---------------------------------------------------------------------------------------------
+# Krea Realtime 14B (Wan2.1-T2V-14B base; Scope's krea_realtime_video port)
+# ---------------------------------------------------------------------------------------------
+KREA_REPO = "krea/krea-realtime-video"  # Scope mirrors it as daydreamlive/krea-realtime-video
+
+KREA_REALTIME = Recipe(
+    name="krea-realtime",
+    title="Krea Realtime 14B (KV cache recomputed every chunk, attention bias on past frames)",
+    model="wan2.1-14b",
+    # Scope krea_realtime_video/model.yaml: num_frame_per_block 3, kv_cache_num_frames 3,
+    # local_attn_size 6 (3 context + 3 chunk frames), no sink; schema.py: bias default 0.3.
+    cache=CachePolicy(local_frames=6, sink_frames=0, global_sink=False, recache_on_cut=False,
+                      recompute_frames=3, attention_bias=0.3),
+    # krea-ai/realtime-video configs/self_forcing_server_14b.yaml: steps [1000, 750, 500, 250],
+    # warp_denoising_step true, timestep_shift 5.0.
+    schedule=ScheduleConfig(shift=5.0, steps=(1000, 750, 500, 250), warp=True),
+    files=(
+        WeightFile(GENERATOR, KREA_REPO, "krea-realtime-video-14b.safetensors",
+                   note="causal 14B DiT, flat safetensors (bare keys, or model. on every key), bf16, ~28 GB"),
+        WeightFile(VACE, KIJAI_REPO, "Wan2_1-VACE_module_14B_bf16.safetensors",
+                   note="VACE-only keys for 14B (8 blocks at layers 0,5,...,35), bf16, ~6 GB"),
+    ) + tuple(f for f in WAN_1_3B_SHARED if f.role != VACE),  # same VAE, TAE, umT5 as 1.3B
+)
+
+# ---------------------------------------------------------------------------------------------
+# MemFlow (KlingTeam/MemFlow: LongLive base + LoRA, memory bank)
+# ---------------------------------------------------------------------------------------------
+MEMFLOW = Recipe(
+    name="memflow",
+    title="MemFlow 1.3B (LongLive cache + text-query-compressed memory bank)",
+    model="wan2.1-1.3b",
+    # configs/inference.yaml: local_attn_size 12, sink_size 3, bank_size 3, record_interval 3,
+    # global_sink true, SMA false; the interactive pipeline re-caches on a prompt switch.
+    cache=CachePolicy(local_frames=12, sink_frames=3, global_sink=True, recache_on_cut=True,
+                      bank_frames=3, record_interval=3),
+    schedule=ScheduleConfig(shift=5.0, steps=(1000, 750, 500, 250), warp=True),
+    lora=LoraSpec(rank=256, alpha=256, scale=1.0, merge=True),
+    files=(
+        WeightFile(GENERATOR, "KlingTeam/MemFlow", "base.pt",
+                   state_keys=("generator", "generator_ema", "model"), strip_prefix="model.",
+                   note="causal DiT under 'generator' (inference.py: generator / generator_ema / model), "
+                        "keys model.<WanModel key>"),
+        WeightFile(LORA, "KlingTeam/MemFlow", "lora.pt", state_keys=("generator_lora",),
+                   strip_prefix="base_model.model.",
+                   note="PEFT LoRA r=256 alpha=256 (configs/inference.yaml adapter); raw or under 'generator_lora'"),
+    ) + WAN_1_3B_SHARED,
+)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (LONGLIVE, SELF_FORCING, REWARD_FORCING, STREAMDIFFUSIONV2,
+                                                  KREA_REALTIME, MEMFLOW)}
 DEFAULT_RECIPE = "longlive"
 
-# Room for more recipes: facts in model-spec.md §8. Each needs run-time behaviour that the
-# generator does not have yet, so they are listed, not faked.
-PLANNED_RECIPES: dict[str, str] = {
-    "krea-realtime": "Krea Realtime 14B (krea-realtime-video-14b.safetensors): 14B config, KV recompute every "
-                     "chunk, attention bias 0.3 on cached keys, VACE 14B module",
-    "memflow": "MemFlow 1.3B (base.pt + lora.pt r=256): LongLive cache plus a text-query-compressed "
-               "memory bank of 3 frames",
-}
+# Pipelines that are known but not implemented (name -> why); `vacelive weights list` shows them.
+PLANNED_RECIPES: dict[str, str] = {}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -78,7 +78,8 @@ def label_for(p: dict) -> str:
 def _help(p: dict) -> str:
     costs = [c for c in p.get("cost", ()) if c != "none"]
     extra = f" [{p['address']}; cost: {', '.join(costs)}]" if costs else f" [{p['address']}]"
-    return p.get("description", "") + extra
+    only = f" Only on: {', '.join(p['pipelines'])}." if p.get("pipelines") else ""
+    return p.get("description", "") + only + extra
 
 
 def _menu_label(choice: str) -> str:
@@ -165,9 +166,11 @@ def _c(td: str, label: str, style: str, page: str, default: Any = None, help: st
                    **kw)
 
 
-def component_specs(status_fields: Iterable[dict] = ()) -> list[ParSpec]:
+def component_specs(status_fields: Iterable[dict] = (), pipelines: Iterable[str] = ()) -> list[ParSpec]:
     """Presets, Engine, Textures and Status pages. `status_fields` is the schema document's
-    "status" list (one read-only parameter each)."""
+    "status" list (one read-only parameter each); `pipelines` the choices of its load-time
+    `pipeline` parameter (the registered pipelines: the Pipeline menu)."""
+    pipelines = tuple(pipelines) or ("longlive",)
     P, E, T, S = COMPONENT_PAGES
     specs = [
         _c("Presetname", "Preset", "StrMenu", P, "default",
@@ -205,7 +208,11 @@ def component_specs(status_fields: Iterable[dict] = ()) -> list[ParSpec]:
         _c("Linkcodec", "Link codec", "Menu", E, "raw",
            "Relay mode: raw frames (10 GbE) or JPEG (1 GbE).", menu_names=LINK_CODECS,
            menu_labels=("Raw", "JPEG")),
-        _c("Pipeline", "Pipeline", "Str", E, "longlive"),
+        _c("Pipeline", "Pipeline", "Menu", E, pipelines[0],
+           "Causal pipeline the engine loads. Changing it restarts a running local engine, which "
+           "loads the new weights (progress in the engine's console); parameters of other "
+           "pipelines are not sent.", menu_names=pipelines,
+           menu_labels=tuple(_menu_label(c) for c in pipelines)),
         _c("Models", "Models folder", "Folder", E, ""),
         _c("Width", "Width", "Int", E, 832, min=256, max=2048, norm_min=256, norm_max=2048),
         _c("Height", "Height", "Int", E, 480, min=256, max=2048, norm_min=256, norm_max=2048),
@@ -264,7 +271,12 @@ def component_specs(status_fields: Iterable[dict] = ()) -> list[ParSpec]:
 
 def all_specs(schema_doc: dict) -> list[ParSpec]:
     """Every parameter of the component; raises ValueError on a name collision."""
-    specs = live_specs(schema_doc) + component_specs(schema_doc.get("status", ()))
+    pipeline = next((p for p in schema_doc["params"] if p["name"] == "pipeline"), {})
+    choices = list(pipeline.get("choices", ()))
+    if pipeline.get("default") in choices:  # the default pipeline first: the menu's default
+        choices.remove(pipeline["default"])
+        choices.insert(0, pipeline["default"])
+    specs = live_specs(schema_doc) + component_specs(schema_doc.get("status", ()), choices)
     seen: dict[str, str] = {}
     for s in specs:
         if s.td_name in seen:

@@ -180,8 +180,16 @@ class VaceLiveExt:
             return False
         return True
 
+    def Available(self, name: str) -> bool:
+        """Whether the engine's pipeline (the Pipeline menu) has parameter `name`."""
+        only = self.params[name].get("pipelines")
+        return not only or str(self._p("Pipeline")) in only
+
     def SendParam(self, name: str) -> None:
         p = self.params[name]
+        if not self.Available(name):
+            self._notice(f"{p['address']} only applies to {', '.join(p['pipelines'])}: not sent")
+            return
         for s in self.by_param[name]:
             if s.role != "action":
                 self._known[s.td_name] = self._read(s.td_name)
@@ -192,7 +200,7 @@ class VaceLiveExt:
     def PushAll(self) -> None:
         """Send every live value of this component (aliases and actions excepted)."""
         for name, p in self.params.items():
-            if p["type"] != "action" and not p.get("alias_of"):
+            if p["type"] != "action" and not p.get("alias_of") and self.Available(name):
                 self.SendParam(name)
 
     def Connect(self) -> None:
@@ -228,6 +236,13 @@ class VaceLiveExt:
             if self.guard.is_echo(name, par.eval()):
                 return  # the engine told us this value: nothing to send
             self.SendParam(spec.param)
+        elif name == "Pipeline":
+            # A load-time choice: a running local engine restarts and loads the new weights.
+            if self.process.running and str(self._p("Mode")) != "external":
+                self._notice(f"pipeline {par.eval()}: restarting the engine to load its weights")
+                self.Start()
+            else:
+                self._notice(f"pipeline {par.eval()}: used the next time the engine starts")
         elif name in ("Active", "Host", "Port", "Feedbackport"):
             self._configure_osc()
             self._linked = False  # (re)connect at the next frame

@@ -62,6 +62,8 @@ def _table(params: list[Param], live: bool) -> list[str]:
             extra.append("morphs smoothly")
         if not p.in_presets and live and p.type != "action" and not p.alias_of:
             extra.append("not in presets")
+        if p.pipelines:
+            extra.append(f"only on {' / '.join(p.pipelines)}: refused on other pipelines")
         desc = p.description + (f" ({'; '.join(extra)})" if extra else "")
         rows.append(
             f"| `{p.address}` | {p.type} | {_cell(_range(p))} | {_cell(_default(p))} | "

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from pythonosc.osc_message import OscMessage
 
+from vacelive.bridge import layout
 from vacelive.bridge.osc.coercion import args_to_value, echo_messages, flatten, is_trigger, value_args
 from vacelive.bridge.osc.feedback import Addr, Feedback, StatusProvider
 from vacelive.bridge.osc.routing import RoutingTable, is_pattern
@@ -182,6 +183,9 @@ class OscServer:
             f"{PREFIX}/preset/load": self._preset_load,
             f"{PREFIX}/preset/save": self._preset_save,
             f"{PREFIX}/preset/list": self._preset_list,
+            f"{PREFIX}/layout/box": self._layout_box,
+            f"{PREFIX}/layout/remove": self._layout_remove,
+            f"{PREFIX}/layout/clear": self._layout_clear,
         }
         assert set(controls) == {c.address for c in CONTROLS}
         for address, fn in controls.items():
@@ -353,14 +357,22 @@ class OscServer:
                 self.feedback.error(packet.sender, f"{address[:80]} -> {exc}")
 
     def _load_time(self, p: Param, args: list[Any], packet: Packet) -> None:
+        how = "set it when the engine starts"
+        if p.name == "pipeline":
+            how = ("changing the pipeline reloads the weights: restart the engine with --pipeline "
+                   "NAME (TouchDesigner: pick it in the Engine page's Pipeline menu)")
         raise ParamError(f"{p.address} is a load-time parameter (currently "
-                         f"{self.store.get(p.name)!r}); set it when the engine starts")
+                         f"{self.store.get(p.name)!r}); {how}")
 
     def _trigger(self, p: Param, args: list[Any], packet: Packet) -> None:
         if is_trigger(args):
             packet.actions.append(Action(p.name, (), packet.sender))
 
     def _write(self, p: Param, mode: str, args: list[Any], packet: Packet) -> None:
+        if p.pipelines:
+            pipeline = self.store.get("pipeline") if "pipeline" in self.schema else None
+            if not p.available_on(pipeline):
+                raise ParamError(p.unavailable_message(pipeline))
         value = args_to_value(p, args, mode)
         packet.changes.pop(p.name, None)  # latest wins, also inside one bundle
         packet.changes[p.name] = value
@@ -518,6 +530,24 @@ class OscServer:
             self._reply(sender, f"{PREFIX}/preset/saved", [name, str(path)])
 
         after.append(answer)
+
+    # -- layout boxes (bridge.layout): edits of the layout_boxes parameter, applied with the packet
+    def _layout_boxes(self, packet: Packet) -> tuple[str, ...]:
+        return packet.changes.get("layout_boxes", self.store.get("layout_boxes"))
+
+    def _layout_box(self, args: list[Any], packet: Packet) -> None:
+        new = layout.with_box(self._layout_boxes(packet), flatten(args, f"{PREFIX}/layout/box"))
+        packet.changes.pop("layout_boxes", None)
+        packet.changes["layout_boxes"] = new
+
+    def _layout_remove(self, args: list[Any], packet: Packet) -> None:
+        new = layout.without_box(self._layout_boxes(packet), flatten(args, f"{PREFIX}/layout/remove"))
+        packet.changes.pop("layout_boxes", None)
+        packet.changes["layout_boxes"] = new
+
+    def _layout_clear(self, args: list[Any], packet: Packet) -> None:
+        packet.changes.pop("layout_boxes", None)
+        packet.changes["layout_boxes"] = ()
 
     def _preset_list(self, args: list[Any], packet: Packet) -> None:
         sender, after = packet.sender, packet.after
