@@ -206,7 +206,8 @@ CONTROLS: tuple[Control, ...] = (
 
 # Everything the run loop's status provider (bridge.run.loop.RunLoop.status) sends, in its order.
 STATUS_FIELDS: tuple[StatusField, ...] = (
-    StatusField("fps", "float", "fps", "Frames per second generated (measured; 0 while paused)."),
+    StatusField("fps", "float", "fps", "Frames per second generated (measured; 0 while paused or "
+                "while chunks fail, e.g. the engine behind a relay is down)."),
     StatusField("fps_out", "float", "fps", "Rate the output is paced at right now (the fixed "
                 "output_fps, or following the generation rate)."),
     StatusField("latency_ms", "float", "ms", "Time of the last chunk, request to frames."),

@@ -57,9 +57,9 @@ from typing import Any, Sequence
 import torch
 
 from vacelive.engine.codecs import pixel_frames
-from vacelive.engine.dit import SinkWindow
 from vacelive.engine.dit.attention import SDPA_BACKENDS, sdpa_context
 from vacelive.engine.pipelines import Recipe, get_recipe
+from vacelive.engine.policies import cache_policy
 from vacelive.engine.request import ChunkRequest, ChunkResult
 from vacelive.engine.schedule import FlowSchedule, chunk_seed, renoise, x0_from_flow
 from vacelive.engine.stream_state import LatentHistory, StageClock, frames_to_rgba
@@ -125,8 +125,11 @@ class StreamGenerator:
         latent_hw = (height // 8, width // 8)
 
         cache = self.recipe.cache
-        self.policy = SinkWindow(cache.local_frames, cache.sink_frames)
-        self._start_rope = "relative" if rope == "relative" else "absolute"
+        self.policy = cache_policy(cache)  # engine.policies: SinkWindow or a pipeline's own rule
+        if cache.unroped_keys and rope == "absolute":
+            raise ValueError(f"{self.recipe.name} caches keys without RoPE and rotates them with window-relative "
+                             f"positions: rope must be 'auto' or 'relative', not 'absolute'")
+        self._start_rope = "relative" if rope == "relative" or cache.unroped_keys else "absolute"
         self.kv = model.new_kv_cache(self.policy, batch=BATCH, latent_hw=latent_hw, dtype=self.dtype,
                                      device=self.device, rope_mode=self._start_rope)
         self.kv.protect_sink = False  # LongLive rewrites the sink only when a re-cache starts at frame 0
@@ -135,15 +138,19 @@ class StreamGenerator:
         self.decoder = codec.decoder_stream()
         # V2V restyle input (engine.v2v): its own encoder stream, motion and similarity state.
         self.video_input = VideoInput(codec, self.schedule, width, height, self.device,
-                                      getattr(self.recipe, "v2v_timestep_offset", 0))
+                                      self.recipe.v2v_timestep_offset, self.recipe.v2v_steps)
         self._held: torch.Tensor | None = None  # last output frame (similarity skip re-sends it)
         self.prompt_state = PromptState(EmbeddingCache(text_encoder.encode, capacity=embedding_cache_size))
         self.text = None  # TextState of the current prompt embedding
 
-        shape = (BATCH, cfg.in_dim, self.frames_per_chunk, *latent_hw)
-        self._x = torch.empty(shape, device=self.device)  # fp32 latents being denoised
-        self._x0 = torch.empty(shape, device=self.device)
-        self._eps = torch.empty(shape, device=self.device)
+        # fp32 latents being denoised, x0 and noise: one set per chunk length (StreamDiffusionV2's
+        # first chunk has 2 latent frames, the others 1)
+        self._buffers = {n: tuple(torch.empty((BATCH, cfg.in_dim, n, *latent_hw), device=self.device) for _ in range(3))
+                         for n in {self.recipe.chunk_latents(True), self.frames_per_chunk}}
+        self._x, self._x0, self._eps = self._buffers[self.frames_per_chunk]
+        if conditioner is not None and hasattr(conditioner, "set_stream_layout"):
+            conditioner.set_stream_layout(chunk_frames=pixel_frames(self.frames_per_chunk, first=False),
+                                          raw_latents=self.recipe.vae_latents == "raw")
         self._rng = torch.Generator(device=self.device)
         self._clock = StageClock(self.device, STAGES)
 
@@ -229,7 +236,13 @@ class StreamGenerator:
     # ---- Generator protocol -------------------------------------------------------------------
     @property
     def next_chunk_frames(self) -> int:
-        return pixel_frames(self.frames_per_chunk, first=self.chunk_index == 0)
+        first = self.chunk_index == 0
+        return pixel_frames(self.recipe.chunk_latents(first), first=first)
+
+    @property
+    def next_chunk_latents(self) -> int:
+        """Latent frames of the next chunk (the recipe's first-chunk count right after a reset)."""
+        return self.recipe.chunk_latents(self.chunk_index == 0)
 
     def reset(self) -> None:
         """Hard reset: KV cache, re-cache history, decoder stream, conditioner and prompt state
@@ -260,7 +273,11 @@ class StreamGenerator:
             "vace": self.conditioner is not None,
             "window": self.policy.window,
             "sink": self.policy.sink,
+            "sink_ema": self.recipe.cache.sink_ema,
+            "frames_per_chunk": self.frames_per_chunk,
+            "vae_latents": self.recipe.vae_latents,
             "steps_max": self.schedule.max_steps,
+            "v2v_noise_scale": self.recipe.v2v_noise_scale,
             "rope": self.rope,
             "rope_mode": self.kv.rope_mode,
             "compile": self.compiled,
@@ -299,10 +316,14 @@ class StreamGenerator:
             self._held = frames[-1].clone()
             self.history.write(self.frame, x0)  # commit: only a finished chunk moves the stream on
             index = self.chunk_index
-            self.frame += self.frames_per_chunk
+            # Scope's RewardForcing V2V: the chunk after the first one starts earlier (recipe fact)
+            overlap = self.recipe.v2v_first_chunk_overlap if index == 0 and v2v.chunk is not None else 0
+            self.frame += x0.shape[2] - overlap
             self.chunk_index += 1
             self.counters["chunks"] += 1
             timings = clock.finish()
+            # the annotator thread's cost and lag for this chunk's maps (engine.conditioning.runner)
+            timings.update(getattr(self.conditioner, "timings_ms", None) or {})
         timings["wall"] = (time.perf_counter() - wall0) * 1e3
         return ChunkResult(frames=frames, chunk_index=index, timings_ms=timings, notices=notices,
                            noise_scale=v2v.noise_scale)
@@ -339,7 +360,7 @@ class StreamGenerator:
         clock.mark("vace")
 
         start = self.frame
-        x, x0, eps, g = self._x, self._x0, self._eps, self._rng
+        (x, x0, eps), g = self._buffers[self.next_chunk_latents], self._rng
         g.manual_seed(chunk_seed(seed, self.chunk_index))  # == chunk_generator(seed, chunk_index)
         if v2v is None:
             torch.randn(x.shape, generator=g, out=x)
@@ -389,7 +410,7 @@ class StreamGenerator:
         if self.kv.rope_mode != "absolute":
             return
         table = self.model.cfg.rope_max_positions
-        if self.frame - self.kv.origin + self.frames_per_chunk <= table:
+        if self.frame - self.kv.origin + self.next_chunk_latents <= table:
             return
         self.kv.set_rope_mode("relative")
         self.counters["rope_switches"] += 1
@@ -459,7 +480,7 @@ class StreamGenerator:
         retried chunk writes those same slots before any attention reads them."""
         kv_state, origin, prompt, text, (slots, calls, first, signature), conditioning, video_input = saved
         self.video_input.restore(video_input)
-        self.kv.state, self.kv.origin = kv_state, origin
+        self.kv.restore(kv_state, origin)
         self.prompt_state.__dict__.update(prompt)
         self.text = text
         st = self.decoder.state

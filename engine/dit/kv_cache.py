@@ -46,11 +46,11 @@ Interfaces (so new policies need no model change)
      ChunkPlan says which chunk frames go to which slots (`writes`), which slots to attend and in
      which order (`attend`), the RoPE frame positions of the queries (`q_positions`) and, in
      relative mode, of the attended keys (`key_positions`), and the state after the chunk.
-  Future policies: StreamDiffusionV2 (1-frame chunks, 3 sink + rolling, attend all) is
-  SinkWindow(window=6, sink=3) fed 1-frame chunks. RewardForcing (un-roped keys + EMA merge of
-  evicted frames into the sink) = rope_mode "relative" + a policy whose ChunkPlan adds
-  (evicted slot -> sink slot, weight) merges that a KVCache subclass applies in keys_values
-  before the writes. Krea (recompute the cache from context frames each chunk, clamped RoPE
+  Pipeline policies (engine.policies): StreamDiffusionV2 (1-frame chunks, 3 sink + rolling,
+  attend all) is SinkWindow(window=6, sink=3) fed 1-frame chunks. RewardForcing (un-roped keys +
+  EMA merge of evicted frames into the sink) = rope_mode "relative" + EmaSinkWindow, whose plans
+  carry (evicted slot -> sink slot) merges that its KVCache subclass (a policy's `cache_class`,
+  `attention_class`) applies in keys_values before the writes. Krea (recompute the cache from context frames each chunk, clamped RoPE
   start) = the generator resets the cache and runs a context pass with start_frame clamped; its
   attention bias on cached frames would be a per-slot additive bias returned as `attn.mask`.
 """
@@ -187,6 +187,8 @@ class CachedAttention:
 class KVCache:
     """Preallocated per-block K/V for one stream, driven by a slot policy (module docstring)."""
 
+    attention_class = CachedAttention  # a subclass may return its own attention context
+
     def __init__(self, policy: CachePolicy, *, num_layers: int, batch: int, grid_hw: tuple[int, int], num_heads: int,
                  head_dim: int, rope: RopeTable, dtype=torch.bfloat16, device=None, rope_mode: str = "absolute", origin: int = 0):
         if rope_mode not in ROPE_MODES:
@@ -238,10 +240,14 @@ class KVCache:
         plan = self.policy.plan(state, start, f, self.rope_mode)
         q_freqs = self.rope.token_freqs(plan.q_positions, h, w)
         k_freqs = None if plan.key_positions is None else self.rope.token_freqs(plan.key_positions, h, w)
-        return CachedAttention(self, plan, q_freqs, k_freqs)
+        return self.attention_class(self, plan, q_freqs, k_freqs)
 
     def commit(self, attn: CachedAttention) -> None:
         self.state = attn.plan.state
+
+    def restore(self, state: CacheState, origin: int) -> None:
+        """Go back to a state saved before a chunk that failed (the generator's rollback)."""
+        self.state, self.origin = state, origin
 
     def set_rope_mode(self, mode: str) -> None:
         """Switch RoPE mode keeping every cached frame (see module docstring for the cost)."""

@@ -13,12 +13,14 @@ Base-model interface the VACE wrapper (vace.py) relies on, and nothing else:
     cfg                               WanConfig
     patch_embedding                   Conv3d(in_dim -> dim, k = s = patch_size)
     embed_video(x) -> (tokens, grid)  tokens [B, L, dim] fp32, grid (F, h, w)
+    add_token_condition(tokens, c)    tokens + c after checking c is [B, L, dim] (None: unchanged)
     embed_time(t, batch, frames) -> (e [B,F,1,dim], e0 [B,F,6,dim])   fp32
     prepare_text(t5) -> TextState
     local_attention(grid, start_frame, mask=None) -> attention context for chunk-local attention
     blocks                            ModuleList; block(x, e0, text, attn, layer) -> x
     new_block() -> a fresh block of the same structure (used to build VACE blocks)
     forward(..., block_residuals={layer: tensor}, context_scale=s): x += s * residual after block
+    forward(..., add_condition=c [B, L, dim]): added to the embedded tokens before the blocks
     weights_version                   int bumped on weight changes (invalidates TextState K/V)
 """
 from __future__ import annotations
@@ -162,6 +164,18 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
         grid = tuple(u.shape[2:])
         return u.flatten(2).transpose(1, 2).contiguous().float(), grid
 
+    def add_token_condition(self, tokens: torch.Tensor, add_condition: torch.Tensor | None) -> torch.Tensor:
+        """tokens + add_condition (fp32), after checking that the condition is [B, L, dim] for
+        exactly these tokens; None returns the tokens untouched."""
+        if add_condition is None:
+            return tokens
+        if not isinstance(add_condition, torch.Tensor) or tuple(add_condition.shape) != tuple(tokens.shape):
+            got = tuple(add_condition.shape) if isinstance(add_condition, torch.Tensor) else type(add_condition).__name__
+            b, n, c = tokens.shape
+            raise ValueError(f"add_condition must be [B, L, C] = [{b}, {n}, {c}] (batch, this chunk's "
+                             f"frames x (H/16) x (W/16) tokens, model dim), got {got}")
+        return tokens + add_condition.to(device=tokens.device, dtype=tokens.dtype)
+
     def embed_time(self, t, batch: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """t: [B, F] per-frame timesteps (also accepts [B], a 0-d tensor or a float)."""
         device = self.patch_embedding.weight.device
@@ -204,7 +218,7 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
         _, ph, pw = self.cfg.patch_size
         if latent_hw[0] % ph or latent_hw[1] % pw:
             raise ValueError(f"latent size {latent_hw} is not a multiple of the patch {self.cfg.patch_size}")
-        return KVCache(
+        return getattr(policy, "cache_class", KVCache)(
             policy,
             num_layers=self.cfg.num_layers,
             batch=batch,
@@ -232,17 +246,21 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
         hints=None,
         block_residuals: Mapping[int, torch.Tensor] | None = None,
         attn_mask: torch.Tensor | None = None,
+        add_condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow prediction [B, out_dim, F, H/8, W/8] (fp32) for latents x [B, in_dim, F, H/8, W/8].
 
         t: [B, F] per-frame timesteps; text: TextState from prepare_text; kv: a KV cache (None =
         the chunk attends only to itself, optionally with `attn_mask` [L, L]); start_frame: the
         chunk's first latent frame index in the stream; block_residuals: {layer: [B, L, dim]}
-        added as `x + context_scale * r` after that main block (how VACE hints are injected).
+        added as `x + context_scale * r` after that main block (how VACE hints are injected);
+        add_condition: [B, L, dim] per-token condition added to the patch-embedded tokens before
+        the first block (UniAnimate-DiT's `x = add_condition + x`); None = no addition at all.
         """
         if vace_context is not None or hints is not None:
             raise ValueError("this base model has no VACE blocks: wrap it with VaceWanModel to use vace_context/hints")
         tokens, grid = self.embed_video(x)
+        tokens = self.add_token_condition(tokens, add_condition)
         batch, frames = x.shape[0], grid[0]
         e, e0 = self.embed_time(t, batch, frames)
         text.sync(self.weights_version)
