@@ -88,12 +88,16 @@ class VaceWanModel(Fp32ParamsMixin, nn.Module):
         return self.base.new_kv_cache(policy, **kwargs)
 
     def compute_hints(self, x: torch.Tensor, t, text: TextState, vace_context: torch.Tensor,
-                      vace_prefix: torch.Tensor | None = None) -> list[torch.Tensor]:
+                      vace_prefix: torch.Tensor | None = None,
+                      add_condition: torch.Tensor | None = None) -> list[torch.Tensor]:
         """One hint [B, L, dim] per VACE block for this chunk's L tokens (reusable across
         denoising steps). vace_prefix [B, 16, P, h, w]: clean reference latents run in front of
-        the chunk (vace_context then has P + F frames); their hints are computed but not returned."""
+        the chunk (vace_context then has P + F frames); their hints are computed but not returned.
+        add_condition [B, L, dim]: the chunk's token condition; the hint stream starts from the
+        same embedded tokens as the main blocks (x_embedded includes it)."""
         base = self.base
         tokens, grid = base.embed_video(x)
+        tokens = base.add_token_condition(tokens, add_condition)
         e0 = base.embed_time(t, x.shape[0], grid[0])[1]
         text.sync(base.weights_version)
         skip = 0
@@ -144,17 +148,20 @@ class VaceWanModel(Fp32ParamsMixin, nn.Module):
     def forward(self, x, t, text: TextState, kv=None, start_frame: int = 0, *, vace_context=None,
                 vace_prefix: torch.Tensor | None = None,
                 context_scale: float = 1.0, hints: Sequence[torch.Tensor] | None = None,
-                block_residuals: Mapping[int, torch.Tensor] | None = None, attn_mask=None) -> torch.Tensor:
+                block_residuals: Mapping[int, torch.Tensor] | None = None, attn_mask=None,
+                add_condition: torch.Tensor | None = None) -> torch.Tensor:
         """Base forward plus VACE hints. vace_context=None and hints=None ⇒ exactly the base
         forward (the clean and re-cache passes). context_scale == 0 skips the hint stream.
-        vace_prefix: reference latents for the hint stream (see compute_hints)."""
+        vace_prefix: reference latents for the hint stream (see compute_hints); add_condition:
+        the per-token condition, passed to the base (and to the hint stream when it runs here)."""
         residuals = dict(block_residuals or {})
         if context_scale != 0 and (hints is not None or vace_context is not None):
             if hints is None:
-                hints = self.compute_hints(x, t, text, vace_context, vace_prefix)
+                hints = self.compute_hints(x, t, text, vace_context, vace_prefix, add_condition)
             if len(hints) != len(self.vace_layers):
                 raise ValueError(f"got {len(hints)} hints for {len(self.vace_layers)} VACE blocks")
             for layer, hint in zip(self.vace_layers, hints):
                 residuals[layer] = hint if layer not in residuals else residuals[layer] + hint
         return self.base.forward(x, t, text, kv, start_frame, context_scale=context_scale,
-                                 block_residuals=residuals or None, attn_mask=attn_mask)
+                                 block_residuals=residuals or None, attn_mask=attn_mask,
+                                 add_condition=add_condition)
