@@ -68,6 +68,11 @@ def test_relay_holds_through_an_engine_crash_and_restores_state(tmp_path):
         engine.proc.wait(10)
         t_kill = time.monotonic()
         wait_until(lambda: [m for m in peer.got("/vace/error") if m[0] > t_kill], 15, "/vace/error")
+        assert any(m[2][0] > 0 for m in peer.got("/vace/status/fps") if m[0] < t_kill)
+        t_err = peer.got("/vace/error")[-1][0]
+        wait_until(lambda: len([m for m in peer.got("/vace/status/fps") if m[0] > t_err]) >= 2, 5,
+                   "status")
+        assert peer.got("/vace/status/fps")[-1][2][0] == 0.0  # not the dead engine's last rate
         time.sleep(1.5)
         held = [it for it in reader.since(t_kill + 1.2)]  # the buffer has run dry by now
         assert len(held) >= 5, "the relay output stopped when the engine died"
@@ -82,6 +87,8 @@ def test_relay_holds_through_an_engine_crash_and_restores_state(tmp_path):
         t_back = time.monotonic()
         wait_until(lambda: any(not np.array_equal(it[2], held[0][2]) for it in reader.since(t_back)),
                    30, "new frames from the new engine")
+        wait_until(lambda: any(m[0] > t_back and m[2][0] > 0 for m in peer.got("/vace/status/fps")),
+                   30, "a generation rate again")
         assert "first prompt" not in engine2.text()  # it got the current state, not the initial
         assert gen.stats["reconnects"] >= 1
     finally:

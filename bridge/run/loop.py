@@ -31,6 +31,7 @@ from typing import Any, Callable, Protocol
 
 from vacelive.bridge.pacer import Pacer
 from vacelive.bridge.run.inputs import ExtensionInput, RefsInput
+from vacelive.bridge.run.v2v_input import V2VInput
 from vacelive.bridge.run.media import write_png
 from vacelive.bridge.run.request_fields import request_fields
 from vacelive.bridge.store import ParamStore, Snapshot
@@ -134,6 +135,7 @@ class RunLoop:
         control: Any = None,  # FrameHistory of the control/source video
         mask: Any = None,  # FrameHistory of the mask texture
         ref: Any = None,  # FrameHistory of the live reference texture
+        input_video: Any = None,  # FrameHistory of the V2V input texture (None: control is the input)
         reporter: Reporter | None = None,
         snapshot_dir: str | Path = "vacelive-snapshots",
         pacer: Pacer | None = None,
@@ -152,6 +154,7 @@ class RunLoop:
         fps = store.get("output_fps")
         self.pacer = pacer or Pacer(self.tap, target_fps=fps or None, **(pacer_options or {}))
         self.refs = RefsInput(ref)
+        self.v2v_input = V2VInput(input_video)
         self.extension = ExtensionInput()
         store.add_listener(self.refs.writes)
         store.add_listener(self.extension.writes)
@@ -169,7 +172,11 @@ class RunLoop:
         self.errors = 0  # failed chunks
         self.last_chunk_index = -1
         self.last_latency_ms = 0.0
+        self.last_timings: dict[str, float] = {}  # the last chunk's ChunkResult.timings_ms
         self.paused = False
+        self.skipped = 0  # chunks the engine skipped (similarity skip: the last frame again)
+        self.last_noise_scale: float | None = None  # V2V noise scale of the last chunk (None: text)
+        self._throttle = False  # the last chunk was skipped: pace the next one on the output
         self.describe: dict[str, Any] = {}
         try:
             self.describe = dict(generator.describe())
@@ -211,7 +218,8 @@ class RunLoop:
     def status(self) -> dict[str, Any]:
         ps = self.pacer.stats
         return {
-            "fps": 0.0 if self.paused else float(ps.fps_generation or 0.0),
+            # no frames are made while paused or while chunks fail (an engine that is down)
+            "fps": 0.0 if self.paused or self._failures else float(ps.fps_generation or 0.0),
             "fps_out": float(ps.fps_out),
             "latency_ms": float(self.last_latency_ms),
             "chunk": int(self.last_chunk_index),
@@ -220,6 +228,10 @@ class RunLoop:
             "errors": int(self.errors),
             "paused": bool(self.paused),
             "jitter_p99_ms": float(ps.jitter_p99_ms),
+            "annotator_ms": float(self.last_timings.get("annotator", 0.0)),
+            "annotator_lag": int(self.last_timings.get("annotator_lag", 0)),
+            "noise_scale_used": -1.0 if self.last_noise_scale is None else float(self.last_noise_scale),
+            "skipped": int(self.skipped),
         }
 
     def _gpu_mem_mb(self) -> float:
@@ -254,7 +266,9 @@ class RunLoop:
             if self.paused:
                 log.info("resumed")
             self.paused = False
-            if self.pacer.target_fps and self.pacer.stats.buffered > self._frames_needed():
+            # Fixed fps, or after a similarity skip (which returns at once): generating further
+            # ahead than one chunk of buffered frames only adds latency.
+            if (self.pacer.target_fps or self._throttle) and self.pacer.stats.buffered > self._frames_needed():
                 self._stop.wait(0.002)
                 continue
             return True
@@ -337,6 +351,7 @@ class RunLoop:
             window = self.control.window(n)
             if window is not None:
                 fields["video"] = window.frames
+        fields.update(self.v2v_input.fields(snap.values, n, fields.get("video"), self.control))
         if snap["mask_enabled"] and self.mask is not None:
             latest = self.mask.latest()
             if latest is not None:
@@ -357,6 +372,11 @@ class RunLoop:
         self.chunks += 1
         self.last_chunk_index = int(result.chunk_index)
         self.last_latency_ms = record.latency_ms
+        self._throttle = bool(getattr(result, "skipped", False))
+        self.skipped += self._throttle
+        if not self._throttle:
+            self.last_noise_scale = getattr(result, "noise_scale", None)
+        self.last_timings = dict(getattr(result, "timings_ms", None) or {})
         if len(result.frames):
             self.pacer.push(result.frames)
         notices = frozenset(result.notices)
