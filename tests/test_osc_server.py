@@ -231,7 +231,7 @@ REJECTED = [
     ("/vace/steps", [], "expects one value, got 0"),
     ("/vace/steps", [1, 2], "expects one value, got 2"),
     ("/vace/annotator", ["bogus"], "not one of"),
-    ("/vace/annotator", [9], "index 9"),
+    ("/vace/annotator", [11], "index 11"),
     ("/vace/annotator/index", ["depth"], "index number"),
     ("/vace/pause", ["maybe"], "expected a bool"),
     ("/vace/prompts", [0.5, "a"], "expected text at position 1"),

@@ -96,7 +96,7 @@ def test_coerce_table(name, value, expected):
 @pytest.mark.parametrize("name, value", [
     ("steps", "abc"), ("steps", float("nan")), ("steps", float("inf")), ("steps", None),
     ("steps", [1, 2]), ("context_scale", "1,5"), ("pause", "maybe"), ("pause", None),
-    ("annotator", "bogus"), ("annotator", 6), ("annotator", -1), ("annotator", 1.5),
+    ("annotator", "bogus"), ("annotator", 11), ("annotator", -1), ("annotator", 1.5),
     ("annotator", True), ("prompt", None), ("prompt", "x" * 5000), ("prompt", "a\x00b"),
     ("refs", ["a", "b", "c", "d"]), ("refs", 3j), ("prompts", [0.5, "a"]), ("prompts", ["a", 0]),
     ("prompts", []), ("prompts", [{"weight": 1}]), ("prompts", ["t"] * 9), ("prompts", 5),

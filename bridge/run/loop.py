@@ -173,6 +173,7 @@ class RunLoop:
         self.last_chunk_index = -1
         self.last_latency_ms = 0.0
         self.last_timings: dict[str, float] = {}  # the last chunk's ChunkResult.timings_ms
+        self.last_timings: dict[str, float] = {}  # the last chunk's ChunkResult.timings_ms
         self.paused = False
         self.skipped = 0  # chunks the engine skipped (similarity skip: the last frame again)
         self.last_noise_scale: float | None = None  # V2V noise scale of the last chunk (None: text)
@@ -228,6 +229,8 @@ class RunLoop:
             "errors": int(self.errors),
             "paused": bool(self.paused),
             "jitter_p99_ms": float(ps.jitter_p99_ms),
+            "annotator_ms": float(self.last_timings.get("annotator", 0.0)),
+            "annotator_lag": int(self.last_timings.get("annotator_lag", 0)),
             "annotator_ms": float(self.last_timings.get("annotator", 0.0)),
             "annotator_lag": int(self.last_timings.get("annotator_lag", 0)),
             "noise_scale_used": -1.0 if self.last_noise_scale is None else float(self.last_noise_scale),
@@ -372,6 +375,7 @@ class RunLoop:
         self.chunks += 1
         self.last_chunk_index = int(result.chunk_index)
         self.last_latency_ms = record.latency_ms
+        self.last_timings = dict(getattr(result, "timings_ms", None) or {})
         self._throttle = bool(getattr(result, "skipped", False))
         self.skipped += self._throttle
         if not self._throttle:

@@ -12,6 +12,7 @@ from dataclasses import fields
 from functools import lru_cache
 from typing import Any
 
+from vacelive.bridge.layout import request_layout
 from vacelive.bridge.schema import DEFAULT_SCHEMA
 from vacelive.bridge.store import Snapshot
 from vacelive.engine.request import ChunkRequest, Outpaint, Prompt
@@ -43,4 +44,5 @@ def request_fields(snap: Snapshot) -> dict[str, Any]:
     out["lora_scales"] = {n[5:]: s for n, s in v.items() if n.startswith("lora/")}
     out["outpaint"] = outpaint(v["outpaint_direction"], v["outpaint_ratio"])
     out["reset"] = snap.action("reset") is not None
+    out["layout"] = request_layout(v["layout_boxes"])
     return out
