@@ -13,6 +13,8 @@ from vacelive.engine.models_dir import (
     models_dir,
     require,
 )
+from vacelive.engine.annotator_models import ANNOTATOR_MODELS, AnnotatorDownloadError, AnnotatorModel
+from vacelive.engine.annotator_models import download as download_annotator
 from vacelive.engine.pipelines import CODECS, PLANNED_RECIPES, RECIPES, TEXT_ENCODERS, Recipe, WeightOptions, get_recipe
 
 
@@ -26,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, help_text in specs.items():
         p = actions.add_parser(name, help=help_text, description=help_text)
         p.add_argument("pipeline", nargs="?" if name == "list" else None,
-                       help=f"one of: {', '.join(RECIPES)}")
+                       help=f"a pipeline ({', '.join(RECIPES)}) or an annotator "
+                            f"({', '.join(ANNOTATOR_MODELS)})")
         p.add_argument("--models", metavar="DIR", help=f"models folder (default: ${ENV_VAR} or ~/.vacelive/models)")
         p.add_argument("--codec", choices=CODECS, default="wan", help="VAE used by the run (default wan)")
         p.add_argument("--text-encoder", choices=TEXT_ENCODERS, default="bf16",
@@ -40,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pipeline in ANNOTATOR_MODELS:
+        return _annotator(args, ANNOTATOR_MODELS[args.pipeline], models_dir(args.models))
     try:
         options = WeightOptions(codec=args.codec, text_encoder=args.text_encoder)
         recipes = [get_recipe(args.pipeline)] if args.pipeline else list(RECIPES.values())
@@ -79,6 +84,35 @@ def _list(recipes: list[Recipe], options: WeightOptions, root) -> int:
             print(f"  {'':<16} {'':<13} <- {f.repo_id} : {f.filename}{when}{unverified}")
     if len(recipes) > 1:
         print("\nplanned (not implemented yet): " + ", ".join(PLANNED_RECIPES))
+        print("\nannotators (vacelive weights download <name>):")
+        for m in ANNOTATOR_MODELS.values():
+            for f in m.files:
+                path = root / f.path
+                state = "ok" if path.is_file() and path.stat().st_size > 0 else "missing"
+                print(f"  {state:<16} {m.name:<13} {f.path}")
+                print(f"  {'':<16} {'':<13} <- {f.source}  [{m.license}]")
+    return 0
+
+
+def _annotator(args: argparse.Namespace, model: AnnotatorModel, root) -> int:
+    """list / check / download of one annotator's weights (engine.annotator_models)."""
+    if args.action == "download":
+        try:
+            placed = download_annotator(model, root, cache_dir=args.hf_cache, local_files_only=args.offline)
+        except AnnotatorDownloadError as exc:
+            print(f"vacelive weights: {exc}", file=sys.stderr)
+            return 1
+        print(f"{len(placed)} file(s) downloaded.")
+    missing = model.missing(root)
+    if missing:
+        print(f"{model.name} ({model.title}): {len(missing)} file(s) missing in {root}:", file=sys.stderr)
+        for f in missing:
+            print(f"  - {root / f.path}\n      from {f.source}", file=sys.stderr)
+        print(f"Download them with:\n  {model.download_command} --models {root}", file=sys.stderr)
+        return 1
+    print(f"{model.name} ({model.title}, {model.license}): all {len(model.files)} file(s) present in {root}")
+    for f in model.files:
+        print(f"  {root / f.path}")
     return 0
 
 
