@@ -18,6 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from vacelive.bridge.argtypes import ranged, size_px
 from vacelive.bridge.osc import add_cli_arguments as add_osc_arguments
 
 # Groups of flags a command can register (serve: model, io, osc, run; engine: model, listen;
@@ -69,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser, *groups: str) -> None:
                        "(KEYS/relay, holds engine.key too); needed when the engine uses keys")
         g.add_argument("--link-codec", choices=("raw", "jpeg"), default="raw",
                        help="frames over the link: raw (10 GbE, loopback) or jpeg (1 GbE)")
-        g.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..100")
+        g.add_argument("--jpeg-quality", type=ranged(int, 1, 100), default=90, help="JPEG quality 1..100")
     if "io" in groups:
         g = parser.add_argument_group("textures (SPEC = shm:NAME | spout:NAME | syphon:[APP/]NAME | none)")
         g.add_argument("--control", default=default_spec("vacelive-control"), metavar="SPEC",
@@ -84,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser, *groups: str) -> None:
         add_osc_arguments(parser)
     if "run" in groups:
         g = parser.add_argument_group("output")
-        g.add_argument("--fps", type=float, default=0.0,
+        g.add_argument("--fps", type=ranged(float, 0, 120), default=0.0,
                        help="output frame rate (0 = follow the measured generation rate); "
                        "the live parameter /vace/output_fps changes it on stage")
         g.add_argument("--snapshots", default="vacelive-snapshots", metavar="DIR",
@@ -106,8 +107,8 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
                    "self-forcing); `vacelive weights list` shows them")
     g.add_argument("--models", metavar="DIR", help="models folder (default $VACELIVE_MODELS or "
                    "~/.vacelive/models)")
-    g.add_argument("--width", type=int, default=832, help="generation width (multiple of 16)")
-    g.add_argument("--height", type=int, default=480, help="generation height (multiple of 16)")
+    g.add_argument("--width", type=size_px, default=832, help="generation width (multiple of 16)")
+    g.add_argument("--height", type=size_px, default=480, help="generation height (multiple of 16)")
     g.add_argument("--codec", choices=("wan", "tae", "lighttae"), default="wan",
                    help="VAE that encodes inputs and decodes frames")
     g.add_argument("--device", default="cuda", help="torch device (cuda, cuda:1, cpu)")

@@ -52,13 +52,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 
 from vacelive.engine.codecs import pixel_frames
+from vacelive.engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD, LatentNormalizer
 from vacelive.engine.dit.attention import SDPA_BACKENDS, sdpa_context
 from vacelive.engine.pipelines import Recipe, get_recipe
+from vacelive.engine.pose.timeline import chunk_pixel_range
 from vacelive.engine.policies import cache_policy
 from vacelive.engine.request import ChunkRequest, ChunkResult
 from vacelive.engine.schedule import FlowSchedule, chunk_seed, renoise, x0_from_flow
@@ -69,7 +72,7 @@ from vacelive.engine.v2v import V2VChunk, VideoInput
 log = logging.getLogger(__name__)
 
 ROPE_SETTINGS = ("auto", "absolute", "relative")
-STAGES = ("input", "text", "recache", "vace", "hints", "dit", "decode", "output")
+STAGES = ("input", "text", "recache", "pose", "vace", "hints", "dit", "decode", "output")
 CONTEXT_SCALE_RANGE = (0.0, 2.0)
 LORA_SCALE_RANGE = (0.0, 2.0)  # the OSC schema's /vace/lora/<name> range
 BATCH = 1
@@ -95,13 +98,15 @@ class StreamGenerator:
         fp8: bool = False,
         sdpa: str = "auto",
         embedding_cache_size: int = 32,
+        pose=None,
     ):
         """model: CausalWanModel or VaceWanModel; codec: engine.codecs.Codec; text_encoder: anything
         with `.encode(list[str]) -> [B, L, text_dim]` (engine.text.TextEncoder); conditioner:
         engine.vace_input.Conditioner (needs a VaceWanModel) or None for text-only; loras:
         engine.lora.LoraSet of `model` (live scales) or None.
         Speed switches (the exact path is the default): compile (DiT blocks), compile_codec,
-        fp8 (e4m3 block Linears, engine.dit.fp8), sdpa (attention backend, SDPA_BACKENDS)."""
+        fp8 (e4m3 block Linears, engine.dit.fp8), sdpa (attention backend, SDPA_BACKENDS).
+        pose: engine.pose.PoseConditioner (UniAnimate pose tokens through add_condition) or None."""
         self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         if rope not in ROPE_SETTINGS:
             raise ValueError(f"rope must be one of {ROPE_SETTINGS}, got {rope!r}")
@@ -142,12 +147,20 @@ class StreamGenerator:
         self._held: torch.Tensor | None = None  # last output frame (similarity skip re-sends it)
         self.prompt_state = PromptState(EmbeddingCache(text_encoder.encode, capacity=embedding_cache_size))
         self.text = None  # TextState of the current prompt embedding
+        self.pose = pose
+        if pose is not None:
+            pose.keep_frames = cache.local_frames  # conditions the KV re-cache re-runs with
+            if pose.annotators is None and conditioner is not None:
+                pose.annotators = getattr(conditioner, "annotators", None)  # one DWPose for both
 
         # fp32 latents being denoised, x0 and noise: one set per chunk length (StreamDiffusionV2's
         # first chunk has 2 latent frames, the others 1)
         self._buffers = {n: tuple(torch.empty((BATCH, cfg.in_dim, n, *latent_hw), device=self.device) for _ in range(3))
                          for n in {self.recipe.chunk_latents(True), self.frames_per_chunk}}
         self._x, self._x0, self._eps = self._buffers[self.frames_per_chunk]
+        # StreamDiffusionV2 feeds encoded video un-normalised (recipe.vae_latents "raw"): V2V input
+        # latents are turned into raw mu = z * std + mean, VACE contexts by the conditioner.
+        self._raw_latents = LatentNormalizer(WAN_LATENT_MEAN, WAN_LATENT_STD) if self.recipe.vae_latents == "raw" else None
         if conditioner is not None and hasattr(conditioner, "set_stream_layout"):
             conditioner.set_stream_layout(chunk_frames=pixel_frames(self.frames_per_chunk, first=False),
                                           raw_latents=self.recipe.vae_latents == "raw")
@@ -167,6 +180,7 @@ class StreamGenerator:
         self.frame = 0  # latent frames generated since the last reset (= the next chunk's start frame)
         self.chunk_index = 0  # chunks generated since the last reset (selects the noise)
         self._warned_no_vace = False
+        self._warned_no_pose = False
 
     # ---- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -253,12 +267,15 @@ class StreamGenerator:
         self.decoder.reset()
         if self.conditioner is not None:
             self.conditioner.reset()
+        if self.pose is not None:
+            self.pose.reset()
         self.video_input.reset()
         self._held = None
         self.prompt_state.reset()
         self.text = None
         self.frame = self.chunk_index = 0
         self._warned_no_vace = False
+        self._warned_no_pose = False
         self.counters["resets"] += 1
 
     def describe(self) -> dict[str, Any]:
@@ -288,6 +305,7 @@ class StreamGenerator:
             "chunk_index": self.chunk_index,
             "frame": self.frame,
             "next_chunk_frames": self.next_chunk_frames,
+            "pose": self.pose.describe() if self.pose is not None else None,
         }
 
     def step(self, request: ChunkRequest) -> ChunkResult:
@@ -356,6 +374,8 @@ class StreamGenerator:
             clock.mark("recache")
         self._ensure_rope_room(notices)
 
+        cond, request = self._pose_condition(request, notices)
+        clock.mark("pose")
         vace = self._vace_kwargs(request, notices)
         clock.mark("vace")
 
@@ -366,7 +386,8 @@ class StreamGenerator:
             torch.randn(x.shape, generator=g, out=x)
         else:  # V2V: the same first draw noises the input latent: x = (1 - sigma) x0 + sigma eps
             torch.randn(eps.shape, generator=g, out=eps)
-            renoise(v2v.latents.to(x.dtype), eps, v2v.noise_sigma, out=x)
+            src = v2v.latents if self._raw_latents is None else self._raw_latents.denormalize(v2v.latents)
+            renoise(src.to(x.dtype), eps, v2v.noise_sigma, out=x)
             plan = v2v.plan
             if not len(plan):  # noise scale 0: the input's latent is the chunk
                 x0.copy_(x)
@@ -375,18 +396,20 @@ class StreamGenerator:
             t = plan.timestep_tensor[i]
             if vace is not None and scale != 0:
                 if hints is None or not request.hint_reuse:
-                    hints = model.compute_hints(x, t, self.text, **vace)
+                    hints = model.compute_hints(x, t, self.text, add_condition=cond, **vace)
                     clock.mark("hints")
-                flow = model(x, t, self.text, kv, start, hints=hints, context_scale=scale)
+                flow = model(x, t, self.text, kv, start, hints=hints, context_scale=scale, add_condition=cond)
             else:
-                flow = model(x, t, self.text, kv, start)
+                flow = model(x, t, self.text, kv, start, add_condition=cond)
             x0_from_flow(x, flow, plan.sigmas[i], out=x0)
             sigma_next = plan.sigma_next(i)
             if sigma_next is not None:
                 torch.randn(eps.shape, generator=g, out=eps)
                 renoise(x0, eps, sigma_next, out=x)
             clock.mark("dit")
-        model(x0, plan.context_tensor, self.text, kv, start)  # clean pass: commits K/V, no VACE
+        # clean pass: commits K/V, no VACE; the pose condition stays (as in the Self-Forcing pose
+        # port: the cached frame is the frame as the model saw it)
+        model(x0, plan.context_tensor, self.text, kv, start, add_condition=cond)
         clock.mark("dit")
 
         decoded = self.decoder.decode(x0)
@@ -402,7 +425,8 @@ class StreamGenerator:
         latents = self.history.last(n)
         if not self.recipe.cache.global_sink:
             self.kv.reset(origin=start)  # re-cached frames become the new sink + window
-        self.model(latents, context_t, self.text, self.kv, start)
+        cond = self.pose.condition_for(start, n) if self.pose is not None else None
+        self.model(latents, context_t, self.text, self.kv, start, add_condition=cond)
         self.counters["recaches"] += 1
 
     def _ensure_rope_room(self, notices: list[str]) -> None:
@@ -421,6 +445,24 @@ class StreamGenerator:
             notices.append(msg)
         else:
             log.info("%s", msg)
+
+    def _pose_condition(self, request: ChunkRequest, notices: list[str]):
+        """(this chunk's pose tokens [1, L, dim] or None, the request VACE should see). With VACE's
+        pose control on the same video, VACE takes the pose conditioner's renderings (one DWPose
+        run); with a mask VACE annotates itself (control inside the mask)."""
+        if self.pose is None:
+            if getattr(request, "pose_strength", 0) and not self._warned_no_pose:
+                notices.append("this generator has no pose embedding loaded (docs/pose.md): pose strength is ignored")
+                self._warned_no_pose = True
+            return None, request
+        n = self.next_chunk_latents
+        pixel_start = chunk_pixel_range(self.frame, n)[0]
+        chunk = self.pose.prepare(request, start_frame=self.frame, num_latents=n,
+                                  num_frames=self.next_chunk_frames, pixel_start=pixel_start)
+        notices.extend(self.pose.notices)
+        if chunk.rendered is not None and request.annotator == "pose" and request.mask is None:
+            request = replace(request, video=chunk.rendered, annotator="none")
+        return chunk.condition, request
 
     def _vace_kwargs(self, request: ChunkRequest, notices: list[str]) -> dict | None:
         if self.conditioner is None:
@@ -472,13 +514,16 @@ class StreamGenerator:
         cond = self.conditioner
         return (self.kv.state, self.kv.origin, dict(self.prompt_state.__dict__), self.text,
                 (dict(st.slots), st.calls, st.first, st.signature),
-                cond.snapshot() if hasattr(cond, "snapshot") else None, self.video_input.snapshot())
+                cond.snapshot() if hasattr(cond, "snapshot") else None, self.video_input.snapshot(),
+                self.pose.snapshot() if self.pose is not None else None)
 
     def _restore(self, saved) -> None:
         """Undo a failed chunk. KV storage may hold K/V of the failed chunk in slots that the
         restored state marks as free or as older frames: the cache policy is frame-indexed, so the
         retried chunk writes those same slots before any attention reads them."""
-        kv_state, origin, prompt, text, (slots, calls, first, signature), conditioning, video_input = saved
+        kv_state, origin, prompt, text, (slots, calls, first, signature), conditioning, video_input, pose = saved
+        if pose is not None:
+            self.pose.restore(pose)
         self.video_input.restore(video_input)
         self.kv.restore(kv_state, origin)
         self.prompt_state.__dict__.update(prompt)
