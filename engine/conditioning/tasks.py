@@ -22,7 +22,6 @@ from vacelive.engine.conditioning.inputs import InputError, fit, frames01, to_rg
 from vacelive.engine.request import ChunkRequest, Extension, Outpaint
 
 MAX_REFS = 3
-STEADY_CHUNK_FRAMES = 12
 
 
 @dataclass(frozen=True)
@@ -197,7 +196,10 @@ class ExtensionPlan:
     (or the control/source video when there is one). `take(n)` hands out the next chunk's part.
     """
 
-    def __init__(self, ext: Extension, first_chunk_frames: int, device: torch.device, notices: list[str]) -> None:
+    def __init__(self, ext: Extension, first_chunk_frames: int, chunk_frames: int, device: torch.device,
+                 notices: list[str]) -> None:
+        """first_chunk_frames: pixel frames of the arrival chunk; chunk_frames: of every later chunk
+        (the pipeline's: 12 for 3-latent chunks, 4 for StreamDiffusionV2's 1-latent chunks)."""
         mode = ext.mode
         if mode in FRAME_MODES:
             want_first, want_last = FRAME_MODES[mode]
@@ -215,14 +217,14 @@ class ExtensionPlan:
             raise InputError(f"Extension chunks must be a whole number, got {ext.chunks!r}; extension ignored.")
         self.mode = mode
         self.chunks = max(1, chunks)
-        self.total = first_chunk_frames + STEADY_CHUNK_FRAMES * (self.chunks - 1)
+        self.total = first_chunk_frames + chunk_frames * (self.chunks - 1)
         self.offset = 0
         first = self._anchor(ext.first, "first", clips, device, notices) if want_first else None
         last = self._anchor(ext.last, "last", clips, device, notices) if want_last else None
         if first is not None and not clips:  # image: hold it over the arrival chunk's first group
             first = first.expand(chunk_groups(first_chunk_frames)[0][1], -1, -1, -1)
         if last is not None and not clips:  # ... and over the span's last group
-            last_chunk = first_chunk_frames if self.chunks == 1 else STEADY_CHUNK_FRAMES
+            last_chunk = first_chunk_frames if self.chunks == 1 else chunk_frames
             g0, g1 = chunk_groups(last_chunk)[-1]
             last = last.expand(g1 - g0, -1, -1, -1)
         # span frame -> (anchor, frame) lookup; the first anchor wins an overlap
