@@ -116,9 +116,10 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
                    help="model compute dtype (default: bf16 on a GPU, fp32 on the CPU)")
     g.add_argument("--text-encoder", choices=("bf16", "fp8"), default="bf16",
                    help="umT5 weights file: bf16 (reference) or the fp8 download (upcast on load)")
-    g.add_argument("--text-placement", choices=("gpu", "cpu", "offload"), default="gpu",
+    g.add_argument("--text-placement", choices=("gpu", "cpu", "offload"), default=None,
                    help="where umT5 runs: gpu (~30 ms per new prompt, 11 GB of VRAM), cpu, or "
-                   "offload (on the GPU only while encoding)")
+                   "offload (on the GPU only while encoding); default: gpu, or cpu with "
+                   "--device cpu")
     g.add_argument("--rope", choices=("auto", "absolute", "relative"), default="auto",
                    help="frame positions: auto = reference absolute positions until the 1024-frame "
                    "table end, then window-relative forever (docs/streaming.md)")
@@ -187,10 +188,39 @@ def read_config_file(path: str | Path, parser_factory) -> tuple[dict[str, Any], 
     try:
         ns = parser.parse_args(argv)
     except argparse.ArgumentError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        key = (exc.argument_name or "").split("/")[-1].lstrip("-").replace("-", "_")
+        raise ConfigError(f"{source}: {key}: {exc.message}" if key else f"{source}: {exc}") from None
+    check_params(params, source)
     settings = {d: getattr(ns, d) for d in actions if getattr(ns, d, None) is not None}
     settings.pop("config", None)
     return settings, params
+
+
+def check_params(params: dict[str, Any], source: str) -> None:
+    """The [params] table by the OSC rules, except that a value out of range is an error naming
+    the file and the key (OSC clamps a fader; a file is a decision). LoRA names are checked by
+    the session, which knows the engine's LoRAs."""
+    from vacelive.bridge.param_types import ParamError
+    from vacelive.bridge.schema import build_schema
+
+    loras = [k[5:] for k in params if k.startswith("lora/") and k != "lora/pipeline"]
+    try:
+        schema = build_schema(loras)
+    except (ParamError, ValueError) as exc:
+        raise ConfigError(f"{source}: [params] {exc}") from None
+    for key, value in params.items():
+        p = schema.get(key)
+        if p is None or not p.live or p.type == "action":
+            close = difflib.get_close_matches(key, [q.name for q in schema.live], n=1)
+            why = ("is a load-time setting; put it above [params]" if p is not None and not p.live
+                   else "is an action, not a value" if p is not None
+                   else "is not a live parameter" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"{source}: [params] {key} {why}")
+        try:
+            p.coerce(value, clamp=False)
+        except ParamError as exc:
+            why = str(exc).removeprefix(f"{p.name}: ")
+            raise ConfigError(f"{source}: [params] {key}: {why}") from None
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
@@ -218,6 +248,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         else:
             value = default
         setattr(merged, dest, value)
+    if "text_placement" in defaults and merged.text_placement is None:
+        merged.text_placement = "cpu" if str(merged.device).startswith("cpu") else "gpu"
     merged.params = params
     return merged
 

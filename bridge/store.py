@@ -77,7 +77,7 @@ class ParamStore:
                 raise ParamError(f"{name} is a live parameter, not a load-time one")
             self._load_time[name] = p.coerce(value, clamp=None)  # what runs, even off-range
         if initial:
-            self._values.update(self.prepare(initial))
+            self._values.update(self.prepare(initial, clamp=False))  # a file's value: no clamping
         self._actions: dict[str, Action] = {}
         self._pending: Morph | None = None
         self._morph: Morph | None = None

@@ -70,14 +70,15 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("OSC control")
     g.add_argument("--osc-host", default="127.0.0.1",
                    help="bind address; 0.0.0.0 accepts control from the LAN (default: loopback)")
-    g.add_argument("--osc-port", type=ranged(int, 0, 65535), default=DEFAULT_PORT, help="OSC UDP port")
+    g.add_argument("--osc-port", type=ranged(int, 0, 65535), default=DEFAULT_PORT,
+                   help="OSC UDP port")
     g.add_argument("--osc-feedback", type=parse_hostport, action="append", metavar="HOST:PORT",
                    help="also send echoes/status/errors here, e.g. TouchDesigner's OSC In "
                    "(repeatable)")
-    g.add_argument("--oscquery-port", type=ranged(int, 0, 65535),
-                   default=DEFAULT_OSCQUERY_PORT,
+    g.add_argument("--oscquery-port", type=ranged(int, 0, 65535), default=DEFAULT_OSCQUERY_PORT,
                    help="OSCQuery HTTP port (0 = off)")
-    g.add_argument("--status-hz", type=ranged(float, 0.1, 100), default=4.0, help="status messages per second")
+    g.add_argument("--status-hz", type=ranged(float, 0.1, 100), default=4.0,
+                   help="status messages per second")
     g.add_argument("--presets-dir", default=None,
                    help="user preset folder (default: $VACELIVE_PRESETS_DIR or "
                    "~/.config/vacelive/presets)")

@@ -43,6 +43,7 @@ class SessionOptions:
     fps: float = 0.0
     snapshots: str = "vacelive-snapshots"
     params: dict[str, Any] = field(default_factory=dict)  # initial live values
+    params_source: str = "[params]"  # where they come from, for error messages
     load_time: dict[str, Any] = field(default_factory=dict)  # shown by /vace/get, /describe
 
     @classmethod
@@ -52,6 +53,7 @@ class SessionOptions:
             output=parse_spec(cfg.output) or "", osc=OscConfig.from_args(cfg),
             presets_dir=cfg.presets_dir, fps=float(cfg.fps or 0.0), snapshots=cfg.snapshots,
             params=dict(cfg.params or {}),
+            params_source=f"{cfg.config}: [params]" if cfg.config else "[params]",
             load_time={"osc_host": cfg.osc_host, "osc_port": cfg.osc_port,
                        "oscquery_port": cfg.oscquery_port, "presets_dir": cfg.presets_dir or ""},
         )
@@ -130,7 +132,7 @@ class Session:
         try:
             self.store = ParamStore(self.schema, _load_time_values(self.schema, load_time), initial)
         except ParamError as exc:
-            raise ConfigError(f"initial parameter [params]: {exc}") from None
+            raise ConfigError(f"{opts.params_source} {exc}") from None
         presets = PresetLibrary(self.schema, user_dir=opts.presets_dir)
         if opts.osc is not None:
             self.osc = OscServer(self.store, presets, opts.osc)

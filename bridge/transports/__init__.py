@@ -8,6 +8,8 @@ Specs for config files and flags (open_source / open_sink):
     shm:NAME            shared-memory ring NAME (any OS)
     spout:NAME          Spout sender NAME ("spout:" = the active sender when receiving)
     syphon:NAME         Syphon server NAME; syphon:APP/NAME to match the app too ("syphon:" = first)
+    ndi:NAME[?opts]     NDI source/sender NAME over the network (any OS; options in ndi.py:
+                        groups=, ips= for discovery by address, fourcc=RGBA|BGRA|UYVY, fps=)
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from .base import (
 )
 from .shm import ShmFrameSink, ShmFrameSource
 
-KINDS = ("shm", "spout", "syphon")
+KINDS = ("shm", "spout", "syphon", "ndi")
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -43,6 +45,10 @@ def open_source(spec: str, **options: Any) -> FrameSource:
         from .spout import SpoutSource
 
         return SpoutSource(name, **options)
+    if kind == "ndi":
+        from .ndi import NdiSource
+
+        return NdiSource(name, **options)
     from .syphon import SyphonSource
 
     app, _, server = name.rpartition("/")
@@ -59,6 +65,10 @@ def open_sink(spec: str, **options: Any) -> FrameSink:
         from .spout import SpoutSink
 
         return SpoutSink(name, **options)
+    if kind == "ndi":
+        from .ndi import NdiSink
+
+        return NdiSink(name, **options)
     from .syphon import SyphonSink
 
     return SyphonSink(name, **options)

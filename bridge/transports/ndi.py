@@ -1,0 +1,370 @@
+"""NDI (any OS) through cyndilib, whose wheel ships the NDI runtime (libndi): a receiver source and
+a sender sink, so the GPU box can run apart from TouchDesigner / Resolume / OBS on the network.
+
+Spec: `ndi:NAME[?option=value&...]`
+
+* NAME: the NDI source. A full NDI name "MACHINE (stream)" matches exactly; a bare "stream" matches
+  that stream on any machine; an empty name receives the first source found. As a sink, NAME is
+  the stream name the sender advertises (receivers see "THIS-MACHINE (NAME)").
+* `groups=a,b`: NDI groups (sender: the groups it is announced in; receiver: the groups searched).
+* `ips=10.0.0.5,10.0.0.6`: extra machines to query by address (unicast discovery). Use it where
+  mDNS does not cross the network (VLANs, some Wi-Fi) or where no mDNS responder runs (a Linux
+  box without avahi-daemon: there `ips=127.0.0.1` finds senders on the same machine).
+* `fourcc=RGBA|BGRA|UYVY` (sink): the pixel layout sent; UYVY halves the bytes handed to the
+  encoder (BT.709 limited range, see pixels.py). Default RGBA (keeps alpha).
+* `fps=30` (sink): the frame rate announced to receivers (the pacer sets the actual rate).
+
+Groups and `ips` of receivers are settings of the NDI runtime, read once when it starts, so they
+are process-wide: they are written to a private NDI config (NDI_CONFIG_DIR) before cyndilib is
+first imported, merged over the user's ~/.ndi/ndi-config.v1.json; a later spec asking for other
+values gets a warning. A user-set NDI_CONFIG_DIR is left alone.
+
+Receiver (NdiSource): asks the SDK for RGBX/RGBA (it converts UYVY and BGRA senders itself), and
+converts any other layout it is handed (BGRA/BGRX swizzle, UYVY by pixels.uyvy_to_rgba); a frame
+of another size or layout just arrives (the FrameHistory restarts on a size change). Every read()
+drains what the runtime queued and keeps only the newest frame, so there is never a backlog; the
+drained ones count in `skipped` and step the frame counter (FrameHistory counts them as gaps).
+When the sender leaves, read() returns None; when it comes back (same name) the receiver
+reconnects. Latency: each frame carries the sender's NDI timestamp (UTC, set by the SDK when the
+frame was submitted); `latency_ms` is receive time minus that, meaningful when both ends share a
+clock (one machine, or NTP/PTP-synced machines).
+
+Sender (NdiSink): a size change re-creates the sender (cyndilib fixes the frame layout while it
+is open); NDI receivers reconnect to the same name by themselves.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from .base import FrameSink, FrameSource, TransportUnavailable, check_rgba
+from .pixels import bgra_to_rgba, rgba_to_uyvy, uyvy_to_rgba
+from .staging import HostStager
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install cyndilib"
+FOURCCS = ("RGBA", "BGRA", "UYVY")
+_OPTIONS = {"groups", "ips", "fourcc", "fps"}
+
+
+@dataclass(frozen=True)
+class NdiSpec:
+    name: str
+    groups: str = ""
+    ips: str = ""
+    fourcc: str = "RGBA"
+    fps: float = 30.0
+
+
+def parse_spec(text: str) -> NdiSpec:
+    """`NAME?groups=a,b&ips=1.2.3.4&fourcc=UYVY&fps=30` (the part after `ndi:`)."""
+    name, _, query = text.partition("?")
+    opts = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    unknown = set(opts) - _OPTIONS
+    if unknown:
+        raise ValueError(f"ndi:{text}: unknown option(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(_OPTIONS))}")
+    fourcc = opts.get("fourcc", "RGBA").upper()
+    if fourcc not in FOURCCS:
+        raise ValueError(f"ndi:{text}: fourcc must be one of {', '.join(FOURCCS)}")
+    try:
+        fps = float(opts.get("fps", 30.0))
+    except ValueError:
+        raise ValueError(f"ndi:{text}: fps must be a number") from None
+    if not 0 < fps <= 240:
+        raise ValueError(f"ndi:{text}: fps {fps:g} is not in (0, 240]")
+    return NdiSpec(name.strip(), opts.get("groups", "").strip(), opts.get("ips", "").strip(),
+                   fourcc, fps)
+
+
+# -- the NDI runtime (process-wide) --------------------------------------------------------------
+_runtime_lock = threading.Lock()
+_runtime: dict[str, Any] = {}  # {"module": cyndilib namespace, "ips": str, "groups": str}
+
+
+def _write_config(ips: str, groups: str) -> str:
+    """A private NDI config dir holding the user's config with our discovery settings on top."""
+    data: dict[str, Any] = {}
+    user = Path.home() / ".ndi" / "ndi-config.v1.json"
+    try:
+        data = json.loads(user.read_text())
+    except (OSError, ValueError):
+        pass
+    ndi = data.setdefault("ndi", {})
+    if ips:
+        ndi.setdefault("networks", {})["ips"] = ips
+    if groups:
+        ndi.setdefault("groups", {})["recv"] = groups
+    folder = tempfile.mkdtemp(prefix="vacelive-ndi-")
+    Path(folder, "ndi-config.v1.json").write_text(json.dumps(data))
+    return folder
+
+
+def load_runtime(ips: str = "", groups: str = "", module: Any = None) -> Any:
+    """The cyndilib modules (sender, receiver, finder, video_frame, wrapper) as one namespace,
+    importing (and so starting the NDI runtime) once per process with the given discovery settings."""
+    if module is not None:
+        return module
+    with _runtime_lock:
+        if _runtime:
+            if (ips and ips != _runtime["ips"]) or (groups and groups != _runtime["groups"]):
+                log.warning("ndi: the NDI runtime already runs with ips=%r groups=%r; ips=%r "
+                            "groups=%r apply from the next start (they are process-wide)",
+                            _runtime["ips"], _runtime["groups"], ips, groups)
+            return _runtime["module"]
+        if (ips or groups) and "NDI_CONFIG_DIR" not in os.environ:
+            os.environ["NDI_CONFIG_DIR"] = _write_config(ips, groups)
+        try:
+            import types
+
+            from cyndilib import finder, receiver, sender, video_frame, wrapper
+        except ImportError as exc:
+            raise TransportUnavailable(f"`cyndilib` is not importable: {exc}. Install it with: "
+                                       f"{INSTALL_HINT}") from exc
+        ns = types.SimpleNamespace(finder=finder, receiver=receiver, sender=sender,
+                                   video_frame=video_frame, wrapper=wrapper)
+        _runtime.update(module=ns, ips=ips, groups=groups)
+        return ns
+
+
+def name_matches(pattern: str, full_name: str) -> bool:
+    """`MACHINE (stream)` matches exactly; a bare `stream` matches it on any machine; "" anything."""
+    if not pattern:
+        return True
+    if pattern == full_name:
+        return True
+    if "(" in pattern:
+        return False
+    head, sep, tail = full_name.partition(" (")
+    return bool(sep) and tail.endswith(")") and tail[:-1] == pattern
+
+
+class LatencyMeter:
+    """Rolling receive-minus-send-timestamp latencies (ms)."""
+
+    def __init__(self, window: int = 512) -> None:
+        self._values: deque[float] = deque(maxlen=window)
+
+    def add(self, ms: float) -> None:
+        self._values.append(ms)
+
+    def summary(self) -> dict[str, float]:
+        if not self._values:
+            return {"latency_ms_p50": 0.0, "latency_ms_p99": 0.0, "latency_ms_last": 0.0}
+        arr = np.asarray(self._values)
+        p50, p99 = np.percentile(arr, [50, 99])
+        return {"latency_ms_p50": float(p50), "latency_ms_p99": float(p99),
+                "latency_ms_last": float(arr[-1])}
+
+
+class NdiSource(FrameSource):
+    def __init__(self, spec: str | NdiSpec = "", *, module: Any = None, timeout_ms: int = 5,
+                 recv_name: str = "vacelive") -> None:
+        self.spec = spec if isinstance(spec, NdiSpec) else parse_spec(spec)
+        self.name = self.spec.name
+        self._mod = load_runtime(self.spec.ips, self.spec.groups, module)
+        w = self._mod.wrapper
+        rmod = self._mod.receiver
+        self._recv_video = rmod.ReceiveFrameType.recv_video
+        self.timeout_ms = timeout_ms
+        self._receiver = rmod.Receiver(color_format=w.RecvColorFormat.RGBX_RGBA,
+                                       bandwidth=w.RecvBandwidth.highest, recv_name=recv_name)
+        # two buffers: cyndilib captures only into a free one, so while draining, the older of
+        # the two is dropped after each capture and the newest stays
+        self._vf = self._mod.video_frame.VideoRecvFrame(max_buffers=2)
+        self._receiver.set_video_frame(self._vf)
+        self._finder = self._mod.finder.Finder()
+        self._finder.open()
+        self._lock = threading.Lock()
+        self._source: Any = None
+        self.source_name: str | None = None
+        self._size: tuple[int, int] | None = None
+        self._format = "RGBA8"
+        self._counter = 0
+        self.received = 0  # frames taken from the runtime (newest kept, the rest skipped)
+        self.skipped = 0
+        self.reconnects = 0
+        self.latency = LatencyMeter()
+        self._closed = False
+
+    # -- connection --------------------------------------------------------------------------------
+    def list_sources(self) -> list[str]:
+        self._finder.update_sources()
+        return list(self._finder.get_source_names())
+
+    def _connect(self) -> bool:
+        src = self._source
+        if src is not None and src.valid:
+            return True
+        for full in self.list_sources():
+            if name_matches(self.name, full):
+                source = self._finder.get_source(full)
+                if source is None or not source.valid:
+                    continue
+                self._receiver.set_source(source)
+                if self._source is not None:
+                    self.reconnects += 1
+                self._source, self.source_name = source, full
+                log.info("ndi: receiving %r", full)
+                return True
+        return False
+
+    # -- FrameSource -----------------------------------------------------------------------------
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return self._size
+
+    @property
+    def format(self) -> str:
+        return self._format
+
+    @property
+    def frame_counter(self) -> int:
+        return self._counter
+
+    @property
+    def connected(self) -> bool:
+        return self._source is not None and bool(self._receiver.is_connected())
+
+    def read(self) -> np.ndarray | None:
+        with self._lock:
+            if self._closed or not self._connect():
+                return None
+            got = 0
+            timeout = self.timeout_ms
+            while True:  # drain the runtime's queue: only the newest frame matters
+                ft = self._receiver.receive(self._recv_video, timeout)
+                if not ft & self._recv_video:
+                    break
+                got += 1
+                timeout = 0
+                if self._vf.get_buffer_depth() > 1:
+                    self._vf.skip_frames(False)  # drops the oldest buffered frame
+            if not got:
+                return None
+            vf = self._vf
+            w, h = vf.get_resolution()
+            fourcc = self._mod.wrapper.FourCC(vf.get_fourcc()).name
+            stride = vf.get_line_stride()
+            ts = vf.get_timestamp_posix()
+            buf = np.empty(vf.get_buffer_size(), np.uint8)
+            if not vf.fill_p_data(buf):
+                return None
+        frame = _to_rgba(buf, w, h, stride, fourcc)
+        self.received += got
+        self.skipped += got - 1
+        self._counter += got
+        if (w, h) != self._size or fourcc != self._format:
+            log.info("ndi: %s is %dx%d %s", self.source_name, w, h, fourcc)
+        self._size, self._format = (w, h), fourcc
+        if ts > 0:
+            self.latency.add((time.time() - ts) * 1e3)
+        return frame
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source_name, "received": self.received,
+                               "skipped": self.skipped, "reconnects": self.reconnects}
+        out.update(self.latency.summary())
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._receiver.disconnect()
+            finally:
+                self._finder.close()
+
+
+def _to_rgba(buf: np.ndarray, w: int, h: int, stride: int, fourcc: str) -> np.ndarray:
+    """A received buffer of any layout the SDK hands over -> [H,W,4] RGBA (owned by the caller)."""
+    if fourcc in ("UYVY", "UYVA"):
+        # UYVA appends an 8-bit alpha plane after the UYVY plane
+        rows = buf[: h * stride].reshape(h, stride)[:, : w * 2]
+        alpha = 255
+        frame = uyvy_to_rgba(rows.reshape(h, w, 2), alpha)
+        if fourcc == "UYVA":
+            frame[..., 3] = buf[h * stride: h * stride + w * h].reshape(h, w)
+        return frame
+    if fourcc not in ("RGBA", "RGBX", "BGRA", "BGRX"):
+        raise ValueError(f"ndi: unsupported pixel layout {fourcc} (asked the SDK for RGBA)")
+    rows = buf[: h * stride].reshape(h, stride)[:, : w * 4].reshape(h, w, 4)
+    frame = bgra_to_rgba(rows) if fourcc.startswith("BGR") else rows.copy()
+    if fourcc.endswith("X"):
+        frame[..., 3] = 255
+    return frame
+
+
+class NdiSink(FrameSink):
+    def __init__(self, spec: str | NdiSpec = "vacelive", *, module: Any = None) -> None:
+        self.spec = spec if isinstance(spec, NdiSpec) else parse_spec(spec)
+        if not self.spec.name:
+            raise ValueError("an NDI sender needs a name: ndi:NAME")
+        self.name = self.spec.name
+        self._mod = load_runtime(self.spec.ips, "", module)
+        self._fourcc = self._mod.wrapper.FourCC[self.spec.fourcc]
+        self._lock = threading.Lock()
+        self._sender: Any = None
+        self._size: tuple[int, int] | None = None
+        self._stager = HostStager()
+        self.frames_sent = 0
+        self.reopens = 0
+
+    def _open(self, w: int, h: int) -> None:
+        self._release()
+        sender = self._mod.sender.Sender(self.name, ndi_groups=self.spec.groups, clock_video=False)
+        vf = self._mod.video_frame.VideoSendFrame()
+        vf.set_resolution(w, h)
+        vf.set_fourcc(self._fourcc)
+        vf.set_frame_rate(Fraction(self.spec.fps).limit_denominator(1001))
+        sender.set_video_frame(vf)
+        sender.open()
+        if self._size is not None:
+            self.reopens += 1
+        self._sender, self._size = sender, (w, h)
+
+    def send(self, frame: Any) -> None:
+        check_rgba(frame)
+        pixels = self._stager.to_numpy(frame)
+        h, w = pixels.shape[:2]
+        if self.spec.fourcc == "UYVY":
+            data = rgba_to_uyvy(pixels)
+        elif self.spec.fourcc == "BGRA":
+            data = bgra_to_rgba(pixels)
+        else:
+            data = pixels
+        with self._lock:
+            if self._sender is None or self._size != (w, h):
+                self._open(w, h)
+            if not self._sender.write_video(data.reshape(-1)):
+                raise RuntimeError(f"ndi: sending to {self.name!r} failed")
+            self.frames_sent += 1
+
+    def connections(self, timeout: float = 0.0) -> int:
+        with self._lock:
+            return int(self._sender.get_num_connections(timeout)) if self._sender else 0
+
+    def _release(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._release()
