@@ -166,15 +166,14 @@ def test_initial_params_and_bad_ones(tmp_path):
 
     out = unique("bp")
     opts = SessionOptions(output=f"shm:{out}", osc=None, params={"stepz": 3})
-    with pytest.raises(ConfigError, match=r"initial parameter .*unknown parameter 'stepz'.*steps"):
+    with pytest.raises(ConfigError, match=r"\[params\] .*unknown parameter 'stepz'.*steps"):
         Session(PatternGenerator(96, 64), opts).start()
     assert not shm_exists(out)  # the half-started session closed its output again
-    opts = SessionOptions(output=f"shm:{out}", osc=None, params={"context_scale": 2.5})
-    s = Session(PatternGenerator(96, 64), opts).start()
-    try:
-        assert s.store.get("context_scale") == 2.0  # clamped like OSC would
-    finally:
-        s.close()
+    opts = SessionOptions(output=f"shm:{out}", osc=None, params={"context_scale": 2.5},
+                          params_source="stage.toml: [params]")
+    with pytest.raises(ConfigError, match=r"stage.toml: \[params\] context_scale: 2.5 is outside"):
+        Session(PatternGenerator(96, 64), opts).start()  # refused, not clamped as OSC would
+    assert not shm_exists(out)
 
 
 def test_missing_platform_library_is_a_clear_startup_error():

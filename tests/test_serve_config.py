@@ -52,8 +52,19 @@ context_scale = 1.5
 
 @pytest.mark.parametrize("text,match", [
     ("osc_prot = 1", r"unknown setting 'osc_prot' \(did you mean 'osc_port'\?\)"),
-    ('osc_port = "x"', r"rig.toml: argument --osc-port: invalid int value: 'x'"),
-    ('codec = "vae"', r"rig.toml: argument --codec: invalid choice: 'vae'"),
+    ('osc_port = "x"', r"rig.toml: osc_port: expected an integer, got 'x'"),
+    ('codec = "vae"', r"rig.toml: codec: invalid choice: 'vae'"),
+    ("fps = 500", r"rig.toml: fps: 500 is outside 0..120"),
+    ("osc_port = 70000", r"rig.toml: osc_port: 70000 is outside 0..65535"),
+    ("status_hz = 0", r"rig.toml: status_hz: 0 is outside 0.1..100"),
+    ("height = 100", r"rig.toml: height: 100 is not a multiple of 16 \(nearest: 96\)"),
+    ("[params]\ncontext_scale = 9", r"rig.toml: \[params\] context_scale: 9 is outside 0..2"),
+    ("[params]\nsteps = 0", r"rig.toml: \[params\] steps: 0 is outside 1..4"),
+    ("[params]\noutput_fps = -1", r"rig.toml: \[params\] output_fps: -1 is outside 0..120"),
+    ('[params]\n"lora/ink" = 9', r"rig.toml: \[params\] lora/ink: 9 is outside"),
+    ("[params]\nstepz = 2", r"rig.toml: \[params\] stepz is not a live parameter \(did you mean 'steps'\?\)"),
+    ("[params]\nwidth = 512", r"rig.toml: \[params\] width is a load-time setting"),
+    ("[params]\nreset = 1", r"rig.toml: \[params\] reset is an action"),
     ("width = [1, 2]", r"width takes one value, not a list"),
     ("width = = 3", r"rig.toml: invalid TOML"),
     ("params = 3", r"\[params\] must be a table"),
@@ -78,6 +89,25 @@ def test_print_config_round_trips(tmp_path, capsys):
     again = write(tmp_path, text)
     cfg = parse("serve", "--config", again)
     assert (cfg.width, cfg.fps, cfg.osc_feedback) == (640, 30.0, [("127.0.0.1", 7000)])
+
+
+def test_out_of_range_flags_are_refused_not_clamped(capsys):
+    with pytest.raises(SystemExit):
+        parse("serve", "--fps", "121")
+    assert "argument --fps: 121 is outside 0..120" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse("relay", "--jpeg-quality", "0")
+    assert "argument --jpeg-quality: 0 is outside 1..100" in capsys.readouterr().err
+
+
+def test_print_config_text_placement_follows_the_device(capsys):
+    assert main(["serve", "--device", "cpu", "--print-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["text_placement"] == "cpu"
+    assert main(["serve", "--print-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["text_placement"] == "gpu"
+    assert main(["serve", "--device", "cpu", "--text-placement", "offload", "--print-config"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["text_placement"] == "offload"
+    assert parse("engine", "--device", "cpu").text_placement == "cpu"
 
 
 def test_relay_and_engine_flags():

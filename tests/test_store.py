@@ -167,3 +167,9 @@ def test_action_record_is_immutable_and_carries_origin():
     st = ParamStore()
     st.apply({}, [Action("reset", (), ("127.0.0.1", 5))])
     assert st.snapshot().action("reset").origin == ("127.0.0.1", 5)
+
+
+def test_initial_values_are_refused_out_of_range_not_clamped():
+    with pytest.raises(ParamError, match="context_scale: 9 is outside 0..2"):
+        ParamStore(initial={"context_scale": 9})
+    assert ParamStore(initial={"context_scale": 2}).get("context_scale") == 2.0
