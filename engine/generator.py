@@ -62,7 +62,7 @@ from vacelive.engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD, LatentN
 from vacelive.engine.dit.attention import SDPA_BACKENDS, sdpa_context
 from vacelive.engine.pipelines import Recipe, get_recipe
 from vacelive.engine.pose.timeline import chunk_pixel_range
-from vacelive.engine.policies import cache_policy
+from vacelive.engine.policies import cache_policy, stream_policy
 from vacelive.engine.request import ChunkRequest, ChunkResult
 from vacelive.engine.schedule import FlowSchedule, chunk_seed, renoise, x0_from_flow
 from vacelive.engine.stream_state import LatentHistory, StageClock, frames_to_rgba
@@ -139,6 +139,8 @@ class StreamGenerator:
                                      device=self.device, rope_mode=self._start_rope)
         self.kv.protect_sink = False  # LongLive rewrites the sink only when a re-cache starts at frame 0
         self.history = LatentHistory(cache.local_frames, BATCH, cfg.in_dim, latent_hw, device=self.device)
+        # Krea's per-chunk recompute, MemFlow's memory bank (engine.policies); None otherwise
+        self.stream = stream_policy(self)
         self.schedule = FlowSchedule(self.recipe.schedule, device=self.device)
         self.decoder = codec.decoder_stream()
         # V2V restyle input (engine.v2v): its own encoder stream, motion and similarity state.
@@ -188,17 +190,26 @@ class StreamGenerator:
                     codec: str = "wan", text_encoder: str = "bf16", text_placement: str = "gpu", vace: bool = True,
                     device="cuda", dtype: torch.dtype = torch.bfloat16, loras: Sequence = (), rope: str = "auto",
                     compile: bool = False, fp8: bool = False, sdpa: str = "auto",
-                    progress: bool = True) -> "StreamGenerator":
+                    progress: bool = True, pose_weights: str | None = None,
+                    pose_proj: str | None = None) -> "StreamGenerator":
         """Load the recipe's real weights from the models folder (engine.models_dir). Raises
-        MissingWeightsError listing every missing file before loading anything."""
+        MissingWeightsError listing every missing file before loading anything. Pose tokens:
+        UniAnimate-DiT's pose CNNs from `pose_weights` or the models folder (engine.pose.build),
+        off when the file is not there."""
         from vacelive.engine.factory import build_from_recipe
+        from vacelive.engine.models_dir import models_dir as default_models
+        from vacelive.engine.pose.build import pose_from_models
 
         rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
         parts = build_from_recipe(rec, models_dir, codec=codec, text_encoder=text_encoder,
                                   text_placement=text_placement, vace=vace, device=device, dtype=dtype,
                                   loras=loras, width=width, height=height, progress=progress)
+        pose = pose_from_models(parts.model, models_dir or default_models(), width=width, height=height,
+                                frames_per_chunk=_max_chunk_latents(rec), device=device, dtype=dtype,
+                                weights=pose_weights, proj=pose_proj)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=rec, width=width, height=height,
-                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa)
+                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
+                   pose=pose)
 
     @classmethod
     def random(cls, size: str = "tiny", width: int = 832, height: int = 480, codec: str = "wan",
@@ -208,13 +219,18 @@ class StreamGenerator:
         """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
         (Wan2.1-1.3B + full codec; GPU benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
         `text_encoder_size="full"` builds a random umT5-XXL (11 GB bf16). `cfg` overrides the DiT
-        config."""
+        config. The pose embedding (engine.pose) is random too."""
         from vacelive.engine.factory import build_random
+        from vacelive.engine.pose.build import random_pose
 
         parts = build_random(size, device=device, dtype=dtype, codec=codec, seed=seed, vace=vace,
                              text_encoder_size=text_encoder_size, cfg=cfg, width=width, height=height)
+        param = parts.model.patch_embedding.weight
+        pose = random_pose(parts.model, width=width, height=height, frames_per_chunk=_max_chunk_latents(get_recipe(recipe)),
+                           device=param.device, dtype=param.dtype, seed=seed + 3)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=recipe, width=width, height=height,
-                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa)
+                   conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
+                   pose=pose)
 
     # ---- speed switches -----------------------------------------------------------------------
     @property
@@ -264,6 +280,8 @@ class StreamGenerator:
         self.kv.reset(0)
         self.kv.set_rope_mode(self._start_rope)  # empty cache: nothing to rotate
         self.history.reset()
+        if self.stream is not None:
+            self.stream.reset()
         self.decoder.reset()
         if self.conditioner is not None:
             self.conditioner.reset()
@@ -306,6 +324,7 @@ class StreamGenerator:
             "frame": self.frame,
             "next_chunk_frames": self.next_chunk_frames,
             "pose": self.pose.describe() if self.pose is not None else None,
+            **(self.stream.describe() if self.stream is not None else {}),
         }
 
     def step(self, request: ChunkRequest) -> ChunkResult:
@@ -380,6 +399,10 @@ class StreamGenerator:
         clock.mark("vace")
 
         start = self.frame
+        if self.stream is not None:  # Krea: rebuild the cache from context frames, clamped start
+            self.stream.apply_request(request, notices)
+            start = self.stream.chunk_start(plan)
+            clock.mark("recache")
         (x, x0, eps), g = self._buffers[self.next_chunk_latents], self._rng
         g.manual_seed(chunk_seed(seed, self.chunk_index))  # == chunk_generator(seed, chunk_index)
         if v2v is None:
@@ -394,6 +417,8 @@ class StreamGenerator:
         hints = None
         for i in range(len(plan)):
             t = plan.timestep_tensor[i]
+            if self.stream is not None:
+                self.stream.before_pass("denoise", i)
             if vace is not None and scale != 0:
                 if hints is None or not request.hint_reuse:
                     hints = model.compute_hints(x, t, self.text, add_condition=cond, **vace)
@@ -409,10 +434,15 @@ class StreamGenerator:
             clock.mark("dit")
         # clean pass: commits K/V, no VACE; the pose condition stays (as in the Self-Forcing pose
         # port: the cached frame is the frame as the model saw it)
-        model(x0, plan.context_tensor, self.text, kv, start, add_condition=cond)
-        clock.mark("dit")
+        if self.stream is None or self.stream.clean_pass:  # Krea has none
+            if self.stream is not None:
+                self.stream.before_pass("clean")
+            model(x0, plan.context_tensor, self.text, kv, start, add_condition=cond)
+            clock.mark("dit")
 
         decoded = self.decoder.decode(x0)
+        if self.stream is not None:
+            self.stream.after_chunk(x0, decoded)
         clock.mark("decode")
         frames = frames_to_rgba(decoded)
         clock.mark("output")
@@ -426,6 +456,8 @@ class StreamGenerator:
         if not self.recipe.cache.global_sink:
             self.kv.reset(origin=start)  # re-cached frames become the new sink + window
         cond = self.pose.condition_for(start, n) if self.pose is not None else None
+        if self.stream is not None:
+            self.stream.before_pass("recache")
         self.model(latents, context_t, self.text, self.kv, start, add_condition=cond)
         self.counters["recaches"] += 1
 
@@ -491,6 +523,9 @@ class StreamGenerator:
             notices.append(f"seed {seed!r} is not an integer: using {fixed}")
             seed = fixed
         self._apply_lora_scales(request.lora_scales, notices)
+        ema = self.recipe.cache.sink_ema
+        if ema is not None:  # RewardForcing: the sink merge's alpha is live (read by the next plan)
+            self.policy.alpha = _clamped("sink_ema", getattr(request, "sink_ema", ema), 0.0, 1.0, ema, notices)
         return int(steps), scale, seed
 
     def _apply_lora_scales(self, scales, notices: list[str]) -> None:
@@ -515,13 +550,16 @@ class StreamGenerator:
         return (self.kv.state, self.kv.origin, dict(self.prompt_state.__dict__), self.text,
                 (dict(st.slots), st.calls, st.first, st.signature),
                 cond.snapshot() if hasattr(cond, "snapshot") else None, self.video_input.snapshot(),
-                self.pose.snapshot() if self.pose is not None else None)
+                self.pose.snapshot() if self.pose is not None else None,
+                self.stream.snapshot() if self.stream is not None else None)
 
     def _restore(self, saved) -> None:
         """Undo a failed chunk. KV storage may hold K/V of the failed chunk in slots that the
         restored state marks as free or as older frames: the cache policy is frame-indexed, so the
         retried chunk writes those same slots before any attention reads them."""
-        kv_state, origin, prompt, text, (slots, calls, first, signature), conditioning, video_input, pose = saved
+        kv_state, origin, prompt, text, (slots, calls, first, signature), conditioning, video_input, pose, stream = saved
+        if self.stream is not None:
+            self.stream.restore(stream)
         if pose is not None:
             self.pose.restore(pose)
         self.video_input.restore(video_input)
@@ -535,6 +573,10 @@ class StreamGenerator:
         st.calls, st.first, st.signature = calls, first, signature
         if conditioning is not None:
             self.conditioner.restore(conditioning)
+
+
+def _max_chunk_latents(recipe: Recipe) -> int:
+    return max(recipe.chunk_latents(True), recipe.chunk_latents(False))
 
 
 def _clamped(name: str, value, low: float, high: float, default: float, notices: list[str], integer: bool = False):

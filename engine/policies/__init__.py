@@ -6,6 +6,14 @@ and the one DiT and the one VACE wrapper run it unchanged.
     reward_forcing   EmaSinkWindow: evicted frames EMA-merged into the sink (keys stored un-roped,
                      RoPE at attention time with window-relative positions)
 
+    stream_policy(generator) -> None, or the per-chunk rule of a pipeline whose chunks differ
+                     from "denoise, then one clean pass" (the generator calls its hooks:
+                     apply_request, chunk_start, before_pass, after_chunk, reset, snapshot,
+                     restore, describe; `clean_pass` says whether the clean pass runs)
+    krea             KreaRecompute: cache rebuilt from clean context frames every chunk, RoPE
+                     start clamped, log-bias on cached keys (kv_cache_attention_bias)
+    memflow          MemFlowBank: LongLive cache + text-query-compressed memory bank
+
 StreamDiffusionV2 needs no policy class: its rolling cache with 3 sink frames attended whole is
 SinkWindow(6, 3) fed 1-latent-frame chunks (recipe.frames_per_chunk = 1).
 """
@@ -21,3 +29,17 @@ def cache_policy(spec):
 
         return EmaSinkWindow(spec.local_frames, spec.sink_frames, alpha=spec.sink_ema)
     return SinkWindow(spec.local_frames, spec.sink_frames)
+
+
+def stream_policy(generator):
+    """The per-chunk stream rule of the generator's recipe, or None (module doc)."""
+    cache = generator.recipe.cache
+    if getattr(cache, "recompute_frames", 0):
+        from vacelive.engine.policies.krea import KreaRecompute
+
+        return KreaRecompute(generator)
+    if getattr(cache, "bank_frames", 0):
+        from vacelive.engine.policies.memflow import MemFlowBank
+
+        return MemFlowBank(generator)
+    return None
