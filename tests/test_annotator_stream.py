@@ -146,3 +146,46 @@ def test_overlay_of_two_annotators_reaches_vace(cond):
     want = to_signed(overlay(gray(x), scribble(x), 0.0)).transpose(0, 1)[None]
     assert torch.allclose(spy.videos[0], want, atol=1e-6)
     assert (spy.videos[0] == 1.0).any() and not torch.equal(want, to_signed(gray(x)).transpose(0, 1)[None])
+
+
+def osc(address, *args):
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    b = OscMessageBuilder(address)
+    for a in args:
+        b.add_arg(a)
+    return b.build()
+
+
+def bundle(*messages):
+    from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+
+    b = OscBundleBuilder(IMMEDIATELY)
+    for m in messages:
+        b.add_content(m)
+    return b.build().dgram
+
+
+def test_osc_layout_addresses_edit_the_boxes_in_one_packet():
+    from vacelive.bridge.osc.server import OscConfig, OscServer
+
+    store = ParamStore()
+    server = OscServer(store, None, OscConfig(port=0, oscquery_port=0)).start()
+    try:
+        _edit_boxes(server, store)
+        assert server.rejected == 1
+    finally:
+        server.stop()
+
+
+def _edit_boxes(server, store):
+    server.handle_datagram(bundle(osc("/vace/layout/box", "car", 0.1, 0.2, 0.3, 0.4),
+                                  osc("/vace/layout/box", "sun", 0.5, 0.0, 0.2, 0.2),
+                                  osc("/vace/layout/box", "car", 0.15, 0.2, 0.3, 0.4)), None)
+    assert osc_layout.request_layout(store.get("layout_boxes")) == {
+        "car": pytest.approx((0.15, 0.2, 0.3, 0.4)), "sun": pytest.approx((0.5, 0.0, 0.2, 0.2))}
+    server.handle_datagram(osc("/vace/layout/box", "bad", 0.1, 0.2, 0.0, 0.4).dgram, None)  # refused
+    server.handle_datagram(osc("/vace/layout/remove", "sun").dgram, None)
+    assert list(osc_layout.request_layout(store.get("layout_boxes"))) == ["car"]
+    server.handle_datagram(osc("/vace/layout/clear").dgram, None)
+    assert store.get("layout_boxes") == () and osc_layout.request_layout(store.get("layout_boxes")) is None
