@@ -28,6 +28,8 @@ ExtensionMode = Literal[
     "firstframe", "lastframe", "firstlastframe", "firstclip", "lastclip", "firstlastclip"
 ]
 BlendMethod = Literal["linear", "slerp"]
+PoseSource = Literal["annotate", "rendered"]
+PoseLookahead = Literal["wait", "causal"]
 InputMode = Literal["text", "video"]
 
 
@@ -92,10 +94,17 @@ class ChunkRequest:
     similarity_skip: bool = False  # re-send the last frame while the input stands still
     similarity_threshold: float = 0.98
     similarity_max_skip: int = 10  # chunks skipped in a row at most
+    # Pose tokens (UniAnimate-DiT, engine.pose): the pose of the control video is embedded and
+    # added to the DiT's tokens; 0 = off (the exact path). docs/pose.md.
+    pose_strength: float = 0.0  # scale of the added pose tokens, 0..2
+    pose_source: PoseSource = "annotate"  # annotate the control video (DWPose), or it IS a pose map
+    pose_lookahead: PoseLookahead = "wait"  # wait: exact embedding, pose 4 frames late; causal: no delay
+    pose_ref: bool = False  # reference pose (needs an image-to-video DiT; reported and ignored here)
     # Pipeline-specific live values (bridge.schema `pipelines=`); other pipelines ignore them.
     kv_cache_attention_bias: float = 0.3  # Krea: weight of cached past frames (1 = plain attention)
     bank_size: int = 3  # MemFlow: memory-bank frames (0 = off)
     record_interval: int = 3  # MemFlow: chunks per memory-bank slot
+    sink_ema: float = 0.999  # RewardForcing: sink <- a * sink + (1 - a) * evicted frame
     reset: bool = False  # hard reset of every stream state before this chunk
 
 

@@ -58,6 +58,14 @@ class PoseConditioner:
         self._said: set[str] = set()
         self.stats = {"chunks": 0, "cnn_frames": 0}
 
+    def describe(self) -> dict:
+        ann = self.annotators._loaded.get("pose") if self.annotators is not None else None
+        return {"pose_proj": "identity" if not self.embedding.needs_proj else
+                ("loaded" if self.embedding.pose_proj_trained else "untrained"),
+                "annotator_providers": list(getattr(ann, "providers", []) or []),
+                "annotator_ms_per_frame": round(getattr(ann, "ms_per_frame", 0.0), 2),
+                **self.stats}
+
     # ---- stream state ----------------------------------------------------------------------------
     def reset(self) -> None:
         self.timeline.reset()
@@ -127,7 +135,8 @@ class PoseConditioner:
             try:
                 pose_map = self._annotate(raw, notes)
             except AnnotatorUnavailable as e:
-                notes.append(str(e))
+                if strength > 0:  # (VACE reports it itself when only its control wanted the map)
+                    notes.append(f"{e} No pose tokens this chunk.")
                 return PoseChunk(None, None)
             rendered = (pose_map.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
             pose_frames = pose_map if source == "annotate" else raw
