@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 STATUSES = ("ok", "info", "warn", "fail")
-CUDA_INDEX = "https://download.pytorch.org/whl/cu128"  # one CUDA build of torch; pick yours on pytorch.org
+CUDA_INDEX = "https://download.pytorch.org/whl/cu130"  # a CUDA build of torch (pytorch.org lists the others)
 
 
 @dataclass
@@ -327,10 +327,11 @@ def transport_checks(opts: Options) -> list[Check]:
         out.append(Check(section, name, "ok" if why is None else "fail",
                          f"{module} imports" if why is None else f"{module}: {why}",
                          "" if why is None else f"{hint} (part of vacelive's dependencies on this OS)"))
-    why = module_status("cyndilib")
-    out.append(Check(section, "NDI", "ok" if why is None else "info",
-                     "cyndilib imports (NDI runtime included)" if why is None else f"optional, cyndilib {why}",
-                     "" if why is None else "for ndi:NAME specs: pip install cyndilib"))
+    why = module_status("cyndilib")  # a dependency on every OS; only ndi:NAME specs need it
+    out.append(Check(section, "NDI", "ok" if why is None else "warn",
+                     "cyndilib imports (NDI runtime included)" if why is None
+                     else f"ndi:NAME sources/senders unavailable: cyndilib {why}",
+                     "" if why is None else "pip install --force-reinstall cyndilib"))
     if plat == "darwin":
         out.append(Check(section, "GL interop", "info", "CUDA-OpenGL zero-copy is for NVIDIA GPUs "
                          "(Windows/Linux); Syphon sends from host memory"))

@@ -170,7 +170,7 @@ def test_platform_transports(machine, monkeypatch, plat, ok_name, other):
     monkeypatch.setattr(doctor, "module_status", lambda name: "not installed")
     got = _by_name(doctor.run_checks(machine))
     assert got[ok_name].status == "fail" and "pip install" in got[ok_name].fix
-    assert got["NDI"].status == "info" and "pip install cyndilib" in got["NDI"].fix
+    assert got["NDI"].status == "warn" and "pip install --force-reinstall cyndilib" in got["NDI"].fix
 
 
 def test_no_shared_memory_is_a_problem(machine, monkeypatch):
