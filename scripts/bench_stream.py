@@ -17,6 +17,13 @@ random encoder carry no meaning and cached prompts cost nothing per chunk).
     python scripts/bench_stream.py --compile off,on --hint-reuse off,on --sdpa auto,cudnn --fp8 off,on
     python scripts/bench_stream.py --res 576x320 --codecs tae --modes depth --text-encoder full
     python scripts/bench_stream.py --smoke                                  # CPU, tiny model, end to end
+    python scripts/bench_stream.py --pipelines reward-forcing,streamdiffusionv2 --modes depth --codecs wan \
+        --variants exact,fast                                               # each pipeline, exact and fast path
+
+--pipelines runs every case once per pipeline recipe (cache policy, chunk size, schedule of
+engine.pipelines; same random DiT weights: every 1.3B pipeline has the same architecture).
+--variants exact,fast replaces the --compile/--fp8/--hint-reuse product by two variants: exact
+(eager, bf16 Linears, hints every step) and fast (compile + FP8 + hint reuse).
 """
 from __future__ import annotations
 
@@ -162,12 +169,14 @@ def run_variant(gen: StreamGenerator, source: Source, args, device, host: HostCo
 
     per_stage = {s: [] for s in STAGES + ("total", "host")}
     frames = 0
+    chunk_frames = []
     host.keep = []  # the measured chunks' frames, for the exact-path comparison
     t0 = time.perf_counter()
     for _ in range(args.chunks):
         r = gen.step(source.request(gen))
         h = host(r.frames)
         frames += r.frames.shape[0]
+        chunk_frames.append(r.frames.shape[0])
         for s in STAGES + ("total",):
             per_stage[s].append(r.timings_ms.get(s, 0.0))
         per_stage["host"].append(h)
@@ -175,7 +184,7 @@ def run_variant(gen: StreamGenerator, source: Source, args, device, host: HostCo
     host.measured, host.keep = host.keep, None
     row["fps"] = frames / wall
     row["chunk_ms"] = statistics.median(per_stage["total"])
-    row["gpu_fps"] = 12 / (row["chunk_ms"] / 1e3)
+    row["gpu_fps"] = statistics.median(chunk_frames) / (row["chunk_ms"] / 1e3)  # 12, or 4 for SDv2
     for s, values in per_stage.items():
         row[f"{s}_ms"] = statistics.median(values)
     row["frames"] = frames
@@ -198,10 +207,20 @@ def run_variant(gen: StreamGenerator, source: Source, args, device, host: HostCo
     return row
 
 
-def bench_case(model, text, codec, codec_name: str, res, mode: str, args, device, dtype, video) -> list[dict]:
+def speed_variants(args, mode: str) -> list[tuple[bool, bool, bool]]:
+    """(compile, fp8, hint_reuse) combinations to run."""
+    if args.variants:
+        named = {"exact": (False, False, False), "fast": (True, True, mode == "depth")}
+        return [named[v] for v in args.variants]
+    return [(c, f, r) for c in args.compile for f in args.fp8
+            for r in (args.hint_reuse if mode == "depth" else [False])]
+
+
+def bench_case(model, text, codec, codec_name: str, res, mode: str, args, device, dtype, video,
+               pipeline: str = "longlive", sink=None) -> list[dict]:
     w, h = res
     conditioner = None
-    base = {"resolution": f"{w}x{h}", "mode": mode, "codec": codec_name, "steps": args.steps}
+    base = {"pipeline": pipeline, "resolution": f"{w}x{h}", "mode": mode, "codec": codec_name, "steps": args.steps}
     if mode == "depth":
         try:
             conditioner = make_conditioner(model, codec, width=w, height=h, device=device, dtype=dtype)
@@ -213,34 +232,35 @@ def bench_case(model, text, codec, codec_name: str, res, mode: str, args, device
     rows = []
     exact = None  # frames of the exact path (first variant when it is eager/bf16/no reuse/auto RoPE)
     for rope in args.rope:
-        gen = StreamGenerator(model, codec, text, width=w, height=h, conditioner=conditioner, rope=rope)
+        gen = StreamGenerator(model, codec, text, width=w, height=h, conditioner=conditioner, rope=rope,
+                              recipe=pipeline)
         try:
-            for compiled in args.compile:
+            for compiled, fp8, reuse in speed_variants(args, mode):
                 gen.set_compile(compiled)
-                for fp8 in args.fp8:
+                try:
+                    gen.set_fp8(fp8)
+                except ValueError as exc:
+                    rows.append(dict(base, rope=rope, compile=compiled, fp8=fp8, skipped=str(exc)))
+                    continue
+                for sdpa in args.sdpa:
+                    gen.sdpa = sdpa
+                    row = dict(base, rope=rope, compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse)
                     try:
-                        gen.set_fp8(fp8)
-                    except ValueError as exc:
-                        rows.append(dict(base, rope=rope, compile=compiled, fp8=fp8, skipped=str(exc)))
-                        continue
-                    for sdpa in args.sdpa:
-                        gen.sdpa = sdpa
-                        for reuse in (args.hint_reuse if mode == "depth" else [False]):
-                            row = dict(base, rope=rope, compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse)
-                            try:
-                                row.update(run_variant(gen, Source(mode, video, args.steps, reuse), args, device, host))
-                                frames = host.measured
-                                if exact is None and rope == "auto" and not (compiled or fp8 or reuse):
-                                    exact = frames
-                                    row["exact_path"] = True
-                                elif exact is not None:
-                                    row.update(frame_difference(frames, exact))
-                            except Exception as exc:  # one failing variant (OOM, backend) must not end the run
-                                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                                if args.verbose:
-                                    traceback.print_exc()
-                            rows.append(row)
-                            print(format_row(row), flush=True)
+                        row.update(run_variant(gen, Source(mode, video, args.steps, reuse), args, device, host))
+                        frames = host.measured
+                        if exact is None and rope == "auto" and not (compiled or fp8 or reuse):
+                            exact = frames
+                            row["exact_path"] = True
+                        elif exact is not None:
+                            row.update(frame_difference(frames, exact))
+                    except Exception as exc:  # one failing variant (OOM, backend) must not end the run
+                        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                        if args.verbose:
+                            traceback.print_exc()
+                    rows.append(row)
+                    print(format_row(row), flush=True)
+                    if sink is not None:
+                        sink(row)
         finally:
             gen.set_compile(False)
             gen.set_fp8(False)
@@ -282,13 +302,13 @@ def bench_text_encoder(args, device, dtype) -> dict:
     return out
 
 
-HEADER = (f"{'res':>8} {'mode':>5} {'codec':>5} {'rope':>4} {'cmp':>3} {'fp8':>3} {'sdpa':>9} {'reuse':>5} {'fps':>6} {'gpuFPS':>6} "
+HEADER = (f"{'pipeline':>17} {'res':>8} {'mode':>5} {'codec':>5} {'rope':>4} {'cmp':>3} {'fp8':>3} {'sdpa':>9} {'reuse':>5} {'fps':>6} {'gpuFPS':>6} "
           f"{'chunk':>7} {'text':>5} {'vace':>6} {'hints':>6} {'dit':>7} {'decode':>6} {'out':>5} {'host':>5} "
           f"{'first':>6} {'cut':>6} {'warm s':>6} {'peakGB':>6} {'dMax':>5} {'dMean':>6} {'PSNR':>5}")
 
 
 def format_row(r: dict) -> str:
-    head = (f"{r['resolution']:>8} {r['mode']:>5} {r['codec']:>5} {str(r.get('rope', '-'))[:4]:>4} {_b(r.get('compile')):>3} {_b(r.get('fp8')):>3} "
+    head = (f"{r.get('pipeline', 'longlive'):>17} {r['resolution']:>8} {r['mode']:>5} {r['codec']:>5} {str(r.get('rope', '-'))[:4]:>4} {_b(r.get('compile')):>3} {_b(r.get('fp8')):>3} "
             f"{str(r.get('sdpa', '-')):>9} {_b(r.get('hint_reuse')):>5}")
     if "skipped" in r:
         return f"{head}  SKIPPED {r['skipped']}"
@@ -313,6 +333,8 @@ def main(argv=None) -> int:
     p.add_argument("--res", default="832x480,576x320", help="comma list of WxH (pixels, multiples of 16)")
     p.add_argument("--modes", default="text,depth", help="comma list of text,depth")
     p.add_argument("--codecs", default="wan,tae", help="comma list of wan,tae,lighttae")
+    p.add_argument("--pipelines", default="longlive", help="comma list of engine.pipelines recipes")
+    p.add_argument("--variants", default="", help="comma list of exact,fast (replaces --compile/--fp8/--hint-reuse)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--chunks", type=int, default=20, help="measured steady-state chunks per variant")
     p.add_argument("--warmup", type=int, default=3, help="chunks before measuring (compile happens here)")
@@ -338,6 +360,10 @@ def main(argv=None) -> int:
     bad = [s for s in args.sdpa if s not in SDPA_BACKENDS]
     if bad:
         raise SystemExit(f"unknown --sdpa {bad}; choose from {list(SDPA_BACKENDS)}")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if any(v not in ("exact", "fast") for v in args.variants):
+        raise SystemExit(f"--variants takes exact,fast; got {args.variants}")
+    pipelines = [v.strip() for v in args.pipelines.split(",") if v.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
 
@@ -369,24 +395,31 @@ def main(argv=None) -> int:
 
     print(HEADER, flush=True)
     rows = []
-    for res in resolutions:
-        video = depth_video(*res) if "depth" in modes else None
-        for mode in modes:
-            for name, codec in codec_objs.items():
-                rows += bench_case(model, text, codec, name, res, mode, args, device, dtype, video)
+
+    def sink(row):  # results so far, so a run cut short by a time limit still leaves its rows
+        if args.out:
+            Path(args.out).write_text(json.dumps({"partial": True, "results": rows + [row]}, indent=2))
+
+    for pipeline in pipelines:
+        for res in resolutions:
+            video = depth_video(*res) if "depth" in modes else None
+            for mode in modes:
+                for name, codec in codec_objs.items():
+                    rows += bench_case(model, text, codec, name, res, mode, args, device, dtype, video,
+                                       pipeline=pipeline, sink=sink)
     text_full = bench_text_encoder(args, device, dtype) if args.text_encoder == "full" else None
 
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": str(dtype).removeprefix("torch."),
            "config": "tiny (smoke)" if args.smoke else "wan2.1-1.3b + VACE (random weights)",
            "dit_weights_gb": round(weights_gb, 2), "build_s": round(build_s, 1), "steps": args.steps,
-           "chunks": args.chunks, "warmup": args.warmup, "pipeline": "longlive (sink 3 + window 12)",
+           "chunks": args.chunks, "warmup": args.warmup, "pipelines": pipelines,
            "compile_codec": args.compile_codec}
     print(f"\n{env['device']} | torch {env['torch']} | {env['dtype']} | {env['config']} | DiT+VACE weights "
           f"{weights_gb:.2f} GB | {args.steps} steps | {args.chunks} chunks after {args.warmup} warm-up")
     print("dMax/dMean/PSNR: the variant's measured frames vs the exact path's (first variant: eager, bf16 Linears, "
           "no hint reuse; same weights, seed and inputs) in 8-bit levels; "
-          "fps: wall clock of the loop incl. host copy; gpuFPS: 12 frames / CUDA-event chunk time; stage "
+          "fps: wall clock of the loop incl. host copy; gpuFPS: frames per chunk / CUDA-event chunk time; stage "
           "columns: median ms per chunk; first: ms to the first decoded frames on the host after a reset; "
           "cut: chunk with a prompt cut (KV re-cache)")
     print(HEADER)
