@@ -1,0 +1,236 @@
+"""The pose annotator: DWPose drawing of a known skeleton (limb colours and positions), the DWPose
+decoding chain through onnxruntime on tiny hand-built ONNX models with known outputs (the real
+YOLOX/DWPose files are 350 MB and cannot be in CI), and the off-thread runner.
+
+What this does NOT cover: the accuracy of the real DWPose weights on camera frames."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+cv2 = pytest.importorskip("cv2")
+ort = pytest.importorskip("onnxruntime")
+
+from vacelive.engine.conditioning.pose_annotator import (  # noqa: E402
+    DET_SIZE, DWPoseEstimator, PoseAnnotator, crop_transform, dwpose_files, load_pose_annotator,
+)
+from vacelive.engine.conditioning.pose_render import (  # noqa: E402
+    COLORS, HAND_COLORS, LIMBS, draw_pose, for_unianimate, to_openpose,
+)
+
+S = 256
+
+
+def skeleton():
+    """A standing figure in OpenPose order (normalised x, y), all points visible; left foot from
+    its two toes; right-foot toes hidden; right hand drawn."""
+    p = np.full((134, 2), -1.0)
+    s = np.zeros(134)
+    body = {0: (0.50, 0.10), 1: (0.50, 0.22), 2: (0.38, 0.22), 3: (0.30, 0.36), 4: (0.26, 0.50),
+            5: (0.62, 0.22), 6: (0.70, 0.36), 7: (0.74, 0.50), 8: (0.42, 0.52), 9: (0.41, 0.70),
+            10: (0.40, 0.88), 11: (0.58, 0.52), 12: (0.59, 0.70), 13: (0.60, 0.88),
+            14: (0.47, 0.08), 15: (0.53, 0.08), 16: (0.44, 0.09), 17: (0.56, 0.09)}
+    for i, xy in body.items():
+        p[i], s[i] = xy, 0.9
+    p[18], p[19], s[18], s[19] = (0.66, 0.94), (0.70, 0.95), 0.9, 0.9  # left big/small toe
+    p[21], p[22], s[21], s[22] = (0.34, 0.94), (0.30, 0.95), 0.2, 0.9  # right big toe not confident
+    # wrist, then 5 straight vertical fingers of 4 points, far enough apart to tell edges from discs
+    hand = np.array([[0.80, 0.56]] + [[0.74 + 0.03 * (k // 4), 0.60 + 0.06 * (k % 4 + 1)] for k in range(20)])
+    p[113:134], s[113:134] = hand, 0.9
+    return p, s
+
+
+def px(xy):
+    return int(xy[1] * S), int(xy[0] * S)  # (row, col)
+
+
+def test_known_skeleton_renders_standard_colours_at_the_right_places():
+    p, s = skeleton()
+    img = draw_pose(p, s, S, S)
+    assert img.shape == (S, S, 3) and img.dtype == np.uint8
+    # keypoint discs at full colour (drawn after the 0.6 dimming)
+    for i in (0, 1, 2, 4, 7, 10, 13):
+        assert tuple(img[px(p[i])]) == COLORS[i], i
+    # limbs: dimmed colour at the midpoint of the segment (limb 1-based pairs)
+    for k in (0, 2, 3, 6, 7, 9, 10):
+        a, b = LIMBS[k]
+        mid = (p[a - 1] + p[b - 1]) / 2
+        assert tuple(img[px(mid)]) == tuple(int(c * 0.6) for c in COLORS[k]), k
+    # left foot limb (left ankle 14 -> mean of the toes) is drawn, the right one is not
+    foot = (p[18] + p[19]) / 2
+    assert tuple(img[px(foot)]) == COLORS[19 - 1]  # foot keypoint disc, colour 18 (0-based)
+    assert tuple(img[px((p[13] + foot) / 2)]) == tuple(int(c * 0.6) for c in COLORS[17])
+    right_foot = (p[21] + p[22]) / 2
+    assert not img[px((p[10] + right_foot) / 2)].any() and not img[px(right_foot)].any()
+    # hand: an edge in its HSV colour, key points blue-triplet discs; background stays black
+    a, b = p[113 + 2], p[113 + 3]  # edge 2 (points 2 -> 3)
+    assert np.abs(img[px((a + b) / 2)].astype(int) - np.array(HAND_COLORS[2])).max() <= 1
+    assert tuple(img[px(p[113 + 20])]) == (0, 0, 255)
+    assert not img[5, 5].any() and not img[S - 5, 5].any()
+    # UniAnimate's training order: R and B swapped
+    assert tuple(for_unianimate(img)[px(p[0])]) == COLORS[0][::-1]
+    t = torch.from_numpy(img).permute(2, 0, 1)
+    assert torch.equal(for_unianimate(t), torch.from_numpy(np.ascontiguousarray(img[..., ::-1])).permute(2, 0, 1))
+
+
+def test_low_scores_are_not_drawn():
+    p, s = skeleton()
+    s[3] = 0.2  # right elbow
+    img = draw_pose(p, s, S, S)
+    assert not img[px(p[3])].any()
+    assert not img[px((p[2] + p[3]) / 2)].any()  # shoulder-elbow limb gone
+
+
+def test_coco_wholebody_to_openpose_order():
+    k = np.zeros((1, 133, 2))
+    k[0, :, 0] = np.arange(133)
+    sc = np.full((1, 133), 0.9)
+    sc[0, 6] = 0.1  # right shoulder hidden: no neck
+    out, score = to_openpose(k, sc)
+    assert out.shape == (1, 134, 2)
+    assert out[0, 1, 0] == (5 + 6) / 2 and score[0, 1] == 0  # neck
+    assert out[0, 2, 0] == 6 and out[0, 5, 0] == 5 and out[0, 8, 0] == 12 and out[0, 0, 0] == 0
+    assert out[0, 18, 0] == 17 and out[0, 92, 0] == 91  # feet, left hand shift by one
+
+
+# ---- the ONNX chain on tiny models with known outputs --------------------------------------------------
+def constant_model(path, in_shape, outputs):
+    """An ONNX graph: input of `in_shape`; every output = its constant + 0 * mean(input)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+             helper.make_node("Mul", ["m", "zero"], ["z"])]
+    inits = [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+    outs = []
+    for name, value in outputs.items():
+        inits.append(numpy_helper.from_array(value.astype(np.float32), f"{name}_c"))
+        nodes.append(helper.make_node("Add", [f"{name}_c", "z"], [name]))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def anchor(stride, gx, gy):
+    base = 0
+    for s in (8, 16, 32):
+        n = (DET_SIZE[0] // s) * (DET_SIZE[1] // s)
+        if s == stride:
+            return base + gy * (DET_SIZE[1] // s) + gx
+        base += n
+
+
+FRAME_HW = (360, 480)
+BOX_IN = (320.0, 224.0, 96.0, 256.0)  # detector-input cx, cy, w, h of the person
+POSE_WH = (288, 384)
+KP_IN = {0: (144.0, 40.0), 5: (180.0, 120.0), 6: (100.0, 120.0), 9: (200.0, 250.0), 15: (150.0, 370.0)}
+
+
+@pytest.fixture(scope="module")
+def dwpose_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    det_path, pose_path = dwpose_files(folder)
+    det_path.parent.mkdir(parents=True)
+    det = np.zeros((1, 8400, 6), np.float32)
+    cx, cy, w, h = BOX_IN
+    a = anchor(32, int(cx // 32), int(cy // 32))
+    det[0, a] = [cx / 32 - int(cx // 32), cy / 32 - int(cy // 32), np.log(w / 32), np.log(h / 32), 0.9, 0.9]
+    b = anchor(16, int(cx // 16), int(cy // 16))  # same person, lower score: removed by NMS
+    det[0, b] = [cx / 16 - int(cx // 16) + 0.1, cy / 16 - int(cy // 16), np.log(w / 16), np.log(h / 16), 0.8, 0.8]
+    c = anchor(8, 2, 2)  # a weak box elsewhere: passes NMS (0.1) but not the person score (0.3)
+    det[0, c] = [0.5, 0.5, np.log(2), np.log(2), 0.5, 0.5]
+    constant_model(det_path, (1, 3, 640, 640), {"out": det})
+    sx = np.zeros((1, 133, POSE_WH[0] * 2), np.float32)
+    sy = np.zeros((1, 133, POSE_WH[1] * 2), np.float32)
+    for k, (x, y) in KP_IN.items():
+        sx[0, k, int(x * 2)], sy[0, k, int(y * 2)] = 0.9, 0.8
+    constant_model(pose_path, (1, 3, POSE_WH[1], POSE_WH[0]), {"simcc_x": sx, "simcc_y": sy})
+    return folder
+
+
+def expected_frame_xy(k):
+    """Plain top-down math: detector box -> frame box -> padded, aspect-fixed scale -> keypoint."""
+    r = min(DET_SIZE[0] / FRAME_HW[0], DET_SIZE[1] / FRAME_HW[1])
+    cx, cy, w, h = BOX_IN
+    x1, y1, x2, y2 = (cx - w / 2) / r, (cy - h / 2) / r, (cx + w / 2) / r, (cy + h / 2) / r
+    center = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
+    sw, sh = (x2 - x1) * 1.25, (y2 - y1) * 1.25
+    aspect = POSE_WH[0] / POSE_WH[1]
+    sw, sh = (sw, sw / aspect) if sw > sh * aspect else (sh * aspect, sh)
+    x, y = KP_IN[k]
+    return np.array([x / POSE_WH[0] * sw + center[0] - sw / 2, y / POSE_WH[1] * sh + center[1] - sh / 2])
+
+
+def test_estimator_decodes_boxes_and_keypoints_like_the_reference(dwpose_dir):
+    est = DWPoseEstimator(*dwpose_files(dwpose_dir), providers=["CPUExecutionProvider"])
+    assert est.input_wh == POSE_WH and est.providers == ["CPUExecutionProvider"]
+    bgr = np.zeros((*FRAME_HW, 3), np.uint8)
+    kpts, scores = est(bgr)
+    assert kpts.shape == (134, 2) and scores.shape == (134,)
+    norm = np.array([FRAME_HW[1], FRAME_HW[0]])
+    # COCO 0 nose -> OpenPose 0; COCO 6 right shoulder -> 2; COCO 5 -> 5; 9 left wrist -> 7; 15 left ankle -> 13
+    for coco, op in ((0, 0), (6, 2), (5, 5), (9, 7), (15, 13)):
+        assert np.allclose(kpts[op] * norm, expected_frame_xy(coco), atol=1e-3), (coco, op)
+        assert scores[op] == pytest.approx(0.8)
+    assert np.allclose(kpts[1] * norm, (expected_frame_xy(5) + expected_frame_xy(6)) / 2, atol=1e-3)  # neck
+    assert scores[3] == 0  # a point with no response
+
+
+def test_crop_puts_the_box_centre_at_the_input_centre():
+    box = np.array([100.0, 50.0, 180.0, 250.0])
+    mat, center, scale = crop_transform(box, POSE_WH)
+    assert np.allclose(mat @ np.array([*center, 1.0]), [POSE_WH[0] / 2, POSE_WH[1] / 2], atol=1e-4)
+    assert scale[0] / scale[1] == pytest.approx(POSE_WH[0] / POSE_WH[1])
+    assert scale[1] == pytest.approx(200 * 1.25)
+
+
+def test_plugin_runs_off_thread_and_draws_the_decoded_pose(dwpose_dir):
+    ann = load_pose_annotator(dwpose_dir, torch.device("cpu"), torch.float32, wait=None)
+    try:
+        frames = torch.zeros(3, 3, *FRAME_HW)
+        out = ann(frames)
+        assert out.shape == frames.shape
+        rgb = (out[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        x, y = expected_frame_xy(0)  # nose keypoint disc, colour 0
+        assert tuple(rgb[int(y), int(x)]) == COLORS[0]
+        assert ann._thread.name == "pose-annotator" and ann._thread is not threading.current_thread()
+        assert ann.frames_done == 3
+    finally:
+        ann.close()
+
+
+def test_runner_never_blocks_and_returns_the_newest_finished_renderings():
+    gate = threading.Event()
+    seen = []
+
+    def slow_estimate(bgr):
+        gate.wait(10)
+        seen.append(int(bgr[0, 0, 2]))  # red channel (frames come in BGR)
+        p, s = skeleton()
+        return p, s
+
+    ann = PoseAnnotator(slow_estimate, wait=0.0)
+    try:
+        f = torch.zeros(2, 3, 32, 32)
+        out = ann(f)
+        assert not out.any() and "warming up" in ann.notice  # nothing finished yet: black, no wait
+        gate.set()
+        f2 = torch.full((2, 3, 32, 32), 0.5)
+        ann.wait = None
+        out = ann(f2)  # waits for its own frames (offline mode)
+        assert out.any() and ann.notice == ""
+        assert seen[-1] == 128 and len(seen) <= 4  # older pending frames may be dropped, never queued up
+    finally:
+        ann.close()
+
+
+def test_missing_dwpose_files_name_the_download_command(tmp_path):
+    from vacelive.engine.conditioning.annotators import WeightsNotFound
+
+    with pytest.raises(WeightsNotFound, match=r"vacelive weights download pose"):
+        load_pose_annotator(tmp_path, torch.device("cpu"), torch.float32)
