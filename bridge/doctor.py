@@ -273,17 +273,26 @@ def model_checks(opts: Options) -> list[Check]:
         reports = models_report(opts)
     except ValueError as exc:  # an unknown --pipeline
         return [Check(section, "pipeline", "fail", str(exc), "pick a pipeline `vacelive weights list` shows")]
+    from vacelive.engine.pipelines import DEFAULT_RECIPE
+
+    incomplete: list[str] = []
     for name, root, missing, command in reports:
         if not missing:
             out.append(Check(section, name, "ok", f"all files present in {root}"))
             continue
+        if not opts.pipeline and name != DEFAULT_RECIPE:  # the others in one line
+            incomplete.append(f"{name} ({len(missing)} missing)")
+            continue
         shown = ", ".join(m.file.path for m in missing[:3])
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        # a relay-only install never loads weights (they live on the engine box)
+        # a named pipeline is what the user means to run; a relay-only install never loads weights
         severity = "fail" if opts.pipeline else "warn" if engine_installed else "info"
         out.append(Check(section, name, severity,
                          f"{len(missing)} file(s) missing in {root}: {shown}{more}",
                          f"{command}   (or `--random-weights tiny` to rehearse without weights)"))
+    if incomplete:
+        out.append(Check(section, "other pipelines", "info", "not downloaded: " + ", ".join(incomplete),
+                         "`vacelive doctor --pipeline NAME` lists the files of one"))
     return out
 
 

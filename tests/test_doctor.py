@@ -120,7 +120,14 @@ def test_missing_weights_warn_and_fail_when_the_pipeline_is_named(machine, tmp_p
     assert got["longlive"].status == "warn"
     assert "LongLive-1.3B/models/lora.pt" in got["longlive"].detail
     assert got["longlive"].fix.startswith("vacelive weights download longlive --models")
-    assert got["self-forcing"].status == "ok"
+    assert got["self-forcing"].status == "ok" and "other pipelines" not in got
+    (tmp_path / "Self-Forcing" / "checkpoints" / "self_forcing_dmd.pt").unlink()
+    got = _by_name(doctor.run_checks(machine))  # pipelines other than the default: one line
+    assert got["other pipelines"].status == "info" and "self-forcing (1 missing)" in got["other pipelines"].detail
+    assert "self-forcing" not in got
+    machine.pipeline = "self-forcing"  # named: its missing files are listed and a problem
+    got = _by_name(doctor.run_checks(machine))
+    assert got["self-forcing"].status == "fail" and "self_forcing_dmd.pt" in got["self-forcing"].detail
     machine.pipeline = "longlive"
     checks = doctor.run_checks(machine)
     assert _by_name(checks)["longlive"].status == "fail" and doctor.exit_code(checks) == 1
