@@ -27,9 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     }
     for name, help_text in specs.items():
         p = actions.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("pipeline", nargs="?" if name == "list" else None,
+        p.add_argument("pipeline", nargs="?",
                        help=f"a pipeline ({', '.join(RECIPES)}) or an annotator "
                             f"({', '.join(ANNOTATOR_MODELS)})")
+        p.add_argument("--pipeline", dest="pipeline_flag", metavar="NAME",
+                       help="the pipeline as a flag, as in `vacelive serve --pipeline NAME`")
         p.add_argument("--models", metavar="DIR", help=f"models folder (default: ${ENV_VAR} or ~/.vacelive/models)")
         p.add_argument("--codec", choices=CODECS, default="wan", help="VAE used by the run (default wan)")
         p.add_argument("--text-encoder", choices=TEXT_ENCODERS, default="bf16",
@@ -43,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    flag = getattr(args, "pipeline_flag", None)
+    if flag and args.pipeline and flag != args.pipeline:
+        print(f"vacelive weights: two pipelines given ({args.pipeline!r} and --pipeline {flag!r})", file=sys.stderr)
+        return 2
+    args.pipeline = flag or args.pipeline
+    if args.pipeline is None and args.action != "list":
+        print(f"vacelive weights {args.action}: name a pipeline ({', '.join(RECIPES)})", file=sys.stderr)
+        return 2
     if args.pipeline in ANNOTATOR_MODELS:
         return _annotator(args, ANNOTATOR_MODELS[args.pipeline], models_dir(args.models))
     try:
@@ -82,7 +92,7 @@ def _list(recipes: list[Recipe], options: WeightOptions, root) -> int:
             unverified = "  [source unverified, see docs/models.md]" if not f.verified else ""
             print(f"  {state:<16} {f.role:<13} {f.path}")
             print(f"  {'':<16} {'':<13} <- {f.repo_id} : {f.filename}{when}{unverified}")
-    if len(recipes) > 1:
+    if len(recipes) > 1 and PLANNED_RECIPES:
         print("\nplanned (not implemented yet): " + ", ".join(PLANNED_RECIPES))
         print("\nannotators (vacelive weights download <name>):")
         for m in ANNOTATOR_MODELS.values():
