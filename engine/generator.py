@@ -361,6 +361,8 @@ class StreamGenerator:
             timings = clock.finish()
             # the annotator thread's cost and lag for this chunk's maps (engine.conditioning.runner)
             timings.update(getattr(self.conditioner, "timings_ms", None) or {})
+            if self.pose is not None:
+                timings.update(self.pose.timings_ms)
         timings["wall"] = (time.perf_counter() - wall0) * 1e3
         return ChunkResult(frames=frames, chunk_index=index, timings_ms=timings, notices=notices,
                            noise_scale=v2v.noise_scale)
@@ -492,7 +494,7 @@ class StreamGenerator:
         chunk = self.pose.prepare(request, start_frame=self.frame, num_latents=n,
                                   num_frames=self.next_chunk_frames, pixel_start=pixel_start)
         notices.extend(self.pose.notices)
-        if chunk.rendered is not None and request.annotator == "pose" and request.mask is None:
+        if chunk.handles_vace and request.mask is None:
             request = replace(request, video=chunk.rendered, annotator="none")
         return chunk.condition, request
 

@@ -1,11 +1,13 @@
 """The pose annotator: DWPose drawing of a known skeleton (limb colours and positions), the DWPose
 decoding chain through onnxruntime on tiny hand-built ONNX models with known outputs (the real
-YOLOX/DWPose files are 350 MB and cannot be in CI), and the off-thread runner.
+YOLOX/DWPose files are 350 MB and cannot be in CI), and the pose conditioner running it on the
+annotator thread.
 
 What this does NOT cover: the accuracy of the real DWPose weights on camera frames."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ cv2 = pytest.importorskip("cv2")
 ort = pytest.importorskip("onnxruntime")
 
 from vacelive.engine.conditioning.pose_annotator import (  # noqa: E402
-    DET_SIZE, DWPoseEstimator, PoseAnnotator, crop_transform, dwpose_files, load_pose_annotator,
+    DET_SIZE, DWPoseEstimator, crop_transform, dwpose_files, load_pose_annotator,
 )
 from vacelive.engine.conditioning.pose_render import (  # noqa: E402
     COLORS, HAND_COLORS, LIMBS, draw_pose, for_unianimate, to_openpose,
@@ -189,44 +191,57 @@ def test_crop_puts_the_box_centre_at_the_input_centre():
     assert scale[1] == pytest.approx(200 * 1.25)
 
 
-def test_plugin_runs_off_thread_and_draws_the_decoded_pose(dwpose_dir):
-    ann = load_pose_annotator(dwpose_dir, torch.device("cpu"), torch.float32, wait=None)
+def test_plugin_draws_the_decoded_pose(dwpose_dir):
+    from vacelive.engine.conditioning.annotators import Annotators
+
+    ann = Annotators(torch.device("cpu"), torch.float32, models=dwpose_dir)
+    frames = torch.zeros(3, 3, *FRAME_HW)
+    out = ann("pose", frames)
+    assert out.shape == frames.shape
+    rgb = (out[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    x, y = expected_frame_xy(0)  # nose keypoint disc, colour 0
+    assert tuple(rgb[int(y), int(x)]) == COLORS[0]
+    fn = ann._loaded["pose"]
+    assert fn.frames_done == 3 and fn.providers == ["CPUExecutionProvider"]
+
+
+class ThreadSpy:
+    """Annotators that record on which thread each annotation ran."""
+
+    def __init__(self, inner):
+        self.inner, self.threads, self._loaded = inner, [], inner._loaded
+
+    def __call__(self, name, frames):
+        self.threads.append(threading.current_thread().name)
+        return self.inner(name, frames)
+
+
+def test_pose_conditioner_annotates_on_the_annotator_thread_one_chunk_ahead(dwpose_dir):
+    from vacelive.engine.conditioning.annotators import Annotators
+    from vacelive.engine.config import tiny_config
+    from vacelive.engine.factory import random_dit
+    from vacelive.engine.pose.build import random_pose
+    from vacelive.engine.request import ChunkRequest
+
+    model = random_dit(tiny_config(), vace=False, device="cpu", dtype=torch.float32, seed=0)
+    pose = random_pose(model, width=64, height=48, frames_per_chunk=3, device="cpu", dtype=torch.float32)
+    pose.annotators = spy = ThreadSpy(Annotators(torch.device("cpu"), torch.float32, models=dwpose_dir))
+    video = np.zeros((12, *FRAME_HW, 4), np.uint8)
     try:
-        frames = torch.zeros(3, 3, *FRAME_HW)
-        out = ann(frames)
-        assert out.shape == frames.shape
-        rgb = (out[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        x, y = expected_frame_xy(0)  # nose keypoint disc, colour 0
-        assert tuple(rgb[int(y), int(x)]) == COLORS[0]
-        assert ann._thread.name == "pose-annotator" and ann._thread is not threading.current_thread()
-        assert ann.frames_done == 3
+        first = pose.prepare(ChunkRequest(video=video[:9], pose_strength=1.0), start_frame=0, num_latents=3,
+                             num_frames=9, pixel_start=0)
+        assert first.condition is None and any("starting" in n for n in pose.notices)  # never waited
+        deadline = time.monotonic() + 30
+        while pose.maps.runner.take("pose") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = pose.prepare(ChunkRequest(video=video, pose_strength=1.0), start_frame=3, num_latents=3,
+                              num_frames=12, pixel_start=9)
+        assert second.condition is not None and second.condition.shape == (1, 3 * 3 * 4, 64)
+        assert second.rendered.shape == (12, *FRAME_HW, 3)  # the previous chunk's maps, fitted to 12
+        assert spy.threads and all(t != threading.current_thread().name for t in spy.threads)
+        assert "pose_annotator" in pose.timings_ms
     finally:
-        ann.close()
-
-
-def test_runner_never_blocks_and_returns_the_newest_finished_renderings():
-    gate = threading.Event()
-    seen = []
-
-    def slow_estimate(bgr):
-        gate.wait(10)
-        seen.append(int(bgr[0, 0, 2]))  # red channel (frames come in BGR)
-        p, s = skeleton()
-        return p, s
-
-    ann = PoseAnnotator(slow_estimate, wait=0.0)
-    try:
-        f = torch.zeros(2, 3, 32, 32)
-        out = ann(f)
-        assert not out.any() and "warming up" in ann.notice  # nothing finished yet: black, no wait
-        gate.set()
-        f2 = torch.full((2, 3, 32, 32), 0.5)
-        ann.wait = None
-        out = ann(f2)  # waits for its own frames (offline mode)
-        assert out.any() and ann.notice == ""
-        assert seen[-1] == 128 and len(seen) <= 4  # older pending frames may be dropped, never queued up
-    finally:
-        ann.close()
+        pose.close()
 
 
 def test_missing_dwpose_files_name_the_download_command(tmp_path):

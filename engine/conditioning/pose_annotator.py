@@ -15,17 +15,13 @@ that `vacelive weights download pose` places in `<models>/DWPose/`:
   With no box the whole frame is the box. Only the first (best) person is drawn, like UniAnimate.
 Rendering: engine.conditioning.pose_render (VACE/ControlNet colour order).
 
-PoseAnnotator never blocks a chunk (unless asked to): each call hands the newest frames to a
-worker thread and returns the renderings finished so far, newest last, so the pose follows the
-camera with at most about one chunk of delay (the worker's time per frame decides). Before the
-first rendering it returns black frames (no pose) and says so in `notice`.
+Off the generation thread: VACE's conditioner and the pose conditioner run it as a job of their
+annotator thread (engine.conditioning.runner: one chunk ahead, never waited for).
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Callable
 
@@ -195,102 +191,45 @@ def onnx_providers(device: torch.device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-# ---- the off-thread runner ---------------------------------------------------------------------------
+# ---- the annotator ----------------------------------------------------------------------------------
 Estimate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-class PoseAnnotator:
-    """Annotate(frames [F, 3, H, W] float 0..1) -> renderings [F, 3, H, W] float 0..1, computed by
-    a worker thread (see module doc). `wait`: seconds a call may wait for ITS frames (0 = never
-    wait, the live default; None = wait until done, for tests and offline use)."""
+class DWPoseAnnotate:
+    """Annotate(frames [F, 3, H, W] float 0..1) -> renderings [F, 3, H, W] float 0..1 on the same
+    device: one DWPose estimate and drawing per frame. Synchronous: the conditioners run it on
+    the annotator thread (engine.conditioning.runner), one chunk ahead of generation."""
 
-    def __init__(self, estimate: Estimate, *, wait: float | None = 0.0, keep: int = 64, name: str = "pose"):
+    def __init__(self, estimate: Estimate):
         self.estimate = estimate
-        self.wait = wait
-        self.notice = ""
         self.providers: list[str] = list(getattr(estimate, "providers", []))
-        self._results: deque[tuple[int, np.ndarray]] = deque(maxlen=keep)  # (frame id, uint8 HxWx3)
-        self._pending: deque[tuple[int, np.ndarray]] = deque()
-        self._cond = threading.Condition()
-        self._next_id = 0
-        self._done_id = -1
-        self._closed = False
         self.frames_done = 0
-        self.seconds = 0.0  # worker time spent, for stats
+        self.seconds = 0.0
         self.errors = 0
-        self._thread = threading.Thread(target=self._work, name=f"{name}-annotator", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(5.0)
-
-    def reset(self) -> None:
-        with self._cond:
-            self._pending.clear()
-            self._results.clear()
 
     @property
     def ms_per_frame(self) -> float:
         return 1e3 * self.seconds / self.frames_done if self.frames_done else 0.0
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = frames.shape
+        t0 = time.perf_counter()
         rgb = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        with self._cond:
-            first = self._next_id
-            # the worker only ever needs the newest frames: older pending ones are dropped
-            self._pending.clear()
-            for i in range(n):
-                self._pending.append((first + i, np.ascontiguousarray(rgb[i, :, :, ::-1])))  # BGR, as DWPose reads
-            self._next_id += n
-            self._cond.notify_all()
-            if self.wait is None or self.wait > 0:
-                deadline = None if self.wait is None else time.monotonic() + self.wait
-                while self._done_id < first + n - 1 and not self._closed:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    self._cond.wait(left)
-            ready = [r for _, r in self._results][-n:]
-        if not ready:
-            self.notice = "Pose annotator: warming up (no pose yet), black pose frames this chunk."
-            return torch.zeros_like(frames, dtype=torch.float32)
-        self.notice = ""
-        ready = [ready[0]] * (n - len(ready)) + ready
-        out = torch.from_numpy(np.stack(ready)).to(frames.device).permute(0, 3, 1, 2).float().div_(255.0)
-        if tuple(out.shape[-2:]) != (h, w):
-            out = torch.nn.functional.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-        return out
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                fid, bgr = self._pending.popleft()
-            t0 = time.perf_counter()
+        out = np.empty_like(rgb)
+        for i in range(rgb.shape[0]):
+            bgr = np.ascontiguousarray(rgb[i, :, :, ::-1])  # DWPose reads OpenCV BGR frames
             try:
                 pts, scores = self.estimate(bgr)
-                rendering = draw_pose(pts, scores, bgr.shape[0], bgr.shape[1])
-            except Exception as exc:  # noqa: BLE001 - a bad frame must not kill the worker
+                out[i] = draw_pose(pts, scores, bgr.shape[0], bgr.shape[1])
+            except Exception as exc:  # noqa: BLE001 - one bad frame draws no pose, the rest go on
                 self.errors += 1
                 log.warning("pose annotator: frame failed: %s: %s", type(exc).__name__, exc)
-                rendering = np.zeros_like(bgr)
-            dt = time.perf_counter() - t0
-            with self._cond:
-                self._results.append((fid, rendering))
-                self._done_id = fid
-                self.frames_done += 1
-                self.seconds += dt
-                self._cond.notify_all()
+                out[i] = 0
+        self.frames_done += rgb.shape[0]
+        self.seconds += time.perf_counter() - t0
+        return torch.from_numpy(out).to(frames.device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def load_pose_annotator(models: Path, device: torch.device, dtype: torch.dtype, *, wait: float | None = 0.0) -> PoseAnnotator:
+def load_pose_annotator(models: Path, device: torch.device, dtype: torch.dtype) -> DWPoseAnnotate:
     """The annotator plug-in: DWPose from `<models>/DWPose/` (WeightsNotFound when missing, naming
     the download command), onnxruntime on CUDA when the engine is on CUDA and it has the provider."""
     from vacelive.engine.conditioning.annotators import AnnotatorUnavailable, WeightsNotFound
@@ -310,9 +249,9 @@ def load_pose_annotator(models: Path, device: torch.device, dtype: torch.dtype, 
     except Exception as e:  # noqa: BLE001 - a broken file is reported, the show goes on
         raise AnnotatorUnavailable(f"Pose annotator: could not load {det.parent}: {e}") from None
     log.info("pose annotator: DWPose on onnxruntime %s", estimator.providers)
-    return PoseAnnotator(estimator, wait=wait)
+    return DWPoseAnnotate(estimator)
 
 
-def load(name: str, models: Path, device: torch.device, dtype: torch.dtype) -> PoseAnnotator:
+def load(name: str, models: Path, device: torch.device, dtype: torch.dtype) -> DWPoseAnnotate:
     """Plug-in entry (engine.conditioning.annotators.PLUGINS["pose"])."""
     return load_pose_annotator(models, device, dtype)

@@ -39,11 +39,13 @@ UNTRAINED_PROJ_NOTICE = ("Pose tokens: this DiT needs a trained pose_proj (5120 
 class PoseChunk:
     condition: torch.Tensor | None  # [1, L, dim] (already scaled) or None
     rendered: torch.Tensor | None  # this chunk's annotated pose frames [n, H, W, 3] uint8 (VACE may reuse them)
+    handles_vace: bool = False  # VACE's pose control takes `rendered` (None: no pose map this chunk)
 
 
 class PoseConditioner:
     def __init__(self, embedding: PoseEmbedding, *, width: int, height: int, frames_per_chunk: int,
-                 device, dtype: torch.dtype, annotators=None, warn_untrained: bool = True) -> None:
+                 device, dtype: torch.dtype, annotators=None, warn_untrained: bool = True,
+                 annotator_thread: bool = True) -> None:
         if width % 16 or height % 16:
             raise ValueError(f"pose conditioning needs a width and height that are multiples of 16, got {width}x{height}")
         self.embedding = embedding
@@ -57,6 +59,12 @@ class PoseConditioner:
         self.notices: list[str] = []
         self._said: set[str] = set()
         self.stats = {"chunks": 0, "cnn_frames": 0}
+        # DWPose runs on an annotator thread one chunk ahead (engine.conditioning.runner);
+        # annotator_thread=False runs it inline (tests, offline renders)
+        self.annotator_thread = annotator_thread
+        self._maps = None
+        self._seq = 0
+        self.timings_ms: dict[str, float] = {}
 
     def describe(self) -> dict:
         ann = self.annotators._loaded.get("pose") if self.annotators is not None else None
@@ -71,6 +79,21 @@ class PoseConditioner:
         self.timeline.reset()
         self.history.clear()
         self._said.clear()
+        if self._maps is not None:
+            self._maps.clear()
+
+    def close(self) -> None:
+        """Stop the annotator thread."""
+        if self._maps is not None:
+            self._maps.runner.close()
+
+    @property
+    def maps(self):
+        if self._maps is None:
+            from vacelive.engine.conditioning.runner import AnnotatorRunner, ChunkMaps
+
+            self._maps = ChunkMaps(AnnotatorRunner(self.device, name="pose-annotator"))
+        return self._maps
 
     def snapshot(self) -> tuple:
         return self.timeline.snapshot(), dict(self.history), set(self._said)
@@ -95,9 +118,14 @@ class PoseConditioner:
     def prepare(self, request, *, start_frame: int, num_latents: int, num_frames: int, pixel_start: int) -> PoseChunk:
         """This chunk's condition (see module doc). pixel_start: the chunk's first pixel frame."""
         notes: list[str] = []
+        self._seq += 1
+        if self._maps is not None:
+            self._maps.begin_chunk()
         try:
             return self._prepare(request, start_frame, num_latents, num_frames, pixel_start, notes)
         finally:
+            t = self._maps.timings() if self._maps is not None else {}
+            self.timings_ms = {f"pose_{k}": v for k, v in t.items()}
             self.notices = [n for n in dict.fromkeys(notes) if n not in self._said]
             self._said.update(self.notices)
 
@@ -130,20 +158,15 @@ class PoseConditioner:
             return PoseChunk(None, None)
         rendered = None
         if source == "annotate" or vace_wants:
-            from vacelive.engine.conditioning.annotators import AnnotatorUnavailable
-
-            try:
-                pose_map = self._annotate(raw, notes)
-            except AnnotatorUnavailable as e:
-                if strength > 0:  # (VACE reports it itself when only its control wanted the map)
-                    notes.append(f"{e} No pose tokens this chunk.")
-                return PoseChunk(None, None)
+            pose_map = self._annotate(raw, n_pix, notes)
+            if pose_map is None:  # not ready yet / unavailable: no pose this chunk (notice given)
+                return PoseChunk(None, None, handles_vace=vace_wants)
             rendered = (pose_map.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
             pose_frames = pose_map if source == "annotate" else raw
         else:
             pose_frames = raw
         if strength == 0:
-            return PoseChunk(None, rendered)
+            return PoseChunk(None, rendered, handles_vace=vace_wants)
         if self.warn_untrained and not self.embedding.pose_proj_trained:
             notes.append(UNTRAINED_PROJ_NOTICE.format(dim=self.embedding.dim))
         # pose maps are shown with the drawing's triplets as RGB; UniAnimate trained on R/B swapped
@@ -153,18 +176,21 @@ class PoseConditioner:
             cond = cond.mul_(strength)
         self._remember(start, n_lat, cond)
         self.stats["chunks"] += 1
-        return PoseChunk(cond, rendered)
+        return PoseChunk(cond, rendered, handles_vace=vace_wants)
 
-    def _annotate(self, frames: torch.Tensor, notes: list[str]) -> torch.Tensor:
+    def _annotate(self, frames: torch.Tensor, n: int, notes: list[str]) -> torch.Tensor | None:
+        """DWPose renderings of the chunk's frames: the newest finished ones from the annotator
+        thread (the previous chunk's frames in steady state), or None with a notice."""
+        from vacelive.engine.conditioning.annotators import AnnotatorUnavailable, Annotators
+
         if self.annotators is None:
-            from vacelive.engine.conditioning.annotators import Annotators
-
             self.annotators = Annotators(self.device, self.dtype)
-        out = self.annotators("pose", frames)
-        notice = getattr(self.annotators._loaded.get("pose"), "notice", "")
-        if notice:
-            notes.append(notice)
-        return out
+        job = lambda: self.annotators("pose", frames)  # noqa: E731
+        try:
+            return self.maps("pose", job, self._seq, n, notes) if self.annotator_thread else job()
+        except AnnotatorUnavailable as e:
+            notes.append(f"{e} No pose this chunk.")
+            return None
 
     def chunk_tokens(self, start: int, n_lat: int, lookahead: str) -> torch.Tensor:
         """[1, n_lat*h*w, dim] unscaled tokens of latents start..start+n-1 from the timeline."""
