@@ -43,9 +43,9 @@ def _help_imports(*argv: str) -> tuple[str, list[str]]:
     return p.stdout, eval(tail[len("IMPORTED"):])
 
 
-@pytest.mark.parametrize("verb", [""] + list(COMMANDS))
+@pytest.mark.parametrize("verb", [""] + list(COMMANDS) + ["weights list", "weights download", "td install"])
 def test_help_of_every_verb_imports_no_torch(verb):
-    out, imported = _help_imports(*([verb] if verb else []))
+    out, imported = _help_imports(*verb.split())
     assert "usage: vacelive" in out
     assert "unavailable" not in out
     assert imported == [], f"`vacelive {verb} --help` imported {imported}"
