@@ -72,7 +72,22 @@ def _raft(name: str, title: str, file: str) -> AnnotatorModel:
         "BSD-3-Clause (torchvision)")
 
 
+# DWPose as UniAnimate-DiT runs it: YOLOX-L person detector + DWPose-L 384x288 whole-body, ONNX
+# (Hugging Face yzd-v/DWPose, Apache-2.0); engine.conditioning.pose_annotator reads <models>/DWPose/.
+DWPOSE = AnnotatorModel(
+    "pose", "DWPose (YOLOX-L detector + DWPose-L whole-body, ONNX over onnxruntime)", "DWPose",
+    tuple(AnnotatorFile(f"DWPose/{f}", repo_id="yzd-v/DWPose", filename=f) for f in ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")),
+    "Apache-2.0")
+# Not an annotator: UniAnimate-DiT's released file (14B LoRA + the pose CNNs that engine.pose loads
+# for pose tokens), Hugging Face ZheWang123/UniAnimate-DiT; engine.pose.build reads it from here.
+UNIANIMATE = AnnotatorModel(
+    "unianimate", "UniAnimate-DiT pose embedding (pose tokens; the file also holds its 14B LoRA)", "UniAnimate-DiT",
+    (AnnotatorFile("UniAnimate-DiT/UniAnimate-Wan2.1-14B-Lora-12000.ckpt", repo_id="ZheWang123/UniAnimate-DiT",
+                   filename="UniAnimate-Wan2.1-14B-Lora-12000.ckpt"),),
+    "see the model card (ZheWang123/UniAnimate-DiT)")
+
 ANNOTATOR_MODELS: dict[str, AnnotatorModel] = {m.name: m for m in (
+    DWPOSE, UNIANIMATE,
     _depth("depth", "Small", "Apache-2.0"),
     _depth("depth-base", "Base", "CC-BY-NC-4.0"),
     _depth("depth-large", "Large", "CC-BY-NC-4.0"),

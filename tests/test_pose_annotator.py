@@ -249,3 +249,12 @@ def test_missing_dwpose_files_name_the_download_command(tmp_path):
 
     with pytest.raises(WeightsNotFound, match=r"vacelive weights download pose"):
         load_pose_annotator(tmp_path, torch.device("cpu"), torch.float32)
+
+
+def test_download_registry_places_the_files_where_the_loaders_read_them(tmp_path):
+    from vacelive.engine.annotator_models import ANNOTATOR_MODELS
+    from vacelive.engine.pose.build import UNIANIMATE_FILE, UNIANIMATE_FOLDER, UNIANIMATE_REPO
+
+    assert [tmp_path / f.path for f in ANNOTATOR_MODELS["pose"].files] == list(dwpose_files(tmp_path))
+    (ua,) = ANNOTATOR_MODELS["unianimate"].files
+    assert ua.path == f"{UNIANIMATE_FOLDER}/{UNIANIMATE_FILE}" and ua.repo_id == UNIANIMATE_REPO
