@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in ENGINE_EXTRA:
             raise
-        print(f"vacelive {args.command}: needs {exc.name}, which the engine extra installs "
-              "(this is a relay-only install): pip install 'vacelive[engine]'", file=sys.stderr)
+        print(f"vacelive {args.command}: needs {exc.name}, which the engine extra installs (this "
+              "is a relay-only install): install torch (README, Quick start), then "
+              "pip install -e '.[engine]' in the vacelive checkout", file=sys.stderr)
         return 2
 
 

@@ -203,7 +203,8 @@ def gpu_checks(opts: Options) -> list[Check]:
     if not t["installed"]:
         out.append(Check(section, "torch", "info", "torch not installed: relay-only install "
                          "(`vacelive relay`, `td`, `keys`, `doctor` work; serve/engine/demo need the engine extra)",
-                         "on the GPU box (or for `vacelive demo`): pip install 'vacelive[engine]'"))
+                         "for serve/engine/demo here: torch first (README, Quick start), then "
+                         "pip install -e '.[engine]' in the vacelive checkout"))
         return out
     if "error" in t:
         out.append(Check(section, "torch", "fail", f"torch is installed but does not import: {t['error']}",
@@ -246,7 +247,11 @@ def gpu_checks(opts: Options) -> list[Check]:
 def attention_checks(opts: Options) -> list[Check]:
     section = "attention and FP8"
     t = torch_facts()
-    if not t.get("installed") or "error" in t or not t.get("cuda_available"):
+    if not t.get("installed"):
+        return [Check(section, "SDPA kernels", "info", "torch not installed: attention runs on the engine box")]
+    if "error" in t:
+        return [Check(section, "SDPA kernels", "info", "not checked: torch does not import (above)")]
+    if not t.get("cuda_available"):
         return [Check(section, "SDPA kernels", "info", "no CUDA GPU: attention would run on the CPU "
                       "math path (cuDNN/flash/efficient kernels and FP8 are CUDA only)")]
     out: list[Check] = []

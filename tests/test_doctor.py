@@ -67,6 +67,8 @@ def test_relay_only_install_is_not_a_problem(machine, monkeypatch):
     got = _by_name(checks)
     assert "torch not installed: relay-only install" in got["torch"].detail
     assert got["torch"].status == "info"
+    assert "'.[engine]'" in got["torch"].fix
+    assert "engine box" in got["SDPA kernels"].detail
     assert all(c.status == "info" for c in checks if c.section == "models")  # weights live on the engine box
     assert doctor.exit_code(checks) == 0
 

@@ -108,7 +108,7 @@ def test_an_engine_verb_on_a_relay_only_install_says_which_extra_to_install(monk
     monkeypatch.setattr(demo, "run", run)
     assert cli.main(["demo"]) == 2
     err = capsys.readouterr().err
-    assert "pip install 'vacelive[engine]'" in err and "torch" in err
+    assert "pip install -e '.[engine]'" in err and "needs torch" in err
 
 
 # -- a fresh venv without torch -------------------------------------------------------------------
