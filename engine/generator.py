@@ -251,14 +251,16 @@ class StreamGenerator:
     def fp8(self) -> bool:
         return self._fp8 is not None
 
-    def set_fp8(self, enabled: bool) -> None:
-        """e4m3 block Linears (engine.dit.fp8: quantised once, reversible), or restore bf16."""
+    def set_fp8(self, enabled: bool, compact: bool = False) -> None:
+        """e4m3 block Linears (engine.dit.fp8: quantised once, reversible), or restore bf16.
+        compact: free the bf16 weights of the swapped Linears (one-way; what lets Krea 14B + VACE
+        fit a 40 GB budget): FP8 can then not be turned off nor merged LoRAs rescaled."""
         if enabled and self._fp8 is None:
             from vacelive.engine.dit.fp8 import Fp8Linears, fp8_supported
 
             if not fp8_supported(self.device):
                 raise ValueError(f"FP8 matmuls are not supported on {self.device}")
-            self._fp8 = Fp8Linears(self.model)
+            self._fp8 = Fp8Linears(self.model, keep_originals=not compact)
         elif not enabled and self._fp8 is not None:
             self._fp8.restore()
             self._fp8 = None
@@ -540,6 +542,10 @@ class StreamGenerator:
                 notices.append(f"no LoRA named {name!r} (have: {sorted(known) or 'none'}): ignored")
                 continue
             value = _clamped(f"lora_scales[{name!r}]", value, *LORA_SCALE_RANGE, known[name], notices)
+            if value != known[name] and self._fp8 is not None and self._fp8.released:
+                notices.append(f"LoRA {name!r}: the scale is fixed while compact FP8 runs (no bf16 weights "
+                               "to re-merge into)")
+                continue
             if value != known[name]:
                 self.loras.set_scale(name, value)  # bumps weights_version: text K/V are recomputed
                 if self._fp8 is not None:

@@ -11,6 +11,12 @@ its parent module, keeping its parameters under the same names; `Fp8Linears.rest
 original modules back (needed before
 a merged-LoRA rescale, which edits the bf16 weights; `refresh()` re-quantises afterwards).
 Cross-attention K/V are left in bf16: they run once per prompt, not per chunk.
+
+`keep_originals=False` ("compact", for the 14B model on one GPU): each swapped Linear's bf16
+weight storage is freed right after it is quantised, so the block Linears cost 1 byte per weight
+instead of 3 (28 GB of bf16 + 14 GB of e4m3 for Krea 14B becomes ~14 GB). That is one-way:
+restore()/refresh() refuse (no bf16 left to go back to or re-merge a LoRA into), and the state
+dict then holds empty tensors for those weights.
 """
 from __future__ import annotations
 
@@ -83,8 +89,10 @@ class Fp8Linears:
     `refresh()` re-quantises (after weights or merged LoRAs changed)."""
 
     def __init__(self, model: nn.Module, names: Iterable[str] = BLOCK_LINEARS,
-                 on_change: Callable[[], None] | None = None):
+                 on_change: Callable[[], None] | None = None, keep_originals: bool = True):
         self.model, self.names, self.on_change = model, tuple(names), on_change
+        self.keep_originals = keep_originals
+        self.released = False
         self._swapped: list[tuple[nn.Module, str, nn.Linear]] = []
         self.apply()
 
@@ -94,9 +102,15 @@ class Fp8Linears:
         self._swapped = _block_linears(self.model, self.names)
         for parent, attr, linear in self._swapped:
             setattr(parent, attr, Fp8Linear(linear))
+            if not self.keep_originals:  # free the bf16 copy now: peak = one Linear's temporaries
+                linear.weight.data = linear.weight.data.new_empty(0)
+                self.released = True
         self._changed()
 
     def restore(self) -> None:
+        if self.released:
+            raise RuntimeError("FP8 was applied with keep_originals=False: the bf16 weights were freed, "
+                               "so they cannot be restored (reload the model instead)")
         for parent, attr, linear in self._swapped:
             setattr(parent, attr, linear)
         self._swapped = []
