@@ -102,6 +102,20 @@ def _live_params() -> list[Param]:
           0.9, 1.0, morph="lerp"),
         P("similarity_max_skip", "int", 10, "Chunks skipped in a row at most, then one is "
           "generated anyway.", "V2V", 0, 100, unit="chunks"),
+        # Pose tokens (UniAnimate-DiT, engine/pose, docs/pose.md)
+        P("pose_strength", "float", 0.0, "Pose tokens: how strongly the performer's pose "
+          "(UniAnimate-DiT's pose embedding added to the DiT's tokens) drives the figure; 0 is "
+          "off (the exact path). Needs pose weights: docs/pose.md.", "Pose", 0.0, 2.0, morph="lerp"),
+        P("pose_source", "enum", "annotate", "annotate: DWPose finds the pose in the control "
+          "video (one chunk behind the camera); rendered: the control video already is a "
+          "DWPose/OpenPose drawing (e.g. from TouchDesigner).", "Pose",
+          choices=("annotate", "rendered")),
+        P("pose_lookahead", "enum", "wait", "wait: the exact pose embedding, the figure follows "
+          "4 frames later; causal: no added delay, each chunk's last latent frame sees the newest "
+          "pose held still for its 4 future frames.", "Pose", choices=("wait", "causal")),
+        P("pose_ref", "bool", False, "Reference pose (UniAnimate's randomref embedding). Only "
+          "image-to-video DiTs take it; the text-to-video pipelines here say so and ignore it.",
+          "Pose"),
         # Extension
         P("extension_mode", "enum", "none", "Anchor the stream to first/last frame or clip "
           "files (VACE frame extension); changing it to none ends a running extension.", "Extension",
@@ -118,6 +132,23 @@ def _live_params() -> list[Param]:
           "generation rate.", "Output", 0.0, 120.0, unit="fps", in_presets=False),
         P("snapshot", "action", None, "Save the next output frame as a PNG (the run loop "
           "writes it and reports the path).", "Output", morph="none", in_presets=False),
+        # Tempo (bridge/stage.py, bridge/quantize.py; docs/tempo.md)
+        P("tempo", "float", 120.0, "Tempo in BPM. With Link on it is the session's tempo: a "
+          "change here changes it for every peer, and a peer's change shows here.", "Tempo",
+          20.0, 300.0, unit="bpm", in_presets=False),
+        P("link", "bool", False, "Join the Ableton Link session on this network (tempo, beat and "
+          "bar phase shared with Live, Resolume, TouchDesigner, ...); off: the internal clock, "
+          "set by tempo or tap.", "Tempo", in_presets=False),
+        P("quantize", "enum", "none", "Arm prompt cuts, prompt lists, reference swaps and "
+          "preset recalls to appear on the next beat, bar or N bars (none: at the next chunk). "
+          "/vace/cue arms one message with its own grid.", "Tempo",
+          choices=("none", "beat", "bar", "2bars", "4bars", "8bars"), in_presets=False),
+        P("transition_beats", "float", 0.0, "Prompt transition length in beats (converted to "
+          "chunks at the current tempo and output rate); 0 uses transition_chunks.", "Tempo",
+          0.0, 64.0, unit="beats"),
+        P("beat_offset_ms", "float", 0.0, "Output latency after vacelive (NDI/Spout hop, "
+          "projector): quantised changes are applied this much earlier so they appear on the "
+          "beat on the wall.", "Tempo", -500.0, 1000.0, unit="ms", in_presets=False),
     ] + _pipeline_params()
 
 
@@ -138,6 +169,11 @@ def _pipeline_params() -> list[Param]:
         P("record_interval", "int", 3, "MemFlow: a new bank slot opens every N chunks; until it "
           "does, each chunk's first frame replaces the newest slot.", "Pipeline", 1, 12,
           unit="chunks", pipelines=("memflow",)),
+        # RewardForcing (YepicAI/Reward-Forcing CausalWanSelfAttention compression_alpha 0.999)
+        P("sink_ema", "float", 0.999, "RewardForcing: share of the sink kept when frames leave "
+          "the window (sink <- a * sink + (1 - a) * evicted frame, once per chunk); 1 = the "
+          "first frames anchor the stream forever, lower = the anchor follows the recent past.",
+          "Pipeline", 0.9, 1.0, morph="lerp", pipelines=("reward-forcing",)),
     ]
 
 
@@ -202,6 +238,21 @@ CONTROLS: tuple[Control, ...] = (
             "Remove one layout box.", "s"),
     Control(f"{PREFIX}/layout/clear", "", f"{PREFIX}/layout_boxes",
             "Remove every layout box.", ""),
+    Control(f"{PREFIX}/cue", "grid [length] address args...", f"{PREFIX}/cue/armed what beat",
+            "Arm one message for the next grid line (none, beat, bar, 2bars, 4bars, 8bars, "
+            "Nbeats); length (8beats, 2bars, N chunks) sets a prompt's transition or a preset's "
+            "morph, e.g. /vace/cue bar 8beats /vace/preset/load dusk.", "ss"),
+    Control(f"{PREFIX}/tempo/tap", "", f"{PREFIX}/tempo <bpm>",
+            "Tap tempo: two or more taps set the tempo (their mean interval) and put the beat on "
+            "the tap; with Link on, the session's tempo.", ""),
+    Control(f"{PREFIX}/record/start", "[name|path.mp4] [side_by_side]",
+            f"{PREFIX}/record/started path codec",
+            "Record the paced output to MP4 (named by time and preset, or the given name or path); "
+            "side_by_side 1 adds the control input on the right.", "si"),
+    Control(f"{PREFIX}/record/stop", "", f"{PREFIX}/record/stopped path frames dropped",
+            "Stop recording; the reply comes when the file is closed.", ""),
+    Control(f"{PREFIX}/record/status", "", f"{PREFIX}/record/status active path frames "
+            "dropped seconds codec", "The current (or last) recording.", ""),
 )
 
 # Everything the run loop's status provider (bridge.run.loop.RunLoop.status) sends, in its order.
@@ -227,6 +278,15 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
                 "motion-aware controller); -1 while generating from text."),
     StatusField("skipped", "int", "chunks", "Chunks the similarity skip replaced by the last "
                 "frame so far (a still input)."),
+    StatusField("tempo", "float", "bpm", "Tempo of the beat clock (Link session or internal)."),
+    StatusField("beat", "float", "beats", "Beat position now (Link: the session's beat time)."),
+    StatusField("phase", "float", "beats", "Position inside the bar, 0 up to 4."),
+    StatusField("link_peers", "int", "", "Other Ableton Link peers in the session (0 without Link)."),
+    StatusField("armed", "int", "", "Quantised changes waiting for their beat."),
+    StatusField("recording", "int", "", "1 while recording, else 0."),
+    StatusField("record_frames", "int", "frames", "Frames written to the current recording."),
+    StatusField("record_dropped", "int", "frames", "Frames the recording dropped because the "
+                "encoder fell behind (the output never drops for it)."),
 )
 
 FEEDBACK: tuple[tuple[str, str], ...] = (
