@@ -72,9 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser, *groups: str) -> None:
                        help="frames over the link: raw (10 GbE, loopback) or jpeg (1 GbE)")
         g.add_argument("--jpeg-quality", type=ranged(int, 1, 100), default=90, help="JPEG quality 1..100")
     if "io" in groups:
-        g = parser.add_argument_group("textures (SPEC = shm:NAME | spout:NAME | syphon:[APP/]NAME | none)")
+        g = parser.add_argument_group("textures (SPEC = shm:NAME | spout:NAME | syphon:[APP/]NAME | "
+                                      "ndi:NAME[?groups=..&ips=..&fourcc=..] | none)")
         g.add_argument("--control", default=default_spec("vacelive-control"), metavar="SPEC",
                        help="control/source video input")
+        g.add_argument("--input", default=default_spec("vacelive-input"), metavar="SPEC",
+                       help="V2V input video restyled with /vace/input_mode video (until a frame "
+                       "arrives there, the control input is the input)")
         g.add_argument("--mask", default=default_spec("vacelive-mask"), metavar="SPEC",
                        help="mask input (white = generate, black = keep)")
         g.add_argument("--ref", default=default_spec("vacelive-ref"), metavar="SPEC",
@@ -90,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser, *groups: str) -> None:
                        "the live parameter /vace/output_fps changes it on stage")
         g.add_argument("--snapshots", default="vacelive-snapshots", metavar="DIR",
                        help="folder for /vace/snapshot PNGs (default ./vacelive-snapshots)")
+        g.add_argument("--recordings", default="vacelive-recordings", metavar="DIR",
+                       help="folder for /vace/record/start MP4 files (default ./vacelive-recordings)")
+        g.add_argument("--link", action="store_true",
+                       help="join the Ableton Link session at start (the live parameter "
+                       "/vace/link switches it on stage)")
     defaults = {}
     for action in parser._actions:  # argparse has no public accessor for this
         if action.dest in ("help", "config") or action.default is argparse.SUPPRESS:

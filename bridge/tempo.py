@@ -89,6 +89,11 @@ class InternalClock(BeatClock):
     def time_at_beat(self, beat: float) -> float:
         return self._t0 + (beat - self._b0) * 60.0 / self._bpm
 
+    def continue_from(self, beat: float, at: float) -> None:
+        """Carry on from `beat` at time `at` (e.g. where a Link session was when it was left)."""
+        with self._lock:
+            self._t0, self._b0 = at, float(beat)
+
     def tap(self, at: float | None = None) -> float | None:
         """One tap: after two or more taps (each within tap_timeout of the previous) the tempo
         is their mean interval and the tap lands on a beat. Returns the new tempo or None."""

@@ -173,6 +173,7 @@ class OscServer:
         self.oscquery = None
         self.received = 0  # datagrams
         self.rejected = 0  # messages refused
+        self.stage = None  # bridge.stage.Stage: tempo, quantised changes, recording
         self.routes = self._build_routes()
 
     def _build_routes(self) -> RoutingTable:
@@ -190,6 +191,10 @@ class OscServer:
             f"{PREFIX}/layout/remove": self._layout_remove,
             f"{PREFIX}/layout/clear": self._layout_clear,
         }
+        from vacelive.bridge.stage import STAGE_CONTROLS
+
+        for name in STAGE_CONTROLS:  # tempo, cues, recording: bridge/stage.py
+            controls[f"{PREFIX}/{name}"] = partial(self._stage_control, f"{PREFIX}/{name}")
         assert set(controls) == {c.address for c in CONTROLS}
         for address, fn in controls.items():
             table.add(address, fn, patterns=False)
@@ -323,6 +328,11 @@ class OscServer:
                 self._route(msg.address, msg.params, packet)
             except (ParamError, PresetError) as exc:
                 self.rejected += 1
+                self.feedback.error(sender, str(exc))
+        if self.stage is not None:
+            try:
+                self.stage.intercept(packet)  # quantised changes wait for their beat
+            except (ParamError, ValueError) as exc:
                 self.feedback.error(sender, str(exc))
         if packet.changes or packet.actions:
             try:
@@ -503,7 +513,17 @@ class OscServer:
         name = flat[0] if isinstance(flat[0], str) else str(flat[0])
         preset = presets.load(name)
         chunks = preset.morph_chunks or 0
-        if len(flat) == 2:
+        if len(flat) == 2 and isinstance(flat[1], str) and flat[1].strip().lower().endswith(
+                ("beat", "beats", "bar", "bars")):
+            from vacelive.bridge.quantize import parse_length
+
+            if self.stage is None:
+                raise ParamError(f"{address}: lengths in beats need the tempo clock (a session)")
+            try:
+                chunks = self.stage.length_to_chunks(parse_length(flat[1]))
+            except ValueError as exc:
+                raise ParamError(f"{address}: {exc}") from None
+        elif len(flat) == 2:
             try:
                 chunks = int(float(flat[1]) + 0.5)
             except (TypeError, ValueError, OverflowError):
@@ -514,6 +534,12 @@ class OscServer:
         for notice in preset.notices:
             self._reply(sender, f"{PREFIX}/notice", [notice])
         after.append(lambda: self._reply(sender, f"{PREFIX}/preset/loaded", [name, chunks]))
+
+    def _stage_control(self, address: str, args: list[Any], packet: Packet) -> None:
+        if self.stage is None:
+            raise ParamError(f"{address}: tempo, cues and recording are not enabled here "
+                             "(they run inside `vacelive serve`, `relay` and `demo`)")
+        self.stage.control(self, address, list(args), packet)
 
     def _preset_save(self, args: list[Any], packet: Packet) -> None:
         sender, after = packet.sender, packet.after

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from vacelive.bridge.pacer import Pacer
+from vacelive.bridge.stage import stage_status
 from vacelive.bridge.run.inputs import ExtensionInput, RefsInput
 from vacelive.bridge.run.v2v_input import V2VInput
 from vacelive.bridge.run.media import write_png
@@ -75,17 +76,24 @@ class ChunkRecord:
 
 
 class _Tap:
-    """The sink as the pacer sees it: remembers the frame on screen (for /vace/snapshot)."""
+    """The sink as the pacer sees it: remembers the frame on screen (for /vace/snapshot) and
+    hands each sent frame to its listeners (the recorder), which must return at once."""
 
     def __init__(self, sink: Any) -> None:
         self._send = sink.send if hasattr(sink, "send") else sink
         self.last: Any = None
         self.sent = 0
+        self.listeners: list[Callable[[Any], None]] = []
 
     def send(self, frame: Any) -> None:
         self._send(frame)
         self.last = frame
         self.sent += 1
+        for fn in self.listeners:
+            try:
+                fn(frame)
+            except Exception:  # a listener never stops the output
+                log.exception("output listener failed")
 
 
 _DIGITS = re.compile(r"\d+(\.\d+)?")
@@ -173,11 +181,11 @@ class RunLoop:
         self.last_chunk_index = -1
         self.last_latency_ms = 0.0
         self.last_timings: dict[str, float] = {}  # the last chunk's ChunkResult.timings_ms
-        self.last_timings: dict[str, float] = {}  # the last chunk's ChunkResult.timings_ms
         self.paused = False
         self.skipped = 0  # chunks the engine skipped (similarity skip: the last frame again)
         self.last_noise_scale: float | None = None  # V2V noise scale of the last chunk (None: text)
         self._throttle = False  # the last chunk was skipped: pace the next one on the output
+        self.stage: Any = None  # bridge.stage.Stage (tempo, quantised changes, recording)
         self.describe: dict[str, Any] = {}
         try:
             self.describe = dict(generator.describe())
@@ -231,10 +239,9 @@ class RunLoop:
             "jitter_p99_ms": float(ps.jitter_p99_ms),
             "annotator_ms": float(self.last_timings.get("annotator", 0.0)),
             "annotator_lag": int(self.last_timings.get("annotator_lag", 0)),
-            "annotator_ms": float(self.last_timings.get("annotator", 0.0)),
-            "annotator_lag": int(self.last_timings.get("annotator_lag", 0)),
             "noise_scale_used": -1.0 if self.last_noise_scale is None else float(self.last_noise_scale),
             "skipped": int(self.skipped),
+            **stage_status(self.stage),
         }
 
     def _gpu_mem_mb(self) -> float:
@@ -293,6 +300,12 @@ class RunLoop:
         """One chunk boundary (the thread calls this in a loop). None when stopping."""
         if not self._wait_ready():
             return None
+        if self.stage is not None:  # quantised changes due for this chunk go in its snapshot
+            try:
+                self.stage.at_boundary(self)
+            except Exception as exc:
+                log.exception("stage boundary failed")
+                self._error(f"tempo/cues: {type(exc).__name__}: {exc}")
         ref_writes, ext_writes = self.refs.take_writes(), self.extension.take_writes()
         boundary = time.monotonic()
         snap = self.store.snapshot()
@@ -375,7 +388,6 @@ class RunLoop:
         self.chunks += 1
         self.last_chunk_index = int(result.chunk_index)
         self.last_latency_ms = record.latency_ms
-        self.last_timings = dict(getattr(result, "timings_ms", None) or {})
         self._throttle = bool(getattr(result, "skipped", False))
         self.skipped += self._throttle
         if not self._throttle:

@@ -18,7 +18,9 @@ from typing import Any
 from vacelive.bridge.config import ConfigError, parse_spec
 from vacelive.bridge.osc import OscConfig, OscServer
 from vacelive.bridge.presets import PresetLibrary
+from vacelive.bridge.record import Recorder
 from vacelive.bridge.run.loop import LogReporter, RunLoop
+from vacelive.bridge.stage import Stage
 from vacelive.bridge.schema import DEFAULT_SCHEMA
 from vacelive.bridge.param_types import ParamError, Schema
 from vacelive.bridge.store import ParamStore
@@ -35,6 +37,7 @@ class SessionOptions:
     """What a Session needs from the resolved config (bridge.config.resolve())."""
 
     control: str | None = None
+    input: str | None = None  # V2V input texture (None: the control texture is the input)
     mask: str | None = None
     ref: str | None = None
     output: str = "shm:vacelive-out"
@@ -42,6 +45,7 @@ class SessionOptions:
     presets_dir: str | None = None
     fps: float = 0.0
     snapshots: str = "vacelive-snapshots"
+    recordings: str = "vacelive-recordings"  # /vace/record/start files
     params: dict[str, Any] = field(default_factory=dict)  # initial live values
     params_source: str = "[params]"  # where they come from, for error messages
     load_time: dict[str, Any] = field(default_factory=dict)  # shown by /vace/get, /describe
@@ -49,10 +53,12 @@ class SessionOptions:
     @classmethod
     def from_config(cls, cfg: argparse.Namespace) -> "SessionOptions":
         return cls(
-            control=parse_spec(cfg.control), mask=parse_spec(cfg.mask), ref=parse_spec(cfg.ref),
+            control=parse_spec(cfg.control), input=parse_spec(getattr(cfg, "input", None)),
+            mask=parse_spec(cfg.mask), ref=parse_spec(cfg.ref),
             output=parse_spec(cfg.output) or "", osc=OscConfig.from_args(cfg),
             presets_dir=cfg.presets_dir, fps=float(cfg.fps or 0.0), snapshots=cfg.snapshots,
-            params=dict(cfg.params or {}),
+            recordings=getattr(cfg, "recordings", None) or "vacelive-recordings",
+            params=dict(cfg.params or {}, **({"link": True} if getattr(cfg, "link", False) else {})),
             params_source=f"{cfg.config}: [params]" if cfg.config else "[params]",
             load_time={"osc_host": cfg.osc_host, "osc_port": cfg.osc_port,
                        "oscquery_port": cfg.oscquery_port, "presets_dir": cfg.presets_dir or ""},
@@ -83,6 +89,15 @@ def _pipeline_of(generator: Generator) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _v2v_noise_scale(generator: Generator) -> float | None:
+    """The recipe's default V2V noise scale from describe() (StreamDiffusionV2: 0.8), or None."""
+    try:
+        value = generator.describe().get("v2v_noise_scale")
+    except Exception:
+        return None
+    return float(value) if isinstance(value, (int, float)) and 0.0 <= value <= 1.0 else None
+
+
 class Session:
     def __init__(self, generator: Generator, options: SessionOptions,
                  schema: Schema = DEFAULT_SCHEMA, *, pacer_options: dict[str, Any] | None = None,
@@ -97,6 +112,7 @@ class Session:
         self.store: ParamStore | None = None
         self.osc: OscServer | None = None
         self.loop: RunLoop | None = None
+        self.stage: Stage | None = None
         self._closed = False
 
     # -- start ------------------------------------------------------------------------------------
@@ -115,10 +131,11 @@ class Session:
         if not opts.output:
             raise ConfigError("an output is needed (--output shm:NAME | spout:NAME | syphon:NAME)")
         self.sink = self._open(open_sink, opts.output, "--output")
-        for role, spec in (("control", opts.control), ("mask", opts.mask), ("ref", opts.ref)):
+        for role, spec in (("control", opts.control), ("input", opts.input), ("mask", opts.mask),
+                           ("ref", opts.ref)):
             if spec:
                 source = self._open(open_source, spec, f"--{role}")
-                depth = CONTROL_DEPTH if role == "control" else 1
+                depth = CONTROL_DEPTH if role in ("control", "input") else 1
                 self.histories[role] = FrameHistory(source, depth=depth,
                                                     poll_interval=self.history_poll)
         initial = dict(opts.params)
@@ -129,6 +146,9 @@ class Session:
         pipeline = _pipeline_of(self.generator)
         if pipeline is not None:  # the engine's own recipe name (also behind a relay)
             load_time["pipeline"] = pipeline
+        noise = _v2v_noise_scale(self.generator)
+        if noise is not None and "noise_scale" not in initial:  # the pipeline's own V2V default
+            initial["noise_scale"] = noise
         try:
             self.store = ParamStore(self.schema, _load_time_values(self.schema, load_time), initial)
         except ParamError as exc:
@@ -145,10 +165,14 @@ class Session:
         self.loop = RunLoop(
             self.generator, self.store, self.sink,
             control=self.histories.get("control"), mask=self.histories.get("mask"),
-            ref=self.histories.get("ref"), reporter=self.osc or LogReporter(),
+            ref=self.histories.get("ref"), input_video=self.histories.get("input"), reporter=self.osc or LogReporter(),
             snapshot_dir=opts.snapshots, pacer_options=self.pacer_options,
         )
+        self.stage = Stage(self.store, Recorder(opts.recordings), reporter=self.osc or LogReporter())
+        self.stage.attach(self.loop)
         if self.osc is not None:
+            self.osc.stage = self.stage
+            self.stage.server = self.osc
             self.osc.status_provider = self.loop.status
         self.loop.start()
 
@@ -162,7 +186,7 @@ class Session:
 
     def describe_io(self) -> str:
         parts = [f"output {self.options.output}"]
-        for role in ("control", "mask", "ref"):
+        for role in ("control", "input", "mask", "ref"):
             spec = getattr(self.options, role)
             parts.append(f"{role} {spec or 'off'}")
         if self.osc is not None:
@@ -204,6 +228,7 @@ class Session:
         self._closed = True
         steps = [
             ("run loop", lambda: self.loop and self.loop.stop()),
+            ("tempo and recording", lambda: self.stage and self.stage.close()),
             ("OSC", lambda: self.osc and self.osc.stop()),
             ("inputs", self._close_inputs),
             ("output", lambda: self.sink and self.sink.close()),
