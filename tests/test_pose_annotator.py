@@ -98,61 +98,13 @@ def test_coco_wholebody_to_openpose_order():
     assert out[0, 18, 0] == 17 and out[0, 92, 0] == 91  # feet, left hand shift by one
 
 
-# ---- the ONNX chain on tiny models with known outputs --------------------------------------------------
-def constant_model(path, in_shape, outputs):
-    """An ONNX graph: input of `in_shape`; every output = its constant + 0 * mean(input)."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
-             helper.make_node("Mul", ["m", "zero"], ["z"])]
-    inits = [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
-    outs = []
-    for name, value in outputs.items():
-        inits.append(numpy_helper.from_array(value.astype(np.float32), f"{name}_c"))
-        nodes.append(helper.make_node("Add", [f"{name}_c", "z"], [name]))
-        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))], outs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
-def anchor(stride, gx, gy):
-    base = 0
-    for s in (8, 16, 32):
-        n = (DET_SIZE[0] // s) * (DET_SIZE[1] // s)
-        if s == stride:
-            return base + gy * (DET_SIZE[1] // s) + gx
-        base += n
-
-
-FRAME_HW = (360, 480)
-BOX_IN = (320.0, 224.0, 96.0, 256.0)  # detector-input cx, cy, w, h of the person
-POSE_WH = (288, 384)
-KP_IN = {0: (144.0, 40.0), 5: (180.0, 120.0), 6: (100.0, 120.0), 9: (200.0, 250.0), 15: (150.0, 370.0)}
+# ---- the ONNX chain on tiny models with known outputs (tests/pose_support.py) -------------------------
+from pose_support import BOX_IN, FRAME_HW, KP_IN, POSE_WH, write_dwpose_standins  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def dwpose_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    det_path, pose_path = dwpose_files(folder)
-    det_path.parent.mkdir(parents=True)
-    det = np.zeros((1, 8400, 6), np.float32)
-    cx, cy, w, h = BOX_IN
-    a = anchor(32, int(cx // 32), int(cy // 32))
-    det[0, a] = [cx / 32 - int(cx // 32), cy / 32 - int(cy // 32), np.log(w / 32), np.log(h / 32), 0.9, 0.9]
-    b = anchor(16, int(cx // 16), int(cy // 16))  # same person, lower score: removed by NMS
-    det[0, b] = [cx / 16 - int(cx // 16) + 0.1, cy / 16 - int(cy // 16), np.log(w / 16), np.log(h / 16), 0.8, 0.8]
-    c = anchor(8, 2, 2)  # a weak box elsewhere: passes NMS (0.1) but not the person score (0.3)
-    det[0, c] = [0.5, 0.5, np.log(2), np.log(2), 0.5, 0.5]
-    constant_model(det_path, (1, 3, 640, 640), {"out": det})
-    sx = np.zeros((1, 133, POSE_WH[0] * 2), np.float32)
-    sy = np.zeros((1, 133, POSE_WH[1] * 2), np.float32)
-    for k, (x, y) in KP_IN.items():
-        sx[0, k, int(x * 2)], sy[0, k, int(y * 2)] = 0.9, 0.8
-    constant_model(pose_path, (1, 3, POSE_WH[1], POSE_WH[0]), {"simcc_x": sx, "simcc_y": sy})
-    return folder
+    return write_dwpose_standins(tmp_path_factory.mktemp("models"))
 
 
 def expected_frame_xy(k):
