@@ -134,7 +134,8 @@ def test_builder_assembles_and_saves_the_component(project, tmp_path, capsys):
     comp = _built(project, save_to=str(tmp_path / "vacelive.tox"))
     names = {c.name for c in comp.children}
     assert {"VaceLiveExt", "schema", "log", "oscout", "oscin", "oscin_callbacks", "parexec",
-            "frame", "Control", "Mask", "Ref", "send_control", "send_mask", "send_ref",
+            "frame", "Control", "Mask", "Ref", "Input", "send_control", "send_mask", "send_ref",
+            "send_input",
             "receive_output", "Output"} | set(build_tox.MODULES) <= names
     assert json.loads(comp.op("schema").text) == DOC
     assert comp.op("send_mask").inputConnectors[0].connections == [comp.op("Mask")]

@@ -31,7 +31,7 @@ def test_default_command_line(comp):
         "vacelive", "serve", "--pipeline", "longlive", "--width", "832", "--height", "480",
         "--codec", "wan", "--device", "cuda",
         "--control", f"{t}:vacelive-control", "--mask", f"{t}:vacelive-mask",
-        "--ref", f"{t}:vacelive-ref", "--output", f"{t}:vacelive-out",
+        "--ref", f"{t}:vacelive-ref", "--input", f"{t}:vacelive-input", "--output", f"{t}:vacelive-out",
         "--osc-host", "127.0.0.1", "--osc-port", "7700", "--osc-feedback", "127.0.0.1:7710",
         "--oscquery-port", "7701", "--fps", "0",
     ]
@@ -167,7 +167,7 @@ def test_transport_by_os_and_texture_wiring(comp):
     p = comp.par
     p.Transport.val = "spout"
     comp._prj.frame()
-    send = {s: comp.op("send_" + s) for s in ("control", "mask", "ref")}
+    send = {s: comp.op("send_" + s) for s in ("control", "mask", "ref", "input")}
     assert send["control"].par.sendername.eval() == "vacelive-control"
     assert send["control"].par.active.eval() is True
     assert send["mask"].par.active.eval() is False  # nothing wired by default: no empty mask
@@ -177,6 +177,11 @@ def test_transport_by_os_and_texture_wiring(comp):
     assert send["mask"].par.active.eval() is True
     assert send["mask"].par.sendername.eval() == "stage-mask"
     assert comp.ext.VaceLiveExt.EngineSettings().textures["--mask"] == "spout:stage-mask"
+    assert send["input"].par.active.eval() is False  # V2V camera: off until asked for
+    p.Sendinput.val = True
+    comp._prj.frame()
+    assert send["input"].par.active.eval() is True and send["input"].par.sendername.eval() == "vacelive-input"
+    assert "--input" in comp.ext.VaceLiveExt.EngineCommand()
     receive = comp.op("receive_output")
     assert receive.par.sendername.eval() == "vacelive-out" and receive.par.active.eval()
     p.Transport.val = "shm"  # no TOP for shared memory: everything off

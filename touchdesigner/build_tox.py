@@ -17,7 +17,7 @@ It creates /project1/vacelive (a Base COMP) with:
   pages are made;
 - `oscout` OSC Out DAT, `oscin` OSC In DAT + `oscin_callbacks`, `parexec` Parameter Execute DAT,
   `frame` Execute DAT (frame start, exit), `log` Text DAT (the engine's output);
-- In TOPs Control, Mask, Ref -> Syphon Spout Out TOPs send_control/send_mask/send_ref, and
+- In TOPs Control, Mask, Ref, Input -> Syphon Spout Out TOPs send_control/send_mask/send_ref/send_input, and
   Syphon Spout In TOP receive_output -> Out TOP Output;
 - the custom pages (td_params.build_pages, the same generator the extension uses) and the
   extension (ext0object, promoted).
@@ -172,7 +172,9 @@ def build(parent: Any, name: str = "vacelive", save_to: str | None = None, td: A
         _set(frame, p, True, missing)
 
     # textures: inputs out to the engine, the engine's output back in
-    for i, stream in enumerate(("control", "mask", "ref")):
+    # In TOP order = connector order: Control, Mask, Ref, then Input (the V2V camera) last, so
+    # networks wired before it existed keep their connections.
+    for i, stream in enumerate(("control", "mask", "ref", "input")):
         inp = _place(comp.create(td.inTOP, stream.capitalize()), 0, 200 - 150 * i)
         send = _place(comp.create(td.syphonspoutoutTOP, "send_" + stream), 200, 200 - 150 * i)
         send.inputConnectors[0].connect(inp)

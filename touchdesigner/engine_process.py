@@ -82,7 +82,7 @@ def engine_command(s: EngineSettings) -> list[str]:
             cmd += ["--dtype", s.dtype]
         if s.random_weights in ("tiny", "full"):
             cmd += ["--random-weights", s.random_weights]
-    for flag in ("--control", "--mask", "--ref", "--output"):
+    for flag in ("--control", "--mask", "--ref", "--input", "--output"):
         if s.textures.get(flag):
             cmd += [flag, s.textures[flag]]
     cmd += ["--osc-host", s.osc_host, "--osc-port", str(int(s.osc_port)),

@@ -245,9 +245,13 @@ def component_specs(status_fields: Iterable[dict] = (), pipelines: Iterable[str]
            "nothing is wired: an empty mask would keep everything."),
         _c("Sendref", "Send Ref input", "Toggle", T, False,
            "Publish the Ref input TOP as the live reference image."),
+        _c("Sendinput", "Send Input (V2V)", "Toggle", T, False,
+           "Publish the Input TOP (a camera) as the video that Input mode = video restyles. "
+           "Off: the Control input is restyled."),
         _c("Controlname", "Control sender", "Str", T, "vacelive-control"),
         _c("Maskname", "Mask sender", "Str", T, "vacelive-mask"),
         _c("Refname", "Reference sender", "Str", T, "vacelive-ref"),
+        _c("Inputname", "Input sender", "Str", T, "vacelive-input"),
         _c("Outputname", "Engine output", "Str", T, "vacelive-out"),
         _c("Syphonapp", "Syphon app name", "Str", T, "",
            "macOS: the app part of the engine's Syphon server, if TouchDesigner lists it "

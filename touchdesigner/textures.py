@@ -1,16 +1,16 @@
 """Which shared-texture transport to use and how to name the streams (stdlib only).
 
 TouchDesigner's Syphon Spout In/Out TOPs are one operator pair: Spout on Windows, Syphon on
-macOS. The component publishes its Control, Mask and Ref inputs through Syphon Spout Out TOPs
-and receives the engine's output through a Syphon Spout In TOP; the engine is started with the
-matching `--control/--mask/--ref/--output SPEC` flags (SPEC = spout:NAME | syphon:NAME |
+macOS. The component publishes its Control, Mask, Ref and Input (V2V camera) inputs through
+Syphon Spout Out TOPs and receives the engine's output through a Syphon Spout In TOP; the engine
+is started with the matching `--control/--mask/--ref/--input/--output SPEC` flags (SPEC = spout:NAME | syphon:NAME |
 shm:NAME). Shared memory has no TOP in TouchDesigner: with `shm` the TOPs are switched off and
 the vacelive ring is read with the Script TOP reader of docs/transports.md.
 """
 
 import sys
 
-STREAMS = ("control", "mask", "ref", "output")  # engine flag names, in TOP wiring order
+STREAMS = ("control", "mask", "ref", "input", "output")  # engine flag names, in TOP wiring order
 
 
 def platform_transport(platform: str | None = None) -> str:

@@ -429,14 +429,15 @@ class VaceLiveExt:
 
     def _texture_names(self) -> dict[str, str]:
         return {"control": str(self._p("Controlname")), "mask": str(self._p("Maskname")),
-                "ref": str(self._p("Refname")), "output": str(self._p("Outputname"))}
+                "ref": str(self._p("Refname")), "input": str(self._p("Inputname")),
+                "output": str(self._p("Outputname"))}
 
     def _wire_textures(self) -> None:
         """Point the Syphon Spout In/Out TOPs at the engine's stream names."""
         transport = self._transport()
         shared = transport in ("spout", "syphon")
         names = self._texture_names()
-        for stream in ("control", "mask", "ref"):
+        for stream in ("control", "mask", "ref", "input"):
             top = self.owner.op("send_" + stream)
             if top is not None:
                 set_par(top, ("sendername",), names[stream])
