@@ -35,8 +35,9 @@ class LatentHistory:
         return out
 
     def write(self, start: int, latents: torch.Tensor) -> None:
-        """Store latents [B, C, F, h, w] as frames start..start+F-1 (start must be `head`)."""
-        if start != self.head:
+        """Store latents [B, C, F, h, w] as frames start..start+F-1. start is `head`, or earlier
+        when a chunk rewrites the previous chunk's last frames (RewardForcing's V2V overlap)."""
+        if not (self.head - self.capacity < start <= self.head) and start != self.head:
             raise ValueError(f"history is at frame {self.head}, cannot write frame {start}")
         count = latents.shape[2]
         for a, b, off in self._runs(start, count):

@@ -131,3 +131,39 @@ def test_reward_forcing_refuses_absolute_rope_and_describes_its_rule():
     assert (d["window"], d["sink"], d["sink_ema"], d["rope_mode"]) == (9, 3, 0.999, "relative")
     s = gen("streamdiffusionv2").describe()
     assert (s["window"], s["sink"], s["frames_per_chunk"], s["vae_latents"]) == (6, 3, 1, "raw")
+
+
+def test_sink_ema_is_a_reward_forcing_only_live_parameter():
+    from vacelive.bridge.run.request_fields import direct_fields
+    from vacelive.bridge.schema import DEFAULT_SCHEMA
+
+    p = next(q for q in DEFAULT_SCHEMA.live if q.name == "sink_ema")
+    assert p.pipelines == ("reward-forcing",) and p.default == RECIPES["reward-forcing"].cache.sink_ema
+    assert p.available_on("reward-forcing") and not p.available_on("streamdiffusionv2")
+    assert "reward-forcing" in p.unavailable_message("longlive") and "sink_ema" in direct_fields()
+    g = gen("reward-forcing")
+    g.step(ChunkRequest(sink_ema=0.95))
+    assert g.policy.alpha == 0.95
+    r = g.step(ChunkRequest(sink_ema=1.5))
+    assert g.policy.alpha == 1.0 and any("sink_ema" in n for n in r.notices)
+    sd = gen("streamdiffusionv2")
+    assert not any("sink_ema" in n for n in sd.step(ChunkRequest(sink_ema=0.5)).notices)  # ignored there
+
+
+def test_reward_forcing_v2v_second_chunk_rewrites_the_first_chunks_last_frame():
+    """Scope's RewardForcing V2V: after the first V2V chunk the stream advances 2 latent frames, so
+    chunk 2 rewrites frame 2 (the last sink frame); text-to-video advances 3."""
+    g = gen("reward-forcing")
+    starts = []
+    for i in range(4):
+        starts.append(g.frame)
+        g.step(ChunkRequest(input_mode="video", input_video=pics(g.next_chunk_frames, i), noise_scale=0.7))
+    assert starts == [0, 2, 5, 8] and g.kv.window_frames() == list(range(11))[:3] + list(range(5, 11))
+    t = gen("reward-forcing")
+    for i in range(2):
+        t.step(ChunkRequest())
+    assert t.frame == 6
+    sd = gen("streamdiffusionv2")  # no overlap there
+    for i in range(3):
+        sd.step(ChunkRequest(input_mode="video", input_video=pics(sd.next_chunk_frames, i)))
+    assert sd.frame == 4
