@@ -118,10 +118,11 @@ class VaceConditioner:
             self._maps = ChunkMaps(AnnotatorRunner(self.device))
         return self._maps
 
-    def close(self) -> None:
-        """Stop the annotator thread (the stream no longer needs maps)."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the annotator thread (the stream no longer needs maps); waits up to `timeout`
+        seconds for a job still running."""
         if self._maps is not None:
-            self._maps.runner.close()
+            self._maps.runner.close(timeout)
 
     def snapshot(self) -> tuple:
         """Everything prepare() changes, by reference (cheap): restore() it when the chunk that

@@ -69,6 +69,7 @@ class AnnotatorRunner:
         self._cv = threading.Condition()
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._running: str | None = None
+        self._running_job: tuple[int, float] | None = None  # (seq, start) of the job running now
         self._done: dict[str, Finished] = {}
         self._errors: dict[str, tuple[int, str]] = {}  # key -> (seq, message) of the newest failure
         self._epoch = 0
@@ -108,6 +109,14 @@ class AnnotatorRunner:
         if err is None or (done is not None and done.seq > err[0]):
             return None
         return err
+
+    def running(self, key: str) -> tuple[int, float] | None:
+        """(seq, ms so far) of the job of `key` running now, if one is."""
+        with self._cv:
+            if self._running != key or self._running_job is None:
+                return None
+            seq, start = self._running_job
+        return seq, (self._clock() - start) * 1e3
 
     def busy(self, key: str | None = None) -> bool:
         """A job (of `key`, or any) is running or waiting."""
@@ -155,7 +164,8 @@ class AnnotatorRunner:
                     return
                 _, job = self._pending.popitem(last=False)
                 self._running = job.key
-            t0 = self._clock()
+                t0 = self._clock()
+                self._running_job = (job.seq, t0)
             frames, failure = None, None
             try:
                 frames = self._run(job.fn)
@@ -165,7 +175,7 @@ class AnnotatorRunner:
                     log.exception("annotator %s failed", job.key)
             cost = (self._clock() - t0) * 1e3
             with self._cv:
-                self._running = None
+                self._running, self._running_job = None, None
                 if job.epoch == self._epoch:
                     if failure is None:
                         self._done[job.key] = Finished(job.key, job.seq, frames, cost)
@@ -212,11 +222,14 @@ class ChunkMaps:
             notes.append(err[1])
             return None
         done = self.runner.take(key)
+        running = self.runner.running(key)  # a job still going counts as slow as it is so far
         if done is None:
+            if running is not None:
+                self.cost_ms[key], self.lag[key] = running[1], max(0, seq - 1 - running[0])
             notes.append(f"Annotator {key} is starting (first map not ready yet); the video joins "
                          "the stream when it is.")
             return None
-        self.cost_ms[key] = done.cost_ms
+        self.cost_ms[key] = max(done.cost_ms, running[1] if running is not None and running[0] < seq else 0.0)
         self.lag[key] = lag = max(0, seq - 1 - done.seq)
         if lag > 0:
             self.reused += 1
