@@ -23,7 +23,8 @@ Per chunk (`StreamGenerator.step`), at the chunk boundary:
      hints (VACE) -> v = DiT(x, t_i) -> x0 = x - sigma_i v -> x = renoise(x0, eps_i, sigma_{i+1});
      with `request.hint_reuse` the hints of step 0 serve every step of the chunk.
   7. clean pass: DiT(x0, t = 0) without VACE writes the chunk's K/V into the cache.
-  8. decode through the codec's decoder stream (9 frames on the first chunk, then 12) and
+  8. decode through the codec's decoder stream (9 frames on the first chunk, then 12; with
+     StreamDiffusionV2's 1-latent chunks 5, then 4) and
      convert to uint8 RGBA [F, H, W, 4] on the generator's device.
 Only then is the chunk committed (clean latents into the re-cache history, frame counter). A step
 that raises restores the KV cache state, the prompt state, the text state, the decoder stream and
@@ -39,8 +40,9 @@ RoPE and endless streams (`rope`, decided by the lead; docs/streaming.md):
               chunk's notices (it never crashes).
   "relative"  window-relative from the first chunk.
 
-Hot path (issue 8): shapes are static per resolution (3 latent frames per chunk; only a re-cache
-has up to `window` frames); the latent, x0 and eps buffers are preallocated and filled in place;
+Hot path: shapes are static per resolution (the recipe's latent frames per chunk: 3, or 2 then 1
+for StreamDiffusionV2; only a re-cache has up to `window` frames); the latent, x0 and eps buffers
+(one set per chunk length) are preallocated and filled in place;
 sigmas are Python floats and timesteps small device tensors from the schedule, so there is no
 .item(), no float64 and no host sync inside a chunk; per-stage timings use CUDA events and wait
 once per chunk. `compile=True` compiles the DiT blocks (engine.dit.compile.compile_blocks).

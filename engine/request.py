@@ -129,7 +129,7 @@ class Generator(Protocol):
 
     @property
     def next_chunk_frames(self) -> int:
-        """Input frames the next chunk consumes (9 right after a reset, then 12)."""
+        """Input frames the next chunk consumes (9 right after a reset, then 12; StreamDiffusionV2 5, then 4)."""
 
     def step(self, request: ChunkRequest) -> ChunkResult: ...
 

@@ -36,7 +36,8 @@ class Conditioner(Protocol):
 
     def prepare(self, request: ChunkRequest, *, first_chunk: bool, num_frames: int) -> VaceInput | None:
         """Build this chunk's VACE input from what the request carries (None: text only).
-        `num_frames` is the chunk's pixel-frame count (9 on the first chunk, then 12)."""
+        `num_frames` is the chunk's pixel-frame count (9 on the first chunk, then 12; StreamDiffusionV2:
+        5, then 4): cut every input to it."""
 
     def reset(self) -> None:
         """Forget every stream state (encoder caches, sticky references, extension anchors)."""
