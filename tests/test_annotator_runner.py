@@ -141,3 +141,25 @@ def test_fit_count_keeps_the_newest_or_repeats_the_last():
     x = torch.arange(4.0).view(4, 1, 1, 1)
     assert fit_count(x, 2).flatten().tolist() == [2.0, 3.0]
     assert fit_count(x[:2], 4).flatten().tolist() == [0.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.gpu
+def test_cuda_jobs_run_on_their_own_stream_and_published_maps_are_complete():
+    dev = torch.device("cuda")
+    r = AnnotatorRunner(dev)
+    try:
+        x = torch.rand(12, 3, 480, 832, device=dev)
+        x.mul_(2).add_(1)  # queued on the caller's stream just before submit: the job must see it
+        seen = []
+
+        def job():
+            seen.append(torch.cuda.current_stream(dev))
+            return (x * 3).sqrt()
+
+        r.submit("a", job, seq=0)
+        assert r.wait_idle(TIMEOUT)
+        done = r.take("a")
+        assert seen[0] != torch.cuda.default_stream(dev)
+        assert torch.equal(done.frames, (x * 3).sqrt()) and done.cost_ms > 0
+    finally:
+        r.close()

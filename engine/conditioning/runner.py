@@ -56,6 +56,7 @@ class _Pending:
     seq: int
     fn: Job
     epoch: int
+    ready: object = None  # CUDA: event recorded on the submitting stream after its inputs were written
 
 
 class AnnotatorRunner:
@@ -88,9 +89,16 @@ class AnnotatorRunner:
             if key in self._pending:
                 self.jobs_replaced += 1
                 del self._pending[key]
-            self._pending[key] = _Pending(key, seq, fn, self._epoch)
+            self._pending[key] = _Pending(key, seq, fn, self._epoch, self._record())
             self._cv.notify()
         self._ensure_thread()
+
+    def _record(self):
+        if self.device.type != "cuda":
+            return None
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(self.device))
+        return ev
 
     def take(self, key: str) -> Finished | None:
         """The newest finished map of `key` (None: none yet). On CUDA its memory is marked as
@@ -168,7 +176,7 @@ class AnnotatorRunner:
                 self._running_job = (job.seq, t0)
             frames, failure = None, None
             try:
-                frames = self._run(job.fn)
+                frames = self._run(job.fn, job.ready)
             except Exception as exc:  # noqa: BLE001 - reported to the performer, the worker goes on
                 failure = str(exc) or type(exc).__name__
                 if not isinstance(exc, RuntimeError):
@@ -185,12 +193,13 @@ class AnnotatorRunner:
                     self.jobs_done += 1
                 self._cv.notify_all()
 
-    def _run(self, fn: Job) -> torch.Tensor:
+    def _run(self, fn: Job, ready) -> torch.Tensor:
         with torch.no_grad():
             if self._stream is None:
                 return fn()
             # the job reads frames the generation thread wrote on its stream: wait for them first
-            self._stream.wait_stream(torch.cuda.default_stream(self.device))
+            if ready is not None:
+                self._stream.wait_event(ready)
             with torch.cuda.stream(self._stream):
                 out = fn()
             self._stream.synchronize()
