@@ -167,3 +167,28 @@ def test_reward_forcing_v2v_second_chunk_rewrites_the_first_chunks_last_frame():
     for i in range(3):
         sd.step(ChunkRequest(input_mode="video", input_video=pics(sd.next_chunk_frames, i)))
     assert sd.frame == 4
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 5])  # block-1 calls: during the merging first pass, after it, at the clean pass
+def test_reward_forcing_chunk_failing_after_the_sink_merge_retries_bit_identically(fail_at):
+    """A chunk that evicts (chunk 4 of RewardForcing: frames 9-11 push out 3-5) fails inside the
+    DiT after the EMA merge; the retry must equal an uninterrupted stream."""
+    reqs = [ChunkRequest(prompts=[Prompt("a red cat")], video=pics(9 if i == 0 else 12, i)) for i in range(6)]
+    ref = gen("reward-forcing")
+    want = [ref.step(r).frames for r in reqs]
+    g = gen("reward-forcing")
+    for r in reqs[:3]:
+        g.step(r)
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise RuntimeError("DiT failure")
+
+    handle = g.model.blocks[1].register_forward_hook(hook)
+    with pytest.raises(RuntimeError, match="DiT failure"):
+        g.step(reqs[3])
+    handle.remove()
+    got = [g.step(r).frames for r in reqs[3:]]
+    assert all(torch.equal(a, b) for a, b in zip(got, want[3:]))
