@@ -48,3 +48,11 @@ def test_demo_runs_and_writes_its_files(tmp_path):
     assert snap and Image.open(snap).size == (128, 96)
     assert summary["osc_feedback"]["status"]["chunk"] >= 4  # /vace/status/* came back over UDP
     assert "used from chunk" in text and "morph chunk" in text
+    # V2V: the control video is restyled; the strength change is reported with its chunk
+    strength = by_address["/vace/noise_scale"]
+    assert strength["value"] == 0.35 and strength["chunk"] > strength["sent_during_chunk"]
+    v2v = summary["v2v"]
+    assert v2v["input_mode"] == "video" and v2v["spans"][0] == {"first_chunk": 0, **v2v["spans"][0],
+                                                                 "noise_scale": 0.7}
+    assert v2v["changes"] == [{"chunk": strength["chunk"], "from": 0.7, "to": 0.35}]
+    assert "V2V restyle of the control input" in text

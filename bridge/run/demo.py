@@ -8,7 +8,9 @@ What runs is exactly what `vacelive serve` runs, with embedded defaults:
   shared-memory output ring, which the demo reads back like TouchDesigner would;
 * control: real OSC datagrams over UDP to the running server (python-osc), from a "surface" that
   registers for feedback with /vace/hello: a prompt change, a context-scale change, a preset load
-  with a 2-chunk morph, and a snapshot;
+  with a 2-chunk morph, a V2V strength change, and a snapshot;
+* V2V restyle: input_mode video restyles the control video (it is VACE's control map and the
+  V2V input at once); /vace/noise_scale lowers the strength mid-run;
 * results: an MP4 of the output (PyAV), a PNG contact sheet of input/output per chunk (Pillow),
   summary.json, and a printed summary of what each OSC message changed and when it took effect.
 """
@@ -40,6 +42,7 @@ log = logging.getLogger("vacelive.demo")
 FIRST_PROMPT = "ink drops blooming in clear water, macro photograph"
 SECOND_PROMPT = "a glowing jellyfish drifting through deep blue water"
 PRESET = "demo-dream"
+V2V_STRENGTH = 0.7  # the demo restyles its control video (input_mode video) from the start
 # Saved into OUT/presets by the demo (the user preset folder of its session), then loaded over
 # OSC like any preset; it keeps the control video on so the contact sheet shows input and output.
 PRESET_VALUES = {
@@ -70,6 +73,8 @@ def default_cues() -> list[Cue]:
         Cue(1, "/vace/prompt", [SECOND_PROMPT], "prompt change", ("prompts",)),
         Cue(2, "/vace/context_scale", [0.4], "VACE context scale 1.0 -> 0.4", ("context_scale",)),
         Cue(3, "/vace/preset/load", [PRESET, 2], f"user preset '{PRESET}', 2-chunk morph"),
+        Cue(4, "/vace/noise_scale", [0.35], f"V2V strength (noise_scale) {V2V_STRENGTH} -> 0.35",
+            ("noise_scale",)),
         Cue(5, "/vace/snapshot", [], "snapshot of the output frame"),
     ]
 
@@ -235,6 +240,8 @@ class ChunkNote:
     context_scale: float
     video_enabled: bool
     video_shape: tuple[int, ...] | None
+    noise_scale: float | None  # V2V strength asked for (None: input_mode text)
+    noise_used: float | None  # what the engine used (None: the chunk was text-to-video)
     n_frames: int
     notices: list[str]
     input_thumb: np.ndarray | None = None
@@ -256,10 +263,13 @@ class ChunkLog:
             context_scale=req.context_scale if req else float("nan"),
             video_enabled=bool(rec.snapshot["video_enabled"]),
             video_shape=tuple(req.video.shape) if req is not None and req.video is not None else None,
+            noise_scale=req.noise_scale if req is not None and req.input_mode == "video" else None,
+            noise_used=None if res is None else res.noise_scale,
             n_frames=0 if res is None else len(res.frames), notices=list(res.notices) if res else [],
         )
-        if req is not None and req.video is not None:
-            note.input_thumb = np.asarray(req.video[-1]).copy()
+        source = None if req is None else (req.input_video if req.input_video is not None else req.video)
+        if source is not None:  # what the chunk restyled (V2V) or was steered by (VACE)
+            note.input_thumb = np.asarray(source[-1]).copy()
         if res is not None and len(res.frames):
             note.output_thumb = to_numpy_rgba(res.frames[len(res.frames) // 2])
         with self._cond:
@@ -325,6 +335,7 @@ def write_contact_sheet(notes: list[ChunkNote], path: Path, max_tiles: int = 12)
                     (x0 + tw + 4, y0))
         text = n.prompts and max(n.prompts, key=lambda p: p[1])[0] or ""
         draw.text((x0, y0 + th + 2), f"chunk {n.chunk_index}  ctx {n.context_scale:.2f}"
+                  + (f"  v2v {n.noise_used:.2f}" if n.noise_used is not None else "")
                   + (f"  morph {n.morph[1]}/{n.morph[2]}" if n.morph else ""), fill=(230, 230, 230))
         draw.text((x0, y0 + th + 15), text[:2 * tw // 6], fill=(160, 200, 255))
     sheet.save(path, format="PNG")
@@ -345,6 +356,8 @@ def _effect(cue: Cue, notes: list[ChunkNote], surface: OscSurface) -> dict[str, 
                 out["value"] = hit.prompts
             if "context_scale" in cue.params:
                 out["value"] = hit.context_scale
+            if "noise_scale" in cue.params:
+                out["value"] = hit.noise_scale
     elif cue.address == "/vace/preset/load":
         steps = [n for n in later if n.morph and n.morph[0] == cue.args[0]]
         if steps:
@@ -402,7 +415,7 @@ def run_demo(out_dir: str | Path = "vacelive-demo", chunks: int = 8, *, width: i
         control=ctl_spec, mask=None, ref=None, output=out_spec,
         osc=OscConfig(host="127.0.0.1", port=0, oscquery_port=None, status_hz=4.0),
         presets_dir=str(out / "presets"), fps=fps, snapshots=str(out / "snapshots"),
-        params={"prompt": FIRST_PROMPT},
+        params={"prompt": FIRST_PROMPT, "input_mode": "video", "noise_scale": V2V_STRENGTH},
     )
     from vacelive.bridge.presets import PresetLibrary
 
@@ -482,6 +495,7 @@ def run_demo(out_dir: str | Path = "vacelive-demo", chunks: int = 8, *, width: i
         "osc_feedback": {"messages": len(surface.inbox), "status": osc_status,
                          "notices": sorted({m[2][0] for m in surface.received("/vace/notice")}),
                          "errors": [m[2][0] for m in surface.received("/vace/error")]},
+        "v2v": v2v_summary(good),
         "engine_notices": sorted({x for n in good for x in n.notices}),
         "status": status,
         "files": {"mp4": str(mp4), "mp4_frames": len(frames), "contact_sheet": str(sheet),
@@ -493,6 +507,21 @@ def run_demo(out_dir: str | Path = "vacelive-demo", chunks: int = 8, *, width: i
     for line in format_summary(summary):
         echo(line)
     return summary
+
+
+def v2v_summary(notes: list[ChunkNote]) -> dict[str, Any]:
+    """The V2V strength per chunk: spans of equal strength and the chunks where it changed."""
+    used = [(n.chunk_index, n.noise_used) for n in notes if n.noise_used is not None]
+    spans: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    for chunk, value in used:
+        if spans and abs(spans[-1]["noise_scale"] - value) < 1e-9:
+            spans[-1]["last_chunk"] = chunk
+            continue
+        if spans:
+            changes.append({"chunk": chunk, "from": spans[-1]["noise_scale"], "to": value})
+        spans.append({"first_chunk": chunk, "last_chunk": chunk, "noise_scale": value})
+    return {"input_mode": "video" if used else "text", "spans": spans, "changes": changes}
 
 
 def format_summary(s: dict[str, Any]) -> list[str]:
@@ -535,6 +564,13 @@ def format_summary(s: dict[str, Any]) -> list[str]:
                  f"{st.get('fps', 0):.1f}, fps_out {st.get('fps_out', 0):.1f}, latency "
                  f"{st.get('latency_ms', 0):.0f} ms, chunk {st.get('chunk', '-')}"
                  + (f"; errors: {fb['errors']}" if fb["errors"] else ""))
+    v = s.get("v2v") or {}
+    if v.get("spans"):
+        spans = "; ".join(f"chunks {a['first_chunk']}-{a['last_chunk']}: {a['noise_scale']:.2f}"
+                          for a in v["spans"])
+        changes = ", ".join(f"{c['from']:.2f} -> {c['to']:.2f} at chunk {c['chunk']}" for c in v["changes"])
+        lines.append(f"V2V restyle of the control input (contact sheet: input | output): strength {spans}"
+                     + (f" (changed {changes})" if changes else ""))
     for n in s["engine_notices"]:
         lines.append(f"Engine notice: {n}")
     f = s["files"]
