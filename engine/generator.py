@@ -312,7 +312,7 @@ class StreamGenerator:
             "vace": self.conditioner is not None,
             "window": self.policy.window,
             "sink": self.policy.sink,
-            "sink_ema": self.recipe.cache.sink_ema,
+            "sink_ema": getattr(self.policy, "alpha", None),  # RewardForcing's live merge alpha
             "frames_per_chunk": self.frames_per_chunk,
             "vae_latents": self.recipe.vae_latents,
             "steps_max": self.schedule.max_steps,
