@@ -132,6 +132,24 @@ class AnnotatedSource:
         return ChunkRequest(prompts=[Prompt(prompt)], steps=self.steps, **kw)
 
 
+def write(results: dict, out: str | None) -> None:
+    """JSON + a markdown table; called after every row, so a run cut short keeps what it measured."""
+    if not out:
+        return
+    env, path = results["env"], Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    lines = [f"{env['device']}, {env['resolution']}, {env['dtype']}, 12-frame chunks, codec {env['codec']}, "
+             f"{env['steps']} steps, random weights", "", "| annotator | ms / chunk | ms / frame |", "|---|---|---|"]
+    lines += [f"| {r['annotator']} | {r.get('chunk_ms', r.get('skipped', r.get('error')))} | {r.get('per_frame_ms', '')} |"
+              for r in results["annotators"]]
+    lines += ["", "| stream with | fps | chunk ms | annotator ms | lag | maps reused |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r.get('fps', r.get('skipped', r.get('error')))} | {r.get('chunk_ms', '')} | "
+              f"{r.get('annotator_ms', '')} | {r.get('annotator_lag', '')} | {r.get('maps_reused', '')} |"
+              for r in results["stream"]]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--res", default="832x480")
@@ -183,6 +201,7 @@ def main(argv=None) -> int:
                         traceback.print_exc()
             results["annotators"].append(row)
             print(row, flush=True)
+            write(results, args.out)
         del ann
         if modes:
             model = random_dit(cfg, vace=True, device=device, dtype=dtype)
@@ -194,6 +213,7 @@ def main(argv=None) -> int:
                     row["skipped"] = skipped[mode.removesuffix("-inline")]
                     results["stream"].append(row)
                     print(row, flush=True)
+                    write(results, args.out)
                     continue
                 cond = make_conditioner(model, codec, width=w, height=h, device=device, dtype=dtype, models=models)
                 cond.annotator_thread = not mode.endswith("-inline")
@@ -213,23 +233,11 @@ def main(argv=None) -> int:
                     cond.close(timeout=300)  # let a running job end before the next variant
                 results["stream"].append(row)
                 print(row, flush=True)
+                write(results, args.out)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     print(env)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
-        lines = [f"{env['device']}, {env['resolution']}, {env['dtype']}, 12-frame chunks, codec {env['codec']}, "
-                 f"{env['steps']} steps, random weights", "", "| annotator | ms / chunk | ms / frame |", "|---|---|---|"]
-        lines += [f"| {r['annotator']} | {r.get('chunk_ms', r.get('skipped', r.get('error')))} | {r.get('per_frame_ms', '')} |"
-                  for r in results["annotators"]]
-        lines += ["", "| stream with | fps | chunk ms | annotator ms | lag | maps reused |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['mode']} | {r.get('fps', r.get('skipped', r.get('error')))} | {r.get('chunk_ms', '')} | "
-                  f"{r.get('annotator_ms', '')} | {r.get('annotator_lag', '')} | {r.get('maps_reused', '')} |"
-                  for r in results["stream"]]
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-        print(f"wrote {out} and {out.with_suffix('.md')}")
+    write(results, args.out)
     return 0 if any("chunk_ms" in r for r in results["annotators"]) else 1
 
 
