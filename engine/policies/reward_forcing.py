@@ -20,10 +20,11 @@ attended here (RewardForcing's chunks are 3 frames, so its streams never hit tha
 The slot bookkeeping is SinkWindow's (frame-indexed slots, no data movement); only the merge is
 new. It runs in the cache dtype exactly as the reference writes it: alpha * sink + (1 - alpha) * e.
 
-Rollback: a merge changes the sink in place and the chunk then overwrites the evicted slots, so
-the first merge of a chunk backs up the sink and the evicted frames (2 x 3 frames of K/V per block,
-allocated on the first eviction) and `restore()` puts them back when that chunk fails; the retried
-chunk merges again from the same data (bit-identical to an uninterrupted run).
+Rollback without copies: the merge only reads K/V cached before the chunk, so its result does not
+depend on the chunk's own inputs. When a chunk fails after merging in some blocks (whose evicted
+slots it has then overwritten), the generator restores the cache state and the retried chunk, which
+starts from that same state, skips the (block, sink frame) merges already applied and does the rest:
+bit-identical to an uninterrupted stream, with no backup memory.
 """
 from __future__ import annotations
 
@@ -91,13 +92,16 @@ class EmaSinkAttention(CachedAttention):
 
 
 class EmaSinkKVCache(KVCache):
-    """KVCache that applies MergePlan merges (with a one-chunk undo, module doc)."""
+    """KVCache that applies MergePlan merges, each (block, sink slot) once per chunk position
+    (module doc: a retried chunk skips the merges its failed attempt already applied)."""
 
     attention_class = EmaSinkAttention
 
     def reset(self, origin: int = 0) -> None:
         super().reset(origin)
-        self._undo: tuple[CacheState, tuple, set[int]] | None = None  # (state before, merges, layers)
+        # (state before the merging chunk, {(layer, sink slot)} merged from it)
+        self._merged: tuple[CacheState | None, set[tuple[int, int]]] = (None, set())
+        self.merges = 0  # sink frames merged since the reset (a counter for tests and describe)
 
     def begin(self, start_frame: int, grid, batch: int) -> EmaSinkAttention:
         before = self.state
@@ -105,41 +109,22 @@ class EmaSinkKVCache(KVCache):
         attn.before = before
         return attn
 
-    def _backup_store(self) -> torch.Tensor:
-        buf = getattr(self, "_backup", None)
-        if buf is None:
-            L, _, B, _, H, D = self.storage.shape
-            sink = self.policy.sink
-            buf = self._backup = self.storage.new_empty(L, 2, B, 2 * sink * self.frame_tokens, H, D)
-        return buf
-
     def merge_sink(self, layer: int, plan: MergePlan, before: CacheState) -> None:
+        if self._merged[0] is not before:
+            self._merged = (before, set())
+        done = self._merged[1]
         ft = self.frame_tokens
-        if self._undo is None or self._undo[0] is not before:
-            self._undo = (before, plan.merges, set())
-        backup = self._backup_store()[layer]
         store = self.storage[layer]
-        for j, (src, dst) in enumerate(plan.merges):
-            backup[:, :, 2 * j * ft:(2 * j + 1) * ft].copy_(store[:, :, dst * ft:(dst + 1) * ft])
-            backup[:, :, (2 * j + 1) * ft:(2 * j + 2) * ft].copy_(store[:, :, src * ft:(src + 1) * ft])
-        self._undo[2].add(layer)
         a = plan.alpha
         for src, dst in plan.merges:
+            if (layer, dst) in done:
+                continue  # applied by a failed attempt of this same chunk: the evicted slot is gone
             sink = store[:, :, dst * ft:(dst + 1) * ft]
             evicted = store[:, :, src * ft:(src + 1) * ft]
             if a == 0.0:
                 sink.copy_(evicted)
             else:
                 sink.copy_(a * sink + (1 - a) * evicted)
-
-    def restore(self, state: CacheState, origin: int) -> None:
-        undo = self._undo
-        if undo is not None and undo[0] is state:
-            ft = self.frame_tokens
-            for layer in undo[2]:
-                backup, store = self._backup[layer], self.storage[layer]
-                for j, (src, dst) in enumerate(undo[1]):
-                    store[:, :, dst * ft:(dst + 1) * ft].copy_(backup[:, :, 2 * j * ft:(2 * j + 1) * ft])
-                    store[:, :, src * ft:(src + 1) * ft].copy_(backup[:, :, (2 * j + 1) * ft:(2 * j + 2) * ft])
-        self._undo = None
-        super().restore(state, origin)
+            done.add((layer, dst))
+            if layer == 0:
+                self.merges += 1
