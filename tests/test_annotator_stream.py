@@ -189,3 +189,29 @@ def _edit_boxes(server, store):
     assert list(osc_layout.request_layout(store.get("layout_boxes"))) == ["car"]
     server.handle_datagram(osc("/vace/layout/clear").dgram, None)
     assert store.get("layout_boxes") == () and osc_layout.request_layout(store.get("layout_boxes")) is None
+
+
+def test_a_layout_detector_plugin_tracks_boxes_in_the_video_on_the_annotator_thread(cond):
+    from vacelive.engine.conditioning import set_layout_detector
+
+    spy = Spy(cond)
+    seen = []
+
+    def detector(frames):  # a "tracker": one box whose x follows the frame's brightness
+        seen.append(threading.current_thread().name)
+        return [{"obj": (float(f.mean()) * 0.5, 0.25, 0.25, 0.5)} for f in frames]
+
+    set_layout_detector(detector)
+    try:
+        video = np.full((9, 32, 32, 3), 128, np.uint8)
+        r = ChunkRequest(prompts=[Prompt("x")], video=video, annotator="layout")
+        assert cond.prepare(r, first_chunk=True, num_frames=9) is None  # first map not ready yet
+        assert any("starting" in n for n in cond.notices)
+        assert cond.maps.runner.wait_idle(TIMEOUT)
+        r = ChunkRequest(prompts=[Prompt("x")], video=np.full((12, 32, 32, 3), 128, np.uint8), annotator="layout")
+        cond.prepare(r, first_chunk=False, num_frames=12)
+        box = (128 / 255 * 0.5, 0.25, 0.25, 0.5)
+        want = to_signed(render([{"obj": box}] * 12, 32, 32)).transpose(0, 1)[None]
+        assert torch.allclose(spy.videos[-1], want) and set(seen) == {"annotators"}
+    finally:
+        set_layout_detector(None)

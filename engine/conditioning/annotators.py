@@ -207,7 +207,7 @@ class Annotators:
             raise AnnotatorUnavailable(self._failed[name])
         plugin = PLUGINS.get(name)
         if plugin is None:
-            choices = ", ".join(["none", *BUILT_IN, *PLUGINS])
+            choices = ", ".join(["none", *BUILT_IN, *PLUGINS, LAYOUT])
             raise AnnotatorUnavailable(f"Unknown annotator {name!r}; choose one of {choices}.")
         try:
             fn = plugin(self.models, self.device, self.dtype)
