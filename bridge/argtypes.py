@@ -30,3 +30,14 @@ def size_px(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value} is not a multiple of 16 "
                                          f"(nearest: {max(16, round(value / 16) * 16)})")
     return value
+
+
+def pipeline_name(text: str) -> str:
+    """A registered pipeline recipe (engine.pipelines, case and '_' forgiven) -> its canonical name;
+    ArgumentTypeError lists the pipelines otherwise."""
+    from vacelive.engine.pipelines import get_recipe  # plain data, no torch
+
+    try:
+        return get_recipe(text).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

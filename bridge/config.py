@@ -18,8 +18,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from vacelive.bridge.argtypes import ranged, size_px
+from vacelive.bridge.argtypes import pipeline_name, ranged, size_px
 from vacelive.bridge.osc import add_cli_arguments as add_osc_arguments
+from vacelive.engine.pipelines import RECIPES  # plain data, no torch
 
 # Groups of flags a command can register (serve: model, io, osc, run; engine: model, listen;
 # relay: link, io, osc, run).
@@ -112,8 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser, *groups: str) -> None:
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--pipeline", default="longlive", help="causal pipeline recipe (longlive, "
-                   "self-forcing); `vacelive weights list` shows them")
+    g.add_argument("--pipeline", default="longlive", type=pipeline_name, metavar="NAME",
+                   help=f"causal pipeline recipe: {', '.join(RECIPES)}; `vacelive weights list` shows their "
+                   "files. Changing it means restarting (weights load with a progress bar)")
     g.add_argument("--models", metavar="DIR", help="models folder (default $VACELIVE_MODELS or "
                    "~/.vacelive/models)")
     g.add_argument("--width", type=size_px, default=832, help="generation width (multiple of 16)")

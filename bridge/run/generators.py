@@ -93,12 +93,29 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
             return StreamGenerator.random(cfg.random_weights, width=cfg.width, height=cfg.height,
                                           codec=cfg.codec, device=cfg.device, dtype=dtype, vace=vace,
                                           recipe=cfg.pipeline, **speed)
+        _announce_load(cfg)
         return StreamGenerator.from_recipe(cfg.pipeline, cfg.models, width=cfg.width,
                                            height=cfg.height, codec=cfg.codec, device=cfg.device,
                                            dtype=dtype, vace=vace, text_encoder=cfg.text_encoder,
                                            text_placement=cfg.text_placement, **speed)
     except (ValueError, FileNotFoundError) as exc:  # bad size/pipeline, MissingWeightsError
         raise ConfigError(str(exc)) from None
+
+
+def _announce_load(cfg: argparse.Namespace) -> None:
+    """One clear line before a pipeline's weights load (each large file then shows a progress
+    bar); missing files raise MissingWeightsError here, before anything is read."""
+    import sys
+
+    from vacelive.engine.models_dir import require
+    from vacelive.engine.pipelines import WeightOptions, get_recipe
+
+    recipe = get_recipe(cfg.pipeline)
+    paths = require(recipe, WeightOptions(codec=cfg.codec, text_encoder=cfg.text_encoder), cfg.models)
+    files = [p for p in paths.values() if p.is_file()]
+    size = sum(p.stat().st_size for p in files) / 2**30
+    print(f"vacelive: loading pipeline '{recipe.name}' ({recipe.title}): {size:.1f} GB of weights onto "
+          f"{cfg.device}; this takes a while (progress below)", file=sys.stderr, flush=True)
 
 
 def build_remote_generator(cfg: argparse.Namespace) -> Any:
