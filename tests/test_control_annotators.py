@@ -222,11 +222,21 @@ def test_a_translating_square_gives_constant_flow_of_its_direction_and_colour(st
     assert torch.allclose(maps[:, :, 5, 5], torch.tensor(rgb).expand(4, 3), atol=1 / 255)
 
 
-def test_flow_without_torchvision_says_how_to_get_it(tmp_path, monkeypatch):
+def test_flow_without_weights_or_torchvision_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.models.optical_flow", None)
+    ann = Annotators(CPU, torch.float32, models=tmp_path)
+    x = torch.rand(2, 3, 16, 16)
+    for name in ("flow", "flow-large"):
+        with pytest.raises(AnnotatorUnavailable) as e:
+            ann(name, x)
+        assert f"vacelive weights download {name} --models {tmp_path}" in str(e.value)
+        assert str(tmp_path / ANNOTATOR_MODELS[name].files[0].path) in str(e.value)
+    path = tmp_path / ANNOTATOR_MODELS["flow"].files[0].path
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"weights")  # the weights are there now, torchvision is not
     with pytest.raises(AnnotatorUnavailable, match=r"vacelive\[annotators\]"):
-        Annotators(CPU, torch.float32, models=tmp_path)("flow", torch.rand(2, 3, 16, 16))
+        ann("flow", x)
 
 
 def test_raft_from_torchvision_weights_in_the_models_folder(tmp_path):

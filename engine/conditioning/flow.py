@@ -132,6 +132,8 @@ def load(name: str, models: Path, device: torch.device, dtype: torch.dtype) -> F
     from vacelive.engine.conditioning.annotators import AnnotatorUnavailable, WeightsNotFound
 
     spec = ANNOTATOR_MODELS[name]
+    if spec.missing(models):  # checked first: the download needs no torchvision
+        raise WeightsNotFound(missing_message(spec, models, f"Flow annotator ({spec.title})"))
     try:
         from torchvision.models.optical_flow import raft_large, raft_small
     except Exception as e:  # noqa: BLE001 - missing or broken torchvision: reported, show goes on
@@ -139,8 +141,6 @@ def load(name: str, models: Path, device: torch.device, dtype: torch.dtype) -> F
             f"Flow annotator: torchvision is not importable here ({type(e).__name__}: {e}); install "
             "the annotators extra (pip install 'vacelive[annotators]') with a torchvision that "
             "matches your torch.") from None
-    if spec.missing(models):
-        raise WeightsNotFound(missing_message(spec, models, f"Flow annotator ({spec.title})"))
     path = models / spec.files[0].path
     try:
         model = (raft_large if name == "flow-large" else raft_small)(weights=None, progress=False)
