@@ -291,3 +291,25 @@ def test_overlay_draws_the_top_map_where_it_is_not_background():
     flow[..., 2, 2] = torch.tensor([1.0, 0.0, 0.0])
     out = overlay(base, flow, None)  # background read from the corners
     assert torch.equal(out[0, :, 2, 2], torch.tensor([1.0, 0.0, 0.0])) and (out[0, :, 0, 0] == 0.5).all()
+
+
+def test_raft_estimator_feeds_torchvision_conventions_and_scales_the_flow_back():
+    from vacelive.engine.conditioning.flow import RaftEstimator
+
+    calls = []
+
+    class FakeRaft:  # torchvision's RAFT call: (image1, image2, num_flow_updates) -> list of flows
+        def __call__(self, a, b, num_flow_updates):
+            calls.append((a.shape, a.min().item(), b.max().item(), num_flow_updates))
+            f = torch.zeros(a.shape[0], 2, *a.shape[-2:])
+            f[:, 0], f[:, 1] = 4.0, -2.0  # pixels at the working size
+            return [f * 0.5, f]  # the last prediction is the refined one
+
+    est = RaftEstimator(FakeRaft(), num_flow_updates=12, max_side=64)
+    a, b = torch.zeros(2, 3, 60, 100), torch.ones(2, 3, 60, 100)
+    flow = est(a, b)
+    (shape, lo, hi, updates), = calls
+    assert shape == (2, 3, 40, 64) and (lo, hi, updates) == (-1.0, 1.0, 12)  # multiples of 8, -1..1
+    assert flow.shape == (2, 2, 60, 100)
+    assert torch.allclose(flow[:, 0], torch.full((2, 60, 100), 4.0 * 100 / 64))
+    assert torch.allclose(flow[:, 1], torch.full((2, 60, 100), -2.0 * 60 / 40))
