@@ -89,4 +89,5 @@ def load(name: str, models: Path, device: torch.device, dtype: torch.dtype) -> D
         model = AutoModelForDepthEstimation.from_pretrained(folder, local_files_only=True, dtype=dtype)
     except Exception as e:  # noqa: BLE001 - a broken folder is reported, the show goes on
         raise AnnotatorUnavailable(f"Depth annotator: could not load {folder}: {e}") from None
-    return DepthAnything(model.to(device).eval().requires_grad_(False), device, dtype)
+    # .to(dtype) as well: older transformers releases read torch_dtype= and ignore dtype=
+    return DepthAnything(model.to(device=device, dtype=dtype).eval().requires_grad_(False), device, dtype)
