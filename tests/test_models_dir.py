@@ -119,8 +119,9 @@ def test_cli_check_download_list(tmp_path, capsys):
     assert main(["weights", "list", "--models", str(models)]) == 0
     out = capsys.readouterr().out
     assert "Self-Forcing/checkpoints/self_forcing_dmd.pt" in out and "MISSING" in out  # longlive still missing
-    assert main(["weights", "check", "memflow"]) == 2
-    assert "planned" in capsys.readouterr().err
+    assert main(["weights", "check", "framepack"]) == 2  # not a pipeline: the known ones are listed
+    err = capsys.readouterr().err
+    assert "unknown pipeline 'framepack'" in err and "memflow" in err
     rc = main(["weights", "download", "longlive", "--models", str(models), "--hf-cache", str(tmp_path / "empty"),
                "--offline"])
     assert rc == 1 and "could not be downloaded" in capsys.readouterr().err
