@@ -341,5 +341,5 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[key]
     if key in PLANNED_RECIPES:
         raise ValueError(f"pipeline {name!r} is planned but not implemented yet: {PLANNED_RECIPES[key]}")
-    raise ValueError(f"unknown pipeline {name!r}; available: {', '.join(RECIPES)} "
-                     f"(planned: {', '.join(PLANNED_RECIPES)})")
+    planned = f" (planned: {', '.join(PLANNED_RECIPES)})" if PLANNED_RECIPES else ""
+    raise ValueError(f"unknown pipeline {name!r}; available: {', '.join(RECIPES)}{planned}")
