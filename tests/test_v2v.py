@@ -290,3 +290,20 @@ def test_v2v_with_depth_control_and_a_reference_on_every_pipeline(recipe):
     stats = gen.conditioner.stats()
     assert stats["reference_encodes"] == 1 and stats["tasks"] == "r2v+control"
     assert hints["n"] > 0 and gen.video_input.counters["encodes"] == 2
+
+
+def test_v2v_inside_an_inpainting_mask_on_the_camera_itself():
+    """input = the VACE video (no separate input): the mask keeps the camera on the left half,
+    the restyle runs on the noised camera everywhere."""
+    gen, plain = make(codec="tae", vace=True), make(codec="tae", vace=True)
+    mask = np.zeros((H, W), np.uint8)
+    mask[:, W // 2:] = 255
+    for k in range(2):
+        n = gen.next_chunk_frames
+        clip = camera(n, phase=12 * k)
+        out = gen.step(ChunkRequest(prompts=[Prompt("an oil painting")], input_mode="video", video=clip,
+                                    mask=mask, mask_channel="luma", noise_scale=0.5, seed=4))
+        alone = plain.step(ChunkRequest(prompts=[Prompt("an oil painting")], input_mode="video", video=clip,
+                                        noise_scale=0.5, seed=4))
+        assert out.noise_scale == 0.5 and not torch.equal(out.frames, alone.frames)
+    assert gen.conditioner.stats()["tasks"] == "inpaint" and gen.video_input.counters["encodes"] == 2
