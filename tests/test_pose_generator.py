@@ -136,3 +136,28 @@ def test_pose_without_video_and_bad_values_are_notices_not_errors():
     text = " ".join(r.notices)
     assert "pose_strength 'lots' is not a number" in text and "pose_source 'kinect'" in text
     assert "pose_lookahead 'never'" in text and "Reference pose" in text
+
+
+def test_krea_context_recompute_reruns_recent_frames_with_their_conditions():
+    gen = make("krea-realtime")
+    calls = []
+
+    def hook(module, args, kwargs):
+        cond = kwargs.get("add_condition")
+        calls.append((args[4], args[0].shape[2], float(torch.as_tensor(args[1]).flatten()[0]),
+                      None if cond is None else cond.clone()))
+
+    gen.model.register_forward_pre_hook(hook, with_kwargs=True)
+    video = pose_video(60)
+    run(gen, video, 4, strength=1.0)
+    chunk_conds = [c for s, n, t, c in calls if t > 0]  # one denoising pass per chunk (steps=1)
+    assert len(chunk_conds) == 4
+    context = [(n, c) for s, n, t, c in calls if t == 0]
+    assert context, "Krea rebuilds its cache from context frames every chunk"
+    per = (H // 16) * (W // 16)
+    n, c = context[-1]  # before chunk 3: [re-encoded first | the recent latents]
+    assert c is not None and c.shape[1] == n * per
+    assert not c[:, :per].any()  # the re-encoded first frame has no condition
+    assert n > 1
+    recent = torch.cat([chunk_conds[1], chunk_conds[2]], 1)[:, -(n - 1) * per:]  # chunks 1-2's latents
+    assert torch.equal(c[:, per:], recent)

@@ -107,11 +107,22 @@ class KreaRecompute:
         kv.pass_frames = (None, None)
         if frame > 0:
             context = self.context(frame)
-            gen.model(context, plan.context_tensor, gen.text, kv, frame - clamp)
+            gen.model(context, plan.context_tensor, gen.text, kv, frame - clamp,
+                      add_condition=self.context_condition(context.shape[2], frame))
             self.recomputes += 1
         n = gen.next_chunk_latents
         kv.pass_frames = (clamp, clamp + n)
         return frame
+
+    def context_condition(self, frames: int, frame: int) -> torch.Tensor | None:
+        """Pose tokens of the context: the recent latents re-run with the conditions they were
+        generated with (engine.pose), the re-encoded first frame without one (zeros)."""
+        pose = self.gen.pose
+        recent = pose.condition_for(frame - (frames - 1), frames - 1) if pose is not None and frames > 1 else None
+        if recent is None:
+            return None
+        per = recent.shape[1] // (frames - 1)
+        return torch.cat([torch.zeros_like(recent[:, :per]), recent], 1)
 
     def context(self, frame: int) -> torch.Tensor:
         """The K clean context latents [1, 16, K, h, w] for the chunk at `frame`."""
