@@ -104,6 +104,18 @@ class Param:
         except (TypeError, ValueError, OverflowError) as exc:  # anything odd: a clean message
             raise ParamError(f"{self.name}: cannot use {_show(value)} ({exc})") from None
 
+    @property
+    def norm_address(self) -> str:
+        """The 0..1 form of a numeric parameter: /vace/norm/<name>, a leaf of its own (the OSC
+        address space and OSCQuery make every method a leaf, so it cannot live under the
+        parameter's address; the older <address>/norm is still accepted from senders)."""
+        return f"{PREFIX}/norm/{self.name}"
+
+    @property
+    def index_address(self) -> str:
+        """The by-index form of an enum: /vace/index/<name> (older <address>/index accepted)."""
+        return f"{PREFIX}/index/{self.name}"
+
     def normalized(self, value: Any) -> float:
         """Value → 0..1 within the range (numeric params)."""
         lo, hi = self.min, self.max
@@ -112,7 +124,7 @@ class Param:
     def from_normalized(self, x: Any) -> Any:
         """0..1 → value in the range; x itself is clamped to 0..1."""
         if not self.numeric:
-            raise ParamError(f"{self.address}/norm: {self.name} is not numeric")
+            raise ParamError(f"{self.norm_address}: {self.name} is not numeric")
         x = _number(self, x)
         x = min(1.0, max(0.0, x))
         return self.coerce(self.min + x * (self.max - self.min))
@@ -132,9 +144,9 @@ class Param:
         if self.max_items is not None:
             d["max_items"] = self.max_items
         if self.live and self.numeric:
-            d["norm_address"] = self.address + "/norm"
+            d["norm_address"] = self.norm_address
         if self.live and self.type == "enum":
-            d["index_address"] = self.address + "/index"
+            d["index_address"] = self.index_address
         if self.live and self.type != "action":
             d["morph"] = self.morph
             d["in_presets"] = self.in_presets
@@ -450,7 +462,13 @@ class Schema:
         p = self._by_address.get(address)
         if p is not None:
             return p, "value"
-        base, _, tail = address.rpartition("/")
+        for mode in ("norm", "index"):
+            head = f"{PREFIX}/{mode}/"
+            if address.startswith(head):
+                p = self._params.get(address[len(head):])
+                if p is not None and p.live and (p.numeric if mode == "norm" else p.type == "enum"):
+                    return p, mode
+        base, _, tail = address.rpartition("/")  # the older <address>/norm, <address>/index
         p = self._by_address.get(base)
         if p is not None and p.live:
             if tail == "norm" and p.numeric:

@@ -242,7 +242,7 @@ CONTROLS: tuple[Control, ...] = (
             "Arm one message for the next grid line (none, beat, bar, 2bars, 4bars, 8bars, "
             "Nbeats); length (8beats, 2bars, N chunks) sets a prompt's transition or a preset's "
             "morph, e.g. /vace/cue bar 8beats /vace/preset/load dusk.", "ss"),
-    Control(f"{PREFIX}/tempo/tap", "", f"{PREFIX}/tempo <bpm>",
+    Control(f"{PREFIX}/tap", "", f"{PREFIX}/tempo <bpm>",
             "Tap tempo: two or more taps set the tempo (their mean interval) and put the beat on "
             "the tap; with Link on, the session's tempo.", ""),
     Control(f"{PREFIX}/record/start", "[name|path.mp4] [side_by_side]",
@@ -291,7 +291,7 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
 
 FEEDBACK: tuple[tuple[str, str], ...] = (
     (f"{PREFIX}/<param> <value>", "echo of every applied value (clamped/canonical form); "
-     "numeric params also at <address>/norm, enums also at <address>/index"),
+     "numeric params also at /vace/norm/<param>, enums also at /vace/index/<param>"),
     (f"{PREFIX}/error <message>", "every rejected message, malformed packet or unknown address"),
     (f"{PREFIX}/status/<field> <value>", "a few times per second while a run loop is attached"),
     (f"{PREFIX}/notice <message>", "run-loop notices (input fixed up, snapshot written, ...)"),

@@ -5,7 +5,7 @@ changes, and recording, wired to the OSC server, the parameter store and the run
   parameter is not "none", prompt/prompts/refs/transition writes and preset recalls in it are
   armed for the next grid line instead of applied. `/vace/cue GRID [LENGTH] ADDRESS ARGS...` arms
   one message for one grid (e.g. `/vace/cue bar /vace/prompt "neon city"`,
-  `/vace/cue 4bars 8beats /vace/preset/load dusk`). `/vace/tempo/tap`, `/vace/record/start`,
+  `/vace/cue 4bars 8beats /vace/preset/load dusk`). `/vace/tap`, `/vace/record/start`,
   `/vace/record/stop`, `/vace/record/status` are handled here.
 * run loop: `at_boundary()` runs right before each parameter snapshot: it applies the armed
   changes due for this chunk (bridge/quantize.py says which), keeps the `tempo` parameter equal
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # changes that wait for the beat while `quantize` is set (the rest apply at once)
 QUANTISED = ("prompt", "prompts", "refs", "transition_chunks")
-STAGE_CONTROLS = ("cue", "tempo/tap", "record/start", "record/stop", "record/status")
+STAGE_CONTROLS = ("cue", "tap", "record/start", "record/stop", "record/status")
 
 
 def stage_status(stage: "Stage | None") -> dict[str, Any]:
@@ -177,7 +177,7 @@ class Stage:
         name = address[len(PREFIX) + 1:]
         if name == "cue":
             self._cue(server, args, packet)
-        elif name == "tempo/tap":
+        elif name == "tap":
             self.tap()
         elif name == "record/start":
             self._record_start(args, packet)

@@ -128,7 +128,13 @@ def test_normalized_maps_onto_the_range():
 
 def test_resolve_addresses():
     assert S.resolve("/vace/seed") == (S["seed"], "value")
-    assert S.resolve("/vace/seed/norm") == (S["seed"], "norm")
+    assert S.resolve("/vace/seed/norm") == (S["seed"], "norm")  # the older form, still accepted
+    assert S.resolve("/vace/norm/seed") == (S["seed"], "norm")
+    assert S.resolve("/vace/index/annotator") == (S["annotator"], "index")
+    assert S.resolve("/vace/norm/lora/pipeline") == (S["lora/pipeline"], "norm")
+    for bad in ("/vace/norm/annotator", "/vace/index/seed", "/vace/norm/width", "/vace/norm/x"):
+        with pytest.raises(ParamError):
+            S.resolve(bad)
     assert S.resolve("/vace/annotator/index") == (S["annotator"], "index")
     for bad in ("/vace/annotator/norm", "/vace/seed/index", "/vace/width/norm", "/vace/x"):
         with pytest.raises(ParamError, match="unknown address"):

@@ -96,7 +96,7 @@ def test_now_grid_and_unquantised_writes_apply_at_once(rig):
 def test_tap_tempo_and_transition_beats(rig):
     for t in (10.0, 10.5, 11.0, 11.5):
         rig.now[0] = t
-        rig.send("/vace/tempo/tap")
+        rig.send("/vace/tap")
     assert rig.store.get("tempo") == pytest.approx(120.0)
     rig.send("/vace/tempo", 90.0)
     assert rig.stage.clock.tempo == 90.0

@@ -15,7 +15,7 @@ feedback read-outs (the /vace/status/* fields, /vace/error, /vace/notice):
   widgets). Missing widget properties take Open Stage Control's defaults.
 
 Mapping (both surfaces):
-    float / int   fader; TouchOSC sends 0..1 to <address>/norm and shows the /norm echo;
+    float / int   fader; TouchOSC sends 0..1 to /vace/norm/<name> and shows that echo;
                   ints wider than td_params.SLIDER_SPAN (seed) send the value itself over the
                   first SLIDER_SPAN values
     bool          toggle (0/1)           enum   TouchOSC: a button per choice (sends the
@@ -191,7 +191,7 @@ def _control(parent: ET.Element, p: Param, y: int) -> None:
         if _wide(p):
             _osc(msgs, p.address, [("VALUE", "INTEGER", "x", p.min, p.min + SLIDER_SPAN)])
         else:
-            _osc(msgs, p.address + "/norm", [("VALUE", "FLOAT", "x", 0, 1)])
+            _osc(msgs, p.norm_address, [("VALUE", "FLOAT", "x", 0, 1)])
     elif p.type == "bool":
         node = _node(parent, "BUTTON", name, (x, y, ROW * 2, ROW), p.name,
                      props=[("i", "buttonType", 2), ("b", "interactive", True)],

@@ -155,8 +155,11 @@ def classify(address: str, args: Sequence[Any], known: Iterable[str]) -> tuple:
         return ("preset_saved", str(args[0]) if args else "", str(args[1]) if len(args) > 1 else "")
     if rest == "describe":
         return ("describe", str(args[0]) if args else "")
+    head, _, name = rest.partition("/")
+    if head in ("norm", "index") and name in known:  # /vace/norm/<name>, /vace/index/<name>
+        return ("derived",)
     base, _, tail = rest.rpartition("/")
-    if tail in ("norm", "index") and base in known:
+    if tail in ("norm", "index") and base in known:  # the older <address>/norm form
         return ("derived",)
     return ("unknown", rest)
 

@@ -119,7 +119,7 @@ def echo_messages(p: Param, value: Any) -> list[tuple[str, list[Any]]]:
     """Every (address, args) that mirrors `value` to control surfaces."""
     msgs = [(p.address, value_args(p, value))]
     if p.numeric and p.min is not None:
-        msgs.append((p.address + "/norm", [float(p.normalized(value))]))
+        msgs.append((p.norm_address, [float(p.normalized(value))]))
     elif p.type == "enum":
-        msgs.append((p.address + "/index", [p.choices.index(value)]))
+        msgs.append((p.index_address, [p.choices.index(value)]))
     return msgs

@@ -55,9 +55,9 @@ def _table(params: list[Param], live: bool) -> list[str]:
     for p in params:
         extra = []
         if live and p.numeric:
-            extra.append("also `/norm`")
+            extra.append(f"also `{p.norm_address}`")
         if live and p.type == "enum":
-            extra.append("also `/index`")
+            extra.append(f"also `{p.index_address}`")
         if live and p.morph in ("lerp", "prompts"):
             extra.append("morphs smoothly")
         if not p.in_presets and live and p.type != "action" and not p.alias_of:
@@ -91,9 +91,10 @@ COERCION = [
      "plain text", "negative weights → 0", "no text first, all weights 0, more than 8 prompts"),
     ("action", "no args, or a truthy first arg (`1`, `1.0`, `T`, `\"go\"`)",
      "`0`/`0.0`/`F`/`\"off\"` is a button release: ignored, no error", "–"),
-    ("`/norm`", "one number 0…1 mapped linearly onto the range (ints rounded)",
+    ("`/vace/norm/<param>`", "one number 0…1 mapped linearly onto the range (ints rounded)",
      "clamped to 0…1", "non-numeric"),
-    ("`/index`", "one enum index (int, float or numeric string)", "–", "names, out of range"),
+    ("`/vace/index/<param>`", "one enum index (int, float or numeric string)", "–",
+     "names, out of range"),
 ]
 
 
@@ -109,10 +110,14 @@ def render(schema: Schema = DEFAULT_SCHEMA) -> str:
         "",
         f"vacelive listens for OSC over UDP on **127.0.0.1:{DEFAULT_PORT}** (`--osc-port`). "
         "It binds to loopback unless you opt into the LAN with `--osc-host 0.0.0.0` (a warning "
-        f"is logged: anyone on the network can then steer the stream). Every address lives "
-        f"under `{PREFIX}/`. An OSCQuery HTTP namespace answers on "
+        f"is logged naming every port then open to the network: OSC UDP, OSCQuery TCP, mDNS UDP "
+        f"5353). Every address lives under `{PREFIX}/`. OSCQuery answers on "
         f"**http://127.0.0.1:{DEFAULT_OSCQUERY_PORT}/** (`--oscquery-port`, 0 = off; it binds "
-        "the same host as OSC; no WebSocket or zeroconf).",
+        "the same host as OSC): the JSON namespace over HTTP and, on the same port, a WebSocket "
+        "with the LISTEN extension (send `{\"COMMAND\": \"LISTEN\", \"DATA\": \"/vace/seed\"}`; "
+        "each change then arrives as a binary OSC message). It is advertised by zeroconf as "
+        "`_oscjson._tcp` and `_osc._udp` (on loopback only, unless OSC listens on the LAN), so "
+        "OSCQuery clients (TouchDesigner, Chataigne, Vezér) find it by themselves.",
         "",
         "- Changes apply at the **next chunk boundary** (one chunk = 12 frames). The store keeps "
         "only the latest value per parameter, so a fast fader never builds up lag.",
@@ -132,8 +137,10 @@ def render(schema: Schema = DEFAULT_SCHEMA) -> str:
         "",
         "## Live parameters",
         "",
-        "Numeric parameters are also settable as 0…1 at `<address>/norm`; enums by index at "
-        "`<address>/index`. Both are echoed too.",
+        f"Numeric parameters are also settable as 0…1 at `{PREFIX}/norm/<param>`; enums by index "
+        f"at `{PREFIX}/index/<param>`. Both are echoed too. They are leaves of their own (the OSC "
+        "address space and OSCQuery make every method a leaf); the older `<address>/norm` and "
+        "`<address>/index` are still accepted from senders.",
         "",
     ]
     out += _table(live, True)
@@ -167,7 +174,7 @@ def render(schema: Schema = DEFAULT_SCHEMA) -> str:
     out += [
         "",
         "Outgoing types: floats as `f`, ints as `i`, **bools as int 0/1** (TouchDesigner's OSC "
-        "In CHOP reads no T/F), enums as their name (and the index at `/index`), lists as "
+        "In CHOP reads no T/F), enums as their name (and the index at `/vace/index/<param>`), lists as "
         "several string args, prompts as text, weight pairs.",
         "",
         "## Coercion rules",
@@ -235,7 +242,7 @@ def render(schema: Schema = DEFAULT_SCHEMA) -> str:
         f"- **OSC Out CHOP** (floats/ints): network address 127.0.0.1, port {DEFAULT_PORT}; name "
         "each channel with its full address, e.g. a Rename CHOP to `/vace/context_scale` or "
         "`/vace/steps` (floats are fine for ints and bools). For faders, send 0…1 to "
-        "`/vace/context_scale/norm`.",
+        "`/vace/norm/context_scale`.",
         "- **OSC Out DAT** (text, lists, actions):",
         "",
         "```python",
@@ -262,7 +269,7 @@ def render(schema: Schema = DEFAULT_SCHEMA) -> str:
         f"c = SimpleUDPClient('127.0.0.1', {DEFAULT_PORT})",
         "c.send_message('/vace/prompts', ['a forest at dawn', 1.0, 'neon city', 0.5])",
         "c.send_message('/vace/steps', 3)",
-        "c.send_message('/vace/context_scale/norm', 0.75)",
+        "c.send_message('/vace/norm/context_scale', 0.75)",
         "",
         "b = OscBundleBuilder(IMMEDIATELY)              # lands in one chunk",
         "for address, value in [('/vace/seed', 7), ('/vace/annotator', 'pose')]:",

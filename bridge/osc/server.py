@@ -206,9 +206,14 @@ class OscServer:
             else:
                 table.add(p.address, partial(self._write, p, "value"))
                 if p.numeric:
-                    table.add(f"{p.address}/norm", partial(self._write, p, "norm"))
+                    table.add(p.norm_address, partial(self._write, p, "norm"))
                 if p.type == "enum":
-                    table.add(f"{p.address}/index", partial(self._write, p, "index"))
+                    table.add(p.index_address, partial(self._write, p, "index"))
+        for p in self.schema.live:  # the older <address>/norm and /index forms (still accepted)
+            if p.type != "action" and p.numeric:
+                table.add(f"{p.address}/norm", partial(self._write, p, "norm"))
+            if p.type == "enum":
+                table.add(f"{p.address}/index", partial(self._write, p, "index"))
         return table
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -219,9 +224,6 @@ class OscServer:
 
     def start(self) -> "OscServer":
         cfg = self.config
-        if not _is_loopback(cfg.host):
-            log.warning("OSC listens on %s:%d: anyone on the network can steer the stream "
-                        "(use the default 127.0.0.1 to stay local)", cfg.host, cfg.port)
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -242,6 +244,11 @@ class OscServer:
             from vacelive.bridge.osc.oscquery import OscQueryServer
 
             self.oscquery = OscQueryServer(self, cfg.host, cfg.oscquery_port).start()
+        if not _is_loopback(cfg.host):
+            from vacelive.bridge.osc.oscquery import lan_warning
+
+            log.warning("%s", lan_warning(cfg.host, self.address[1],
+                                          self.oscquery.address[1] if self.oscquery else None))
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name="osc-server", daemon=True)
         self._thread.start()
@@ -444,7 +451,7 @@ class OscServer:
             self._reply(sender, p.address, value_args(p, value))
             return
         for address, out in echo_messages(p, value):  # the /norm or /index form
-            if address == f"{p.address}/{mode}":
+            if address in (p.norm_address, p.index_address) and address.split("/")[2] == mode:
                 self._reply(sender, address, out)
 
     def _describe(self, args: list[Any], packet: Packet) -> None:
