@@ -161,3 +161,19 @@ def test_krea_context_recompute_reruns_recent_frames_with_their_conditions():
     assert n > 1
     recent = torch.cat([chunk_conds[1], chunk_conds[2]], 1)[:, -(n - 1) * per:]  # chunks 1-2's latents
     assert torch.equal(c[:, per:], recent)
+
+
+@pytest.mark.parametrize("policy", ["crop", "letterbox"])
+def test_pose_frames_are_fitted_like_the_vace_video(policy):
+    from vacelive.engine.conditioning.inputs import fit
+
+    gen = make()
+    wide = np.zeros((9, H, 2 * W, 4), np.uint8)
+    wide[..., 3] = 255
+    wide[:, :, :W // 2, 0] = 255  # a red band on the far left: cut by crop, kept by letterbox
+    wide[:, :, W:W + 8, 1] = 200
+    gen.step(ChunkRequest(video=wide, pose_strength=1.0, pose_source="rendered", fit=policy, steps=1))
+    src = torch.from_numpy(wide[..., :3]).permute(0, 3, 1, 2).float() / 255
+    want = (fit(src, H, W, policy, 0.0)[0].flip(1) * 255).round().to(torch.uint8)
+    assert torch.equal(gen.pose.timeline.buffer[:9], want)
+    assert bool(want[:, 2].any()) == (policy == "letterbox")  # R (now channel 2) survives only letterboxed

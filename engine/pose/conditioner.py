@@ -6,7 +6,8 @@ Once per chunk the generator calls `prepare(request, start_frame=, num_latents=,
  2. the pose frames: the control video (request.video) annotated by the pose annotator
     (`pose_source` "annotate", DWPose on its worker thread) or taken as an already rendered pose
     map ("rendered"); R and B are swapped into UniAnimate's training channel order;
- 3. they join the PoseTimeline at the chunk's pixel frames; the embedding window for the chunk's
+ 3. fitted to the generation size like VACE's video (`fit`: crop / letterbox on black / stretch),
+    they join the PoseTimeline at the chunk's pixel frames; the embedding window for the chunk's
     latents runs through dwpose_embedding (exactly the whole-clip values with `pose_lookahead`
     "wait", causal approximation of the last latent with "causal"; engine.pose.timeline);
  4. tokens [1, F*h*w, dim] through pose_proj, times pose_strength.
@@ -28,6 +29,7 @@ from vacelive.engine.pose.timeline import LOOKAHEAD_MODES, PoseTimeline
 
 POSE_STRENGTH_RANGE = (0.0, 2.0)
 POSE_SOURCES = ("annotate", "rendered")
+FITS = ("crop", "letterbox", "stretch")
 REF_POSE_NOTICE = ("Reference pose: UniAnimate adds it to the image-to-video input `y`, which this "
                    "text-to-video pipeline does not have; it is ignored (pose tokens still apply).")
 UNTRAINED_PROJ_NOTICE = ("Pose tokens: this DiT needs a trained pose_proj (5120 -> {dim}) and none is "
@@ -130,7 +132,7 @@ class PoseConditioner:
             self._said.update(self.notices)
 
     def _prepare(self, request, start: int, n_lat: int, n_pix: int, pixel_start: int, notes: list[str]) -> PoseChunk:
-        from vacelive.engine.conditioning.inputs import InputError, frames01, take_frames, to_rgb
+        from vacelive.engine.conditioning.inputs import InputError, fit, frames01, take_frames, to_rgb
 
         strength = _clamped(getattr(request, "pose_strength", 0.0), notes)
         if getattr(request, "pose_ref", False):
@@ -169,8 +171,11 @@ class PoseConditioner:
             return PoseChunk(None, rendered, handles_vace=vace_wants)
         if self.warn_untrained and not self.embedding.pose_proj_trained:
             notes.append(UNTRAINED_PROJ_NOTICE.format(dim=self.embedding.dim))
-        # pose maps are shown with the drawing's triplets as RGB; UniAnimate trained on R/B swapped
-        self.timeline.push(pixel_start, pose_frames.flip(1))
+        # fitted like VACE's video (request.fit), so the tokens line up with the frame; pose maps
+        # are shown with the drawing's triplets as RGB, UniAnimate trained on R/B swapped
+        fit_policy = getattr(request, "fit", "crop")
+        fitted = fit(pose_frames, self.height, self.width, fit_policy if fit_policy in FITS else "crop", 0.0)[0]
+        self.timeline.push(pixel_start, fitted.flip(1))
         cond = self.chunk_tokens(start, n_lat, lookahead)
         if strength != 1:
             cond = cond.mul_(strength)
