@@ -177,3 +177,28 @@ def test_pose_frames_are_fitted_like_the_vace_video(policy):
     want = (fit(src, H, W, policy, 0.0)[0].flip(1) * 255).round().to(torch.uint8)
     assert torch.equal(gen.pose.timeline.buffer[:9], want)
     assert bool(want[:, 2].any()) == (policy == "letterbox")  # R (now channel 2) survives only letterboxed
+
+
+def test_real_pose_weights_say_what_they_can_do(tmp_path):
+    """Loaded through from_recipe's path (engine.pose.build): a 1.3B-wide DiT without a trained
+    pose_proj and a 5120-wide one (UniAnimate's own width, text-to-video base) each get a notice."""
+    from test_pose_embedding import public_state_dict
+
+    from vacelive.engine.config import tiny_config
+    from vacelive.engine.factory import random_dit
+    from vacelive.engine.pose.build import UNIANIMATE_FILE, UNIANIMATE_FOLDER, pose_from_models
+
+    assert pose_from_models(random_dit(tiny_config(), vace=False), tmp_path, width=W, height=H, frames_per_chunk=3,
+                            device="cpu", dtype=torch.float32) is None  # no file: pose tokens off
+    (tmp_path / UNIANIMATE_FOLDER).mkdir()
+    torch.save(public_state_dict(), tmp_path / UNIANIMATE_FOLDER / UNIANIMATE_FILE)
+    video = pose_video(9)
+    for dim, expect in ((64, "needs a trained pose_proj"), (5120, "never learned to read it")):
+        model = random_dit(tiny_config(), vace=False).to(torch.float32)
+        model.cfg = model.cfg.with_(dim=dim)  # only pose_proj's shape reads it here
+        pose = pose_from_models(model, tmp_path, width=W, height=H, frames_per_chunk=3, device="cpu",
+                                dtype=torch.float32)
+        chunk = pose.prepare(ChunkRequest(video=video, pose_strength=1.0, pose_source="rendered"),
+                             start_frame=0, num_latents=3, num_frames=9, pixel_start=0)
+        assert chunk.condition.shape[-1] == dim
+        assert any(expect in n for n in pose.notices), pose.notices

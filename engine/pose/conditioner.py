@@ -35,6 +35,10 @@ REF_POSE_NOTICE = ("Reference pose: UniAnimate adds it to the image-to-video inp
 UNTRAINED_PROJ_NOTICE = ("Pose tokens: this DiT needs a trained pose_proj (5120 -> {dim}) and none is "
                          "loaded; the projection is random, so pose strength adds noise-like features. "
                          "docs/pose.md says which models have real pose weights.")
+T2V_BASE_NOTICE = ("Pose tokens: UniAnimate-DiT trained its pose embedding together with a LoRA on "
+                   "Wan2.1-I2V-14B; this text-to-video DiT never learned to read it, so expect an "
+                   "unlearned perturbation rather than pose control (docs/pose.md). VACE pose control "
+                   "is the trained path.")
 
 
 @dataclass
@@ -169,8 +173,11 @@ class PoseConditioner:
             pose_frames = raw
         if strength == 0:
             return PoseChunk(None, rendered, handles_vace=vace_wants)
-        if self.warn_untrained and not self.embedding.pose_proj_trained:
-            notes.append(UNTRAINED_PROJ_NOTICE.format(dim=self.embedding.dim))
+        if self.warn_untrained:  # real weights: say what they can and cannot do here
+            if self.embedding.needs_proj and not self.embedding.pose_proj_trained:
+                notes.append(UNTRAINED_PROJ_NOTICE.format(dim=self.embedding.dim))
+            elif not self.embedding.needs_proj:  # UniAnimate's own 5120-wide tokens on a T2V base
+                notes.append(T2V_BASE_NOTICE)
         # fitted like VACE's video (request.fit), so the tokens line up with the frame; pose maps
         # are shown with the drawing's triplets as RGB, UniAnimate trained on R/B swapped
         fit_policy = getattr(request, "fit", "crop")
