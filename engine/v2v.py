@@ -243,7 +243,10 @@ class VideoInput:
                                                          in_transition):
             return V2VDecision(skip=True, similarity=self._last_similarity)
         similarity = self._last_similarity
-        self._remember(request, frames, others)
+        if request.similarity_skip:
+            self._remember(request, frames, others)
+        else:
+            self._reference = None  # (a whole chunk of pixels: not kept while the skip is off)
 
         s = s_user
         motion = None
@@ -252,7 +255,7 @@ class VideoInput:
             motion = m
             s = min(1.0, max(0.0, controlled_noise_scale(s_user, s_user if self._s_prev is None else self._s_prev, m)))
         self._s_prev = s
-        self._last_frame = frames[-1]
+        self._last_frame = frames[-1].clone()  # (a view would keep the whole chunk alive)
         if s >= 1.0:  # exactly text-to-video; the input stream loses its continuity
             self._deactivate(keep_motion=True)
             return V2VDecision(noise_scale=s, similarity=similarity)
