@@ -86,6 +86,16 @@ class ParamStore:
         self._listeners: list[Listener] = []
         self.writes = 0  # values written since start (benchmarks, status)
 
+    def set_load_time(self, name: str, value: Any) -> None:
+        """Record what the engine really runs with (e.g. the pipeline a relay's remote engine
+        reports once it answers); live parameters are not set this way."""
+        p = self.schema[name]
+        if p.live:
+            raise ParamError(f"{name} is a live parameter, not a load-time one")
+        value = p.coerce(value, clamp=None)
+        with self._lock:
+            self._load_time[name] = value
+
     # -- reading ------------------------------------------------------------------------------
     def get(self, name: str) -> Any:
         p = self.schema[name]

@@ -98,3 +98,29 @@ def test_setting_the_pipeline_over_osc_says_how_to_change_it(tmp_path):
     finally:
         peer.close()
         server.stop()
+
+
+def test_the_run_loop_keeps_the_store_pipeline_equal_to_the_engines():
+    """A relay learns its remote engine's pipeline from describe(): after a chunk the store (and
+    so the OSC refusal rule) follows it; names the schema does not know are ignored."""
+    from test_runloop import make_loop
+
+    from vacelive.bridge.link.testgen import PatternGenerator
+    from vacelive.bridge.run.generators import GeneratorWrapper
+
+    class Reports(GeneratorWrapper):
+        name = "memflow"
+
+        def describe(self):
+            return {**self.inner.describe(), "pipeline": self.name}
+
+    gen = Reports(PatternGenerator(96, 64))
+    loop, _, store, _, _ = make_loop(gen=gen)
+    assert store.get("pipeline") == "longlive"
+    assert loop.run_once().error is None
+    assert store.get("pipeline") == "memflow"
+    gen.name = "pattern"
+    loop.run_once()
+    assert store.get("pipeline") == "memflow"
+    with pytest.raises(Exception, match="live parameter"):
+        store.set_load_time("seed", 3)

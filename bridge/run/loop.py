@@ -404,8 +404,19 @@ class RunLoop:
             self.describe = dict(self.generator.describe())
         except Exception:
             pass
+        self._sync_pipeline()
         log.debug("chunk %d: %d frames in %.0f ms", result.chunk_index, len(result.frames),
                   record.latency_ms)
+
+    def _sync_pipeline(self) -> None:
+        """Keep the store's load-time `pipeline` equal to what the engine reports (a relay learns
+        it from the remote engine), so pipeline-only parameters are accepted or refused right."""
+        name = self.describe.get("pipeline")
+        schema = self.store.schema
+        if not isinstance(name, str) or "pipeline" not in schema or name not in schema["pipeline"].choices:
+            return
+        if self.store.get("pipeline") != name:
+            self.store.set_load_time("pipeline", name)
 
     def _on_failure(self, record: ChunkRecord) -> None:
         self._failures += 1
