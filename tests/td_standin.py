@@ -415,6 +415,24 @@ class syphonspoutinTOP(TOP):
     BUILTIN = {"active": ("Toggle", True), "sendername": ("StrMenu", "")}
 
 
+class ndioutTOP(TOP):
+    BUILTIN = {"active": ("Toggle", True), "name": ("Str", "TDNDIOut")}
+
+
+class ndiinTOP(TOP):
+    BUILTIN = {"active": ("Toggle", True), "name": ("StrMenu", "")}
+
+
+class switchTOP(TOP):
+    """Multi-input: TouchDesigner shows a new empty connector once the last one is wired."""
+
+    BUILTIN = {"index": ("Int", 0)}
+
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.inputConnectors = [Connector(self), Connector(self)]
+
+
 class COMP(OP):
     BUILTIN = {"ext0object": ("Str", ""), "ext0name": ("Str", ""),
                "ext0promote": ("Toggle", False), "reinitextensions": ("Pulse", False)}
@@ -544,7 +562,8 @@ td = types.SimpleNamespace(
     baseCOMP=baseCOMP, textDAT=textDAT, tableDAT=tableDAT, oscoutDAT=oscoutDAT,
     oscinDAT=oscinDAT, parameterexecuteDAT=parameterexecuteDAT, executeDAT=executeDAT,
     inTOP=inTOP, outTOP=outTOP, nullTOP=nullTOP, syphonspoutinTOP=syphonspoutinTOP,
-    syphonspoutoutTOP=syphonspoutoutTOP,
+    syphonspoutoutTOP=syphonspoutoutTOP, ndioutTOP=ndioutTOP, ndiinTOP=ndiinTOP,
+    switchTOP=switchTOP,
 )
 
 

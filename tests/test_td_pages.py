@@ -136,10 +136,15 @@ def test_builder_assembles_and_saves_the_component(project, tmp_path, capsys):
     assert {"VaceLiveExt", "schema", "log", "oscout", "oscin", "oscin_callbacks", "parexec",
             "frame", "Control", "Mask", "Ref", "Input", "send_control", "send_mask", "send_ref",
             "send_input",
-            "receive_output", "Output"} | set(build_tox.MODULES) <= names
+            "receive_output", "Output", "ndiout_control", "ndiout_input", "ndiin_output",
+            "output_switch"} | set(build_tox.MODULES) <= names
     assert json.loads(comp.op("schema").text) == DOC
     assert comp.op("send_mask").inputConnectors[0].connections == [comp.op("Mask")]
-    assert comp.op("Output").inputConnectors[0].connections == [comp.op("receive_output")]
+    assert comp.op("Output").inputConnectors[0].connections == [comp.op("output_switch")]
+    switch = comp.op("output_switch")
+    assert [c.connections for c in switch.inputConnectors] == [[comp.op("receive_output")],
+                                                               [comp.op("ndiin_output")]]
+    assert comp.op("ndiout_ref").inputConnectors[0].connections == [comp.op("Ref")]
     assert comp.op("parexec").par.op.eval() == ".."
     assert comp.op("parexec").op("..") is comp
     assert comp.op("oscin").par.callbacks.eval() == "oscin_callbacks"

@@ -194,6 +194,21 @@ def test_transport_by_os_and_texture_wiring(comp):
     comp.ext.VaceLiveExt._syphon_at = None  # the next scan (once a second) is due
     comp._prj.frame()
     assert receive.par.sendername.eval() == "python3.11:vacelive-out"
+    assert comp.op("output_switch").par.index.eval() == 0
+    # NDI: the NDI Out TOPs carry the stream names, the output comes from the NDI In TOP
+    p.Transport.val = "ndi"
+    comp._prj.frame()
+    ndi_out, ndi_in = comp.op("ndiout_control"), comp.op("ndiin_output")
+    assert ndi_out.par.name.eval() == "vacelive-control" and ndi_out.par.active.eval()
+    assert comp.op("ndiout_mask").par.active.eval()  # Send Mask (on above) decides
+    assert not comp.op("ndiout_ref").par.active.eval()
+    assert not send["control"].par.active.eval() and not receive.par.active.eval()
+    assert ndi_in.par.active.eval() and comp.op("output_switch").par.index.eval() == 1
+    assert comp.ext.VaceLiveExt.EngineSettings().textures["--control"] == "ndi:vacelive-control"
+    ndi_in.par.name.menuNames = ["STUDIO (Arena Out)", "GPUBOX (vacelive-out)"]
+    comp.ext.VaceLiveExt._syphon_at = None
+    comp._prj.frame()
+    assert ndi_in.par.name.eval() == "GPUBOX (vacelive-out)"
 
 
 def test_match_sender():
@@ -204,4 +219,8 @@ def test_match_sender():
     assert textures.match_sender(["x:vacelive-out"], "vacelive-out", app="x") == "x:vacelive-out"
     assert textures.match_sender(names, "missing") is None
     with pytest.raises(ValueError):
-        textures.resolve_transport("ndi")
+        textures.resolve_transport("srt")
+    assert textures.resolve_transport("ndi") == "ndi"
+    assert textures.match_ndi_source(["A (vacelive-out2)", "B (vacelive-out)"], "vacelive-out") \
+        == "B (vacelive-out)"
+    assert textures.match_ndi_source(["A (other)"], "vacelive-out") is None

@@ -96,6 +96,11 @@ def test_parameter_changes_send_the_right_messages():
         comp.par.Presetload.pulse()
         comp.par.Presetsavename.val = "mine"
         comp.par.Presetsave.pulse()
+        comp.par.Tap.pulse()
+        comp.par.Recordside.val = True
+        comp.par.Record.val = True
+        prj.frame()
+        comp.par.Record.val = False
         prj.frame()
         sock.settimeout(0.3)
         raw = []
@@ -108,6 +113,8 @@ def test_parameter_changes_send_the_right_messages():
         assert ("/vace/reset", [1]) in raw
         assert ("/vace/preset/load", ["neon-city", 6]) in raw
         assert ("/vace/preset/save", ["mine"]) in raw
+        assert ("/vace/tap", []) in raw
+        assert raw.index(("/vace/record/start", ["", 1])) < raw.index(("/vace/record/stop", []))
 
         comp.par.Active.val = False  # Connect off: nothing leaves
         prj.frame()

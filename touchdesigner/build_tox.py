@@ -17,8 +17,9 @@ It creates /project1/vacelive (a Base COMP) with:
   pages are made;
 - `oscout` OSC Out DAT, `oscin` OSC In DAT + `oscin_callbacks`, `parexec` Parameter Execute DAT,
   `frame` Execute DAT (frame start, exit), `log` Text DAT (the engine's output);
-- In TOPs Control, Mask, Ref, Input -> Syphon Spout Out TOPs send_control/send_mask/send_ref/send_input, and
-  Syphon Spout In TOP receive_output -> Out TOP Output;
+- In TOPs Control, Mask, Ref, Input -> Syphon Spout Out TOPs send_control/send_mask/send_ref/send_input
+  and NDI Out TOPs ndiout_<stream>; Syphon Spout In TOP receive_output and NDI In TOP ndiin_output
+  -> Switch TOP output_switch (by the Transport menu) -> Out TOP Output;
 - the custom pages (td_params.build_pages, the same generator the extension uses) and the
   extension (ext0object, promoted).
 
@@ -174,13 +175,21 @@ def build(parent: Any, name: str = "vacelive", save_to: str | None = None, td: A
     # textures: inputs out to the engine, the engine's output back in
     # In TOP order = connector order: Control, Mask, Ref, then Input (the V2V camera) last, so
     # networks wired before it existed keep their connections.
+    # Each input also feeds an NDI Out TOP and the output can come from an NDI In TOP; the
+    # Transport menu switches which pair is active (output_switch picks the received one).
     for i, stream in enumerate(("control", "mask", "ref", "input")):
         inp = _place(comp.create(td.inTOP, stream.capitalize()), 0, 200 - 150 * i)
         send = _place(comp.create(td.syphonspoutoutTOP, "send_" + stream), 200, 200 - 150 * i)
         send.inputConnectors[0].connect(inp)
+        ndi_send = _place(comp.create(td.ndioutTOP, "ndiout_" + stream), 200, 125 - 150 * i)
+        ndi_send.inputConnectors[0].connect(inp)
     receive = _place(comp.create(td.syphonspoutinTOP, "receive_output"), 400, 200)
+    ndi_receive = _place(comp.create(td.ndiinTOP, "ndiin_output"), 400, 100)
+    switch = _place(comp.create(td.switchTOP, "output_switch"), 500, 200)
+    switch.inputConnectors[0].connect(receive)
+    switch.inputConnectors[1].connect(ndi_receive)
     out = _place(comp.create(td.outTOP, "Output"), 600, 200)
-    out.inputConnectors[0].connect(receive)
+    out.inputConnectors[0].connect(switch)
 
     # the extension last: it finds the pages and wires TOP names and OSC ports
     _set(comp, "ext0object", f"op('./{EXTENSION}').module.{EXTENSION}(me)", missing)

@@ -153,7 +153,7 @@ def param_specs(p: dict) -> list[ParSpec]:
 # --------------------------------------------------------------------------------------------
 # the component's own pages (not engine parameters)
 
-TRANSPORTS = ("auto", "spout", "syphon", "shm")
+TRANSPORTS = ("auto", "spout", "syphon", "shm", "ndi")
 ENGINE_MODES = ("local", "relay", "external")
 CODECS = ("wan", "tae", "lighttae")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -182,6 +182,13 @@ def component_specs(status_fields: Iterable[dict] = (), pipelines: Iterable[str]
         _c("Presetsavename", "Save as", "Str", P, "", "Name of the preset to save."),
         _c("Presetsave", "Save", "Pulse", P),
         _c("Presetrefresh", "Refresh list", "Pulse", P),
+        _c("Record", "Record", "Toggle", P, False,
+           "Record the engine's paced output to MP4 (on the engine machine, named by time and "
+           "preset); off stops and closes the file."),
+        _c("Recordside", "Record control beside", "Toggle", P, False,
+           "Put the control input beside the output in the recording (from the next Record)."),
+        _c("Tap", "Tap tempo", "Pulse", P, None,
+           "Tap on the beat: two or more taps set the tempo (the Link session's with Link on)."),
         _c("Active", "Connect", "Toggle", E, True,
            "Send parameter changes and listen for feedback (OSC)."),
         _c("Host", "Engine host", "Str", E, "127.0.0.1",
@@ -237,7 +244,7 @@ def component_specs(status_fields: Iterable[dict] = (), pipelines: Iterable[str]
         _c("Transport", "Transport", "Menu", T, "auto",
            "auto: Spout on Windows, Syphon on macOS, shared memory elsewhere.",
            menu_names=TRANSPORTS, menu_labels=("Auto (by OS)", "Spout", "Syphon",
-                                               "Shared memory")),
+                                               "Shared memory", "NDI (network)")),
         _c("Sendcontrol", "Send Control input", "Toggle", T, True,
            "Publish the Control input TOP for the engine's control video."),
         _c("Sendmask", "Send Mask input", "Toggle", T, False,

@@ -1,4 +1,4 @@
-"""Which shared-texture transport to use and how to name the streams (stdlib only).
+"""Which texture transport to use and how to name the streams (stdlib only).
 
 TouchDesigner's Syphon Spout In/Out TOPs are one operator pair: Spout on Windows, Syphon on
 macOS. The component publishes its Control, Mask, Ref and Input (V2V camera) inputs through
@@ -6,6 +6,10 @@ Syphon Spout Out TOPs and receives the engine's output through a Syphon Spout In
 is started with the matching `--control/--mask/--ref/--input/--output SPEC` flags (SPEC = spout:NAME | syphon:NAME |
 shm:NAME). Shared memory has no TOP in TouchDesigner: with `shm` the TOPs are switched off and
 the vacelive ring is read with the Script TOP reader of docs/transports.md.
+
+NDI (any OS, also across machines): the inputs go out through NDI Out TOPs named like the
+streams and the output comes back through an NDI In TOP; the engine runs with `ndi:NAME` specs
+and finds TouchDesigner's senders by stream name ("MACHINE (vacelive-control)").
 """
 
 import sys
@@ -25,8 +29,8 @@ def platform_transport(platform: str | None = None) -> str:
 def resolve_transport(choice: str, platform: str | None = None) -> str:
     if choice in ("", "auto"):
         return platform_transport(platform)
-    if choice not in ("spout", "syphon", "shm"):
-        raise ValueError(f"unknown transport {choice!r} (auto, spout, syphon or shm)")
+    if choice not in ("spout", "syphon", "shm", "ndi"):
+        raise ValueError(f"unknown transport {choice!r} (auto, spout, syphon, shm or ndi)")
     return choice
 
 
@@ -48,5 +52,16 @@ def match_sender(available: list[str], wanted: str, app: str = "") -> str | None
         return wanted
     for entry in available:
         if entry.endswith(":" + wanted) or entry.endswith(" - " + wanted):
+            return entry
+    return None
+
+
+def match_ndi_source(available: list[str], wanted: str) -> str | None:
+    """The entry of an NDI In TOP's source menu that is the engine's sender: NDI names are
+    'MACHINE (stream)', so an exact entry first, then any machine's stream `wanted`."""
+    if wanted in available:
+        return wanted
+    for entry in available:
+        if entry.endswith(f" ({wanted})"):
             return entry
     return None

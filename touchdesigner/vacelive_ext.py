@@ -247,6 +247,11 @@ class VaceLiveExt:
             self._configure_osc()
             self._linked = False  # (re)connect at the next frame
             self._attempt_at = None
+        elif name == "Record":
+            if par.eval():
+                self.Send(osc_sync.PREFIX + "/record/start", "", int(bool(self._p("Recordside"))))
+            else:
+                self.Send(osc_sync.PREFIX + "/record/stop")
         elif spec.page == "Textures":
             self._wire_textures()
 
@@ -265,6 +270,8 @@ class VaceLiveExt:
             self.SavePreset()
         elif name == "Presetrefresh":
             self.Send(osc_sync.PREFIX + "/preset/list")
+        elif name == "Tap":
+            self.Send(osc_sync.PREFIX + "/tap")
 
     # -- OSC in (OSC In DAT callback) ------------------------------------------------------
     def OnReceiveOSC(self, address: str, args: Any) -> None:
@@ -372,7 +379,7 @@ class VaceLiveExt:
             if now >= due:
                 del self._recheck[name]
                 self.Send(osc_sync.PREFIX + "/get", self.params[name]["address"])
-        if self._transport() == "syphon" and (
+        if self._transport() in ("syphon", "ndi") and (
                 self._syphon_at is None or now - self._syphon_at >= self.SYPHON_SCAN_S):
             self._syphon_at = now
             self._follow_syphon_output()
@@ -433,15 +440,27 @@ class VaceLiveExt:
                 "output": str(self._p("Outputname"))}
 
     def _wire_textures(self) -> None:
-        """Point the Syphon Spout In/Out TOPs at the engine's stream names."""
+        """Point the Syphon Spout In/Out TOPs (or the NDI In/Out TOPs) at the engine's stream
+        names and switch the output to the transport in use."""
         transport = self._transport()
         shared = transport in ("spout", "syphon")
+        ndi = transport == "ndi"
         names = self._texture_names()
         for stream in ("control", "mask", "ref", "input"):
             top = self.owner.op("send_" + stream)
             if top is not None:
                 set_par(top, ("sendername",), names[stream])
                 set_par(top, ("active",), shared and bool(self._p("Send" + stream)))
+            top = self.owner.op("ndiout_" + stream)
+            if top is not None:
+                set_par(top, ("name", "sendername"), names[stream])
+                set_par(top, ("active",), ndi and bool(self._p("Send" + stream)))
+        ndi_in = self.owner.op("ndiin_output")
+        if ndi_in is not None:
+            set_par(ndi_in, ("active",), ndi)
+        switch = self.owner.op("output_switch")
+        if switch is not None:
+            set_par(switch, ("index",), 1 if ndi else 0)
         receive = self.owner.op("receive_output")
         if receive is not None:
             app = str(self._p("Syphonapp"))
@@ -451,6 +470,15 @@ class VaceLiveExt:
             set_par(receive, ("active",), shared)
 
     def _follow_syphon_output(self) -> None:
+        if self._transport() == "ndi":  # NDI In TOP: the menu lists "MACHINE (stream)"
+            top = self.owner.op("ndiin_output")
+            par = getattr(top.par, "name", None) if top is not None else None
+            if par is not None:
+                found = textures.match_ndi_source(list(getattr(par, "menuNames", []) or []),
+                                                  str(self._p("Outputname")))
+                if found and par.eval() != found:
+                    par.val = found
+            return
         receive = self.owner.op("receive_output")
         par = getattr(receive.par, "sendername", None) if receive is not None else None
         if par is None:
