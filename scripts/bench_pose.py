@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vacelive.engine.conditioning.pose_annotator import (  # noqa: E402
     DET_SIZE, DWPoseAnnotate, DWPoseEstimator, dwpose_files, onnx_providers,
 )
-from vacelive.engine.pose import PoseEmbedding, PoseTimeline, chunk_pixel_range  # noqa: E402
+from vacelive.engine.pose import PoseEmbedding, chunk_pixel_range  # noqa: E402
 from vacelive.engine.pose.conditioner import PoseConditioner  # noqa: E402
 
 
