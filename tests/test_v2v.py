@@ -307,3 +307,26 @@ def test_v2v_inside_an_inpainting_mask_on_the_camera_itself():
                                         noise_scale=0.5, seed=4))
         assert out.noise_scale == 0.5 and not torch.equal(out.frames, alone.frames)
     assert gen.conditioner.stats()["tasks"] == "inpaint" and gen.video_input.counters["encodes"] == 2
+
+
+@pytest.mark.gpu
+def test_gpu_v2v_ends_of_the_range_on_cuda():
+    """bf16 on CUDA: strength 1 is the text-to-video stream bit for bit, strength 0 the decoded input
+    (TAE: the stream's first 1-frame group is held for 4 frames, engine.conditioning.encode)."""
+    def make_cuda():
+        return StreamGenerator.random("tiny", width=64, height=64, codec="tae", device="cuda", vace=False)
+
+    a, b, c = make_cuda(), make_cuda(), make_cuda()
+    enc, dec = c.codec.encoder_stream(), c.codec.decoder_stream()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        n = a.next_chunk_frames
+        clip = rng.integers(0, 255, (n, 64, 64, 4), dtype=np.uint8)
+        ra = a.step(ChunkRequest(input_mode="video", input_video=clip, noise_scale=1.0, seed=9))
+        rb = b.step(ChunkRequest(seed=9))
+        assert torch.equal(ra.frames, rb.frames), k
+        rc = c.step(ChunkRequest(input_mode="video", input_video=clip, noise_scale=0.0))
+        fed = np.concatenate([clip[:1]] * 3 + [clip]) if k == 0 else clip
+        expected = frames_to_rgba(dec.decode(enc.encode(signed(fed).to("cuda"))))
+        assert torch.equal(rc.frames, expected), k
+    assert a.video_input.counters["encodes"] == 0 and c.video_input.counters["encodes"] == 3

@@ -105,3 +105,22 @@ def test_skipped_chunks_are_paced_by_the_output_and_counted_in_status():
     st = loop.status()
     assert st["skipped"] == 2 and st["noise_scale_used"] == 0.6
     loop.stop()
+
+
+def test_a_real_tiny_generator_restyles_the_input_texture():
+    from vacelive.engine.generator import StreamGenerator
+
+    gen = StreamGenerator.random("tiny", width=32, height=32, codec="tae", vace=False)
+    camera = FrameHistory(CountingSource(w=48, h=40), depth=24, start=False)
+    store = ParamStore(initial={"input_mode": "video", "noise_scale": 0.5})
+    loop = RunLoop(gen, store, lambda f: None, reporter=Notes(), pacer_options={"start": False},
+                   input_video=camera)
+    feed(camera, 30)
+    for expected in (9, 12):
+        rec = loop.run_once()
+        assert rec.error is None and rec.result.noise_scale == 0.5 and len(rec.result.frames) == expected
+        feed(camera, 12)
+    assert gen.video_input.counters["encodes"] == 2 and loop.status()["noise_scale_used"] == 0.5
+    store.set("noise_scale", 1.0)  # the strength fader at the top: text-to-video, no encode
+    assert loop.run_once().result.noise_scale == 1.0 and gen.video_input.counters["encodes"] == 2
+    loop.stop()
