@@ -120,9 +120,12 @@ def _seeded(seed: int, device: torch.device):
 def random_dit(cfg: WanConfig, *, vace: bool, device="cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
     """A CausalWanModel (wrapped in VaceWanModel when `vace`) with seeded random weights, built
     directly on `device`. VACE's before/after projections are zero in the public init (hints
-    would vanish); here they are random so the hint path is numerically live."""
+    would vanish); here they are random so the hint path is numerically live. Models larger than
+    1.3B (Krea's 14B) are made by random_dit_in_place: no fp32 copy of 17 B parameters."""
     from vacelive.engine.dit import CausalWanModel, VaceWanModel
 
+    if cfg.dim > WAN_1_3B.dim:
+        return random_dit_in_place(cfg, vace=vace, device=device, dtype=dtype, seed=seed)
     device = torch.device(device)
     with _seeded(seed, device), torch.device(device):
         model = CausalWanModel(cfg)
@@ -133,6 +136,36 @@ def random_dit(cfg: WanConfig, *, vace: bool, device="cpu", dtype: torch.dtype =
                     if "_proj." in name:
                         p.normal_(0.0, cfg.dim ** -0.5) if name.endswith("weight") else p.zero_()
     return model.to(dtype=dtype).eval().requires_grad_(False)
+
+
+def random_dit_in_place(cfg: WanConfig, *, vace: bool, device="cpu", dtype: torch.dtype = torch.bfloat16,
+                        seed: int = 0) -> nn.Module:
+    """Random weights made where they live, in their final dtype (FP32_PARAMS stay fp32): meta
+    build, `to_empty(device)`, then each parameter initialised in place (normal with std
+    fan_in^-0.5, modulations dim^-0.5, biases 0, norm weights 1). What full-size 14B benchmarks use:
+    the peak is the model itself, with no host or fp32 copy."""
+    from vacelive.engine.dit import CausalWanModel, VaceWanModel
+
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = CausalWanModel(cfg)
+        if vace:
+            model = VaceWanModel(model)
+    model.to(dtype)
+    model = model.to_empty(device=device)
+    model.rebuild_buffers()
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("modulation"):
+                p.normal_(0.0, cfg.dim ** -0.5, generator=g)
+            elif p.ndim >= 2:
+                p.normal_(0.0, p[0].numel() ** -0.5, generator=g)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)
+    return model.eval().requires_grad_(False)
 
 
 def build_random(size: str = "tiny", *, device="cpu", dtype: torch.dtype | None = None, codec: str = "wan",

@@ -219,11 +219,15 @@ class StreamGenerator:
                recipe: str = "longlive", text_encoder_size: str = "tiny", rope: str = "auto",
                compile: bool = False, fp8: bool = False, sdpa: str = "auto", cfg=None) -> "StreamGenerator":
         """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
-        (Wan2.1-1.3B + full codec; GPU benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
+        (the recipe's full-size DiT: Wan2.1-1.3B, or 14B for krea-realtime, + full codec; GPU
+        benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
         `text_encoder_size="full"` builds a random umT5-XXL (11 GB bf16). `cfg` overrides the DiT
         config. The pose embedding (engine.pose) is random too."""
         from vacelive.engine.factory import build_random
         from vacelive.engine.pose.build import random_pose
+
+        if cfg is None and size == "full":
+            cfg = get_recipe(recipe).model_config
 
         parts = build_random(size, device=device, dtype=dtype, codec=codec, seed=seed, vace=vace,
                              text_encoder_size=text_encoder_size, cfg=cfg, width=width, height=height)
@@ -486,8 +490,8 @@ class StreamGenerator:
 
     def _pose_condition(self, request: ChunkRequest, notices: list[str]):
         """(this chunk's pose tokens [1, L, dim] or None, the request VACE should see). With VACE's
-        pose control on the same video, VACE takes the pose conditioner's renderings (one DWPose
-        run); with a mask VACE annotates itself (control inside the mask)."""
+        plain pose control on the same video, VACE takes the pose conditioner's renderings (one
+        DWPose run; engine.pose.conditioner says when)."""
         if self.pose is None:
             if getattr(request, "pose_strength", 0) and not self._warned_no_pose:
                 notices.append("this generator has no pose embedding loaded (docs/pose.md): pose strength is ignored")
@@ -498,7 +502,7 @@ class StreamGenerator:
         chunk = self.pose.prepare(request, start_frame=self.frame, num_latents=n,
                                   num_frames=self.next_chunk_frames, pixel_start=pixel_start)
         notices.extend(self.pose.notices)
-        if chunk.handles_vace and request.mask is None:
+        if chunk.handles_vace:
             request = replace(request, video=chunk.rendered, annotator="none")
         return chunk.condition, request
 

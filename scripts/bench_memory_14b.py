@@ -35,9 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vacelive.engine.codecs import random_codec  # noqa: E402
 from vacelive.engine.config import WAN_14B, tiny_config  # noqa: E402
-from vacelive.engine.dit import CausalWanModel, VaceWanModel  # noqa: E402
 from vacelive.engine.dit.fp8 import Fp8Linears, fp8_supported  # noqa: E402
-from vacelive.engine.factory import make_conditioner, random_text_encoder  # noqa: E402
+from vacelive.engine.factory import make_conditioner, random_dit_in_place, random_text_encoder  # noqa: E402
 from vacelive.engine.generator import StreamGenerator  # noqa: E402
 from vacelive.engine.request import ChunkRequest, Prompt  # noqa: E402
 
@@ -47,28 +46,6 @@ GB = 2**30
 
 def gib(n: int) -> float:
     return round(n / GB, 2)
-
-
-def random_on_device(cfg, device, dtype, seed=0):
-    """VaceWanModel(CausalWanModel(cfg)) with random weights created on `device` in `dtype`
-    (FP32_PARAMS stay fp32): meta build, to_empty, in-place init; never a host or fp32 copy."""
-    with torch.device("meta"):
-        model = VaceWanModel(CausalWanModel(cfg))
-    model.to(dtype)
-    model = model.to_empty(device=device)
-    model.rebuild_buffers()
-    g = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("modulation"):
-                p.normal_(0.0, cfg.dim ** -0.5, generator=g)
-            elif p.ndim >= 2:
-                p.normal_(0.0, p[0].numel() ** -0.5, generator=g)
-            elif name.endswith("bias"):
-                p.zero_()
-            else:
-                p.fill_(1.0)
-    return model.eval().requires_grad_(False)
 
 
 def control_frames(n: int, h: int, w: int, t: int) -> np.ndarray:
@@ -159,7 +136,7 @@ def main(argv=None) -> int:
            "torch": torch.__version__, "steps": 4, "rows": [], "weights": {}}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = random_on_device(cfg, device, dtype)
+    model = random_dit_in_place(cfg, vace=True, device=device, dtype=dtype)
     sync(device)
     n_params = sum(p.numel() for p in model.parameters())
     doc["weights"]["params_billion"] = round(n_params / 1e9, 3)

@@ -245,3 +245,21 @@ def test_loading_streams_one_tensor_at_a_time(tmp_path, monkeypatch):
         model = CausalWanModel(CFG)
     report = load_dit_weights(model, path, device="meta", progress=False)
     assert report.ok and len(most) == report.loaded and max(most) == 0
+
+
+def test_random_weights_in_place_match_the_public_layout_and_run():
+    """Full-size random 14B models are made in place (meta build, to_empty, per-parameter init):
+    same keys and dtypes as the regular builder, fp32 where the model keeps fp32, and it runs."""
+    from vacelive.engine.factory import random_dit_in_place
+
+    model = random_dit_in_place(CFG, vace=True, device="cpu", dtype=torch.bfloat16, seed=1)
+    ref = random_dit(CFG, vace=True, dtype=torch.bfloat16)
+    got, want = model.state_dict(), ref.state_dict()
+    assert set(got) == set(want)
+    assert all(got[k].dtype == want[k].dtype and got[k].shape == want[k].shape for k in want)
+    assert all(torch.isfinite(v.float()).all() for v in got.values())
+    assert model.rope.cos.dtype == torch.float32 and torch.equal(model.rope.cos, ref.rope.cos)
+    text = model.prepare_text(torch.randn(1, 4, CFG.text_dim))
+    x = torch.randn(1, 16, 3, 4, 4)
+    flow = model(x, torch.full((1, 3), 500.0), text, None, 0, vace_context=torch.randn(1, 96, 3, 4, 4))
+    assert torch.isfinite(flow).all()
