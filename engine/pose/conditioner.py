@@ -149,8 +149,10 @@ class PoseConditioner:
         if lookahead not in LOOKAHEAD_MODES:
             notes.append(f"pose_lookahead {lookahead!r} is not one of {', '.join(LOOKAHEAD_MODES)}; wait is used.")
             lookahead = "wait"
-        # VACE's pose control shares the annotation when both want it (one DWPose run per frame)
-        vace_wants = getattr(request, "annotator", "none") == "pose" and request.video is not None
+        # VACE's plain pose control takes this annotation (one DWPose run per frame); with a mask
+        # (control inside the mask) or an overlay map VACE composes and annotates by itself
+        vace_wants = (getattr(request, "annotator", "none") == "pose" and request.video is not None
+                      and request.mask is None and getattr(request, "annotator_overlay", "none") == "none")
         if strength == 0 and not vace_wants:
             return PoseChunk(None, None)
         if request.video is None:
