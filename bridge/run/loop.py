@@ -125,6 +125,14 @@ class _ErrorGate:
         self._last = None
 
 
+def _empty_device_cache() -> None:
+    """Hand the CUDA caching allocator's unused blocks back to the driver (the conversions of a
+    stopped sender's full-size frames); torch is never imported here (a relay has none)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def _check_frames(result: Any) -> None:
     frames = getattr(result, "frames", None)
     shape = tuple(getattr(frames, "shape", ()))
@@ -176,6 +184,7 @@ class RunLoop:
         self._last_notices: frozenset[str] = frozenset()
         self._output_fps = fps
         self._force_refs = False
+        self._control_releases = 0
         self.chunks = 0  # successful chunks
         self.errors = 0  # failed chunks
         self.last_chunk_index = -1
@@ -364,9 +373,13 @@ class RunLoop:
                                          "the scale is not used")
         n = self._frames_needed()
         if snap["video_enabled"] and self.control is not None:
-            window = self.control.window(n)
+            window = self.control.window(n, still_as_one=True)
             if window is not None:
                 fields["video"] = window.frames
+            released = getattr(self.control, "releases", 0)
+            if released != self._control_releases:  # the sender stopped: a still from now on
+                self._control_releases = released
+                _empty_device_cache()
         fields.update(self.v2v_input.fields(snap.values, n, fields.get("video"), self.control))
         if snap["mask_enabled"] and self.mask is not None:
             latest = self.mask.latest()
