@@ -281,7 +281,9 @@ STREAMDIFFUSIONV2 = Recipe(
 # ---------------------------------------------------------------------------------------------
 # Krea Realtime 14B (Wan2.1-T2V-14B base; Scope's krea_realtime_video port)
 # ---------------------------------------------------------------------------------------------
-KREA_REPO = "krea/krea-realtime-video"  # Scope mirrors it as daydreamlive/krea-realtime-video
+# Daydream Scope's mirror (its krea_realtime_video/schema.py artifact: config.json +
+# krea-realtime-video-14b.safetensors); Krea's own release is huggingface.co/krea/krea-rt-14b.
+KREA_REPO = "daydreamlive/krea-realtime-video"
 
 KREA_REALTIME = Recipe(
     name="krea-realtime",
@@ -296,7 +298,8 @@ KREA_REALTIME = Recipe(
     schedule=ScheduleConfig(shift=5.0, steps=(1000, 750, 500, 250), warp=True),
     files=(
         WeightFile(GENERATOR, KREA_REPO, "krea-realtime-video-14b.safetensors",
-                   note="causal 14B DiT, flat safetensors (bare keys, or model. on every key), bf16, ~28 GB"),
+                   note="causal 14B DiT, flat safetensors (bare keys, or model. on every key), bf16, ~28 GB; "
+                        "Krea's own repo: krea/krea-rt-14b"),
         WeightFile(VACE, KIJAI_REPO, "Wan2_1-VACE_module_14B_bf16.safetensors",
                    note="VACE-only keys for 14B (8 blocks at layers 0,5,...,35), bf16, ~6 GB"),
     ) + tuple(f for f in WAN_1_3B_SHARED if f.role != VACE),  # same VAE, TAE, umT5 as 1.3B
