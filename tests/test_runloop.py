@@ -429,3 +429,24 @@ def test_clip_anchors_from_video_files(tmp_path):
     assert clip.shape == (5, 16, 32, 4)
     assert abs(int(load_anchor(path, False, "first")[8, 16, 0]) - 20) < 8
     assert abs(int(load_anchor(path, False, "last")[8, 16, 0]) - 180) < 8
+
+
+def test_a_stopped_control_sender_is_sent_as_one_still_frame():
+    class Stopping(CountingSource):
+        gone = False
+
+        @property
+        def size(self):
+            return None if self.gone else (self.w, self.h)
+
+    source = Stopping()
+    history = FrameHistory(source, depth=24, start=False)
+    loop, gen, store, _, _ = make_loop(control=history)
+    feed(history, 20)
+    assert loop.run_once().request.video.shape == (9, 24, 40, 4)
+    source.gone = True
+    history.poll_once()
+    rec = loop.run_once()
+    assert rec.error is None and history.releases == 1
+    assert rec.request.video.shape == (1, 24, 40, 4)  # a still: the engine holds it for the chunk
+    assert rec.request.video[0, 0, 0, 0] == 20  # the newest frame

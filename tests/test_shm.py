@@ -234,6 +234,52 @@ def test_frame_history_keeps_newest_consecutive_frames():
         sink.close()
 
 
+def test_a_stopped_2560x1600_sender_leaves_one_frame_not_a_backlog():
+    """When the sender stops, the history keeps only its newest frame (a still) and hands it out
+    once, not as n full-size copies; the frames before it are released."""
+    name = _name()
+    sink, src = ShmFrameSink(name), ShmFrameSource(name)
+    hist = FrameHistory(src, depth=6, start=False, stale_after=3600.0)
+    try:
+        frame = np.zeros((1600, 2560, 4), np.uint8)
+        for n in range(1, 7):
+            frame[0, 0, 0] = n
+            sink.send(frame)
+            assert hist.poll_once()
+        assert not hist.poll_once() and hist.stats["buffered"] == 6  # between frames: kept
+        assert hist.window(13, still_as_one=True).padded == 7  # several frames: padded as before
+        sink.close()
+        assert not hist.poll_once()
+        assert hist.stats["buffered"] == 1 and hist.releases == 1
+        still = hist.window(13, still_as_one=True)
+        assert still.frames.shape == (1, 1600, 2560, 4) and still.padded == 12
+        assert still.frames[0, 0, 0, 0] == 6 and still.counters == [6]
+        assert hist.window(13).frames.shape == (13, 1600, 2560, 4)  # the padded form still exists
+        assert not hist.poll_once() and hist.releases == 1  # released once, not per poll
+    finally:
+        hist.close()
+        src.close()
+        sink.close()
+
+
+def test_a_sender_silent_past_stale_after_becomes_a_still():
+    name = _name()
+    sink, src = ShmFrameSink(name), ShmFrameSource(name)
+    hist = FrameHistory(src, depth=4, start=False, stale_after=0.0)  # connected, but silent
+    try:
+        for n in range(1, 4):
+            sink.send(_pattern(n, 2, 2))
+            hist.poll_once()
+        assert hist.stats["buffered"] == 3
+        assert not hist.poll_once() and hist.stats["buffered"] == 1 and hist.latest()[1] == 3
+        sink.send(_pattern(4, 2, 2))  # it comes back: the history grows again
+        assert hist.poll_once() and hist.window(2).counters == [3, 4]
+    finally:
+        hist.close()
+        src.close()
+        sink.close()
+
+
 def test_frame_history_thread_survives_a_failing_source(caplog):
     class Flaky(ShmFrameSource):
         calls = 0

@@ -160,6 +160,9 @@ class FrameHistory:
       stackable.
     * A failing source is logged (once per distinct message) and polled again; the history keeps
       what it had, so the show goes on.
+    * When the sender stops (the source reports no size, or nothing new arrived for
+      `stale_after` seconds) only the newest frame is kept: the input becomes a still and the
+      older frames are released (24 frames of 2560x1600 RGBA are 390 MB). `releases` counts it.
     """
 
     def __init__(
@@ -169,6 +172,7 @@ class FrameHistory:
         poll_interval: float = 0.002,
         sleep: Callable[[float], None] = time.sleep,
         start: bool = True,
+        stale_after: float = 1.0,
     ) -> None:
         if depth < 1:
             raise ValueError("depth must be >= 1")
@@ -181,6 +185,9 @@ class FrameHistory:
         self._received = 0
         self._gaps = 0  # source counters skipped by the poller (frames it never saw)
         self._last_error: str | None = None
+        self.stale_after = stale_after
+        self._last_new = time.monotonic()
+        self.releases = 0  # times the history shrank to its newest frame (sender gone)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if start:
@@ -205,8 +212,12 @@ class FrameHistory:
                 self._last_error = msg
             return False
         if frame is None:
+            if len(self._frames) > 1 and (self.source.size is None
+                                          or time.monotonic() - self._last_new > self.stale_after):
+                self._keep_newest_only()
             return False
         self._last_error = None
+        self._last_new = time.monotonic()
         counter = int(self.source.frame_counter)
         with self._lock:
             if self._frames:
@@ -219,17 +230,29 @@ class FrameHistory:
             self._received += 1
         return True
 
+    def _keep_newest_only(self) -> None:
+        with self._lock:
+            newest = self._frames[-1]
+            self._frames.clear()
+            self._frames.append(newest)
+            self.releases += 1
+
     def _run(self) -> None:
         while not self._stop.is_set():
             if not self.poll_once():
                 self._sleep(self.poll_interval)
 
     # -- consumer side -------------------------------------------------------------------------
-    def window(self, n: int) -> FrameWindow | None:
+    def window(self, n: int, still_as_one: bool = False) -> FrameWindow | None:
+        """With `still_as_one`, a history of one frame gives that frame once ([1, H, W, 4],
+        padded = n - 1): the engine holds a one-frame video as a still, the same picture without
+        n full-size copies."""
         with self._lock:
             items = list(self._frames)[-n:]
         if not items:
             return None
+        if still_as_one and len(items) == 1:
+            return FrameWindow(frames=items[0][1][None], counters=[items[0][0]], padded=n - 1)
         pad = n - len(items)
         items = [items[0]] * pad + items
         return FrameWindow(
