@@ -58,10 +58,17 @@ class PoseTimeline:
         self.height, self.width = height, width
         need = TEMPORAL_STRIDE * frames_per_chunk + 2 * TEMPORAL_STRIDE * 2 + LOOKAHEAD + FIRST_FRAME_PAD
         self.capacity = max(capacity or 0, need)
-        self.buffer = torch.zeros(self.capacity, 3, height, width, dtype=torch.uint8, device=device)
+        self.device = torch.device(device)
+        self._buffer: torch.Tensor | None = None  # allocated on the first push (pose may never be used)
         self.first = 0  # pixel index of the oldest frame ever pushed since reset (history start)
         self.head = 0  # one past the newest pushed pixel index
         self.empty = True
+
+    @property
+    def buffer(self) -> torch.Tensor:
+        if self._buffer is None:
+            self._buffer = torch.zeros(self.capacity, 3, self.height, self.width, dtype=torch.uint8, device=self.device)
+        return self._buffer
 
     def reset(self) -> None:
         self.first = self.head = 0
@@ -98,7 +105,7 @@ class PoseTimeline:
         self.first = max(self.first, self.head - self.capacity)
 
     def _as_uint8(self, frames: torch.Tensor) -> torch.Tensor:
-        frames = frames.to(self.buffer.device)
+        frames = frames.to(self.device)
         if frames.dtype != torch.uint8:
             frames = frames.float().clamp(0, 1).mul(255).round().to(torch.uint8)
         if tuple(frames.shape[-2:]) != (self.height, self.width):
@@ -119,7 +126,7 @@ class PoseTimeline:
         delay = LOOKAHEAD if lookahead == "wait" else 0
         q_s, q_e, skip = window(start_latent, num_latents)
         idx = [self.source_index(q - FIRST_FRAME_PAD, delay) % self.capacity for q in range(q_s, q_e)]
-        sel = torch.tensor(idx, device=self.buffer.device)
+        sel = torch.tensor(idx, device=self.device)
         frames = self.buffer.index_select(0, sel).float().div_(255.0)  # [T, 3, H, W]
         return frames.transpose(0, 1).unsqueeze(0), skip
 
