@@ -175,7 +175,9 @@ class StreamGenerator:
         self._restore_compile = None
         self._fp8 = None
         self.set_compile(compile)
-        self.set_fp8(fp8)
+        # A model larger than 1.3B (Krea 14B) frees its bf16 block Linears under FP8 (compact):
+        # keeping both copies would cost more memory than bf16 alone.
+        self.set_fp8(fp8, compact=cfg.dim > 1536)
         if compile_codec:
             codec.use_compile(True)
 
@@ -325,6 +327,7 @@ class StreamGenerator:
             "rope_mode": self.kv.rope_mode,
             "compile": self.compiled,
             "fp8": self.fp8,
+            "fp8_compact": self._fp8 is not None and self._fp8.released,
             "sdpa": self.sdpa,
             "loras": dict(self.loras.scales) if self.loras is not None else {},
             "kv_cache_mb": round(self.kv.nbytes / 2**20, 1),
