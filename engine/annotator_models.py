@@ -114,6 +114,18 @@ def download(model: AnnotatorModel, models: Path, *, cache_dir: Path | None = No
     """Place the model's missing files into the models folder; every file is tried, then
     AnnotatorDownloadError lists the failures. URL files are checked against their sha256 prefix."""
     placed, failures = [], []
+    hub_files = [f for f in model.files if not f.url and not _present(models / f.path)]
+    if hub_files and not local_files_only:
+        from huggingface_hub import constants
+
+        from vacelive.engine.models_dir import hub_unreachable
+
+        reason = hub_unreachable(constants.ENDPOINT)
+        if reason is not None:  # fail in seconds, not after the hub client's retries
+            raise AnnotatorDownloadError(
+                f"cannot reach {constants.ENDPOINT} ({reason}); nothing was downloaded. Missing in "
+                f"{models}: " + ", ".join(f"{models / f.path} (Hugging Face {f.repo_id}, file "
+                                          f"{f.filename})" for f in hub_files))
     for f in model.files:
         dest = models / f.path
         if _present(dest):
@@ -135,7 +147,11 @@ def download(model: AnnotatorModel, models: Path, *, cache_dir: Path | None = No
                                       local_files_only=local_files_only)
                 _place(Path(src), dest)
         except Exception as exc:  # network, 404, hash, disk: report and go on with the rest
-            failures.append(f"  - {f.source}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            from vacelive.engine.models_dir import HF_CACHE_NAME, _offline_reason
+
+            offline = _offline_reason(exc, Path(cache_dir or models / HF_CACHE_NAME))
+            reason = offline or f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            failures.append(f"  - {f.source}: {reason}")
             continue
         placed.append(dest)
         report(f"placed   {dest}")

@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from vacelive.engine.pipelines import TOKENIZER, Recipe, WeightFile, WeightOptions
 
@@ -104,6 +107,54 @@ class DownloadError(RuntimeError):
     """Some files could not be fetched; the message lists each with the reason."""
 
 
+def hub_unreachable(endpoint: str | None = None, timeout: float = 5.0) -> str | None:
+    """None when a TCP connection to the Hugging Face endpoint ($HF_ENDPOINT, default
+    https://huggingface.co) opens within `timeout`; otherwise why not. Checked once before a
+    download, so a machine without network fails in seconds instead of after the hub client's
+    retries. Name resolution runs on a helper thread: getaddrinfo has no timeout of its own."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(2 * timeout)
+    return outcome[0] if outcome else f"no answer within {2 * timeout:.0f} s"
+
+
+def _unreachable_error(endpoint: str, reason: str, missing: list[WeightFile], root: Path) -> DownloadError:
+    lines = [f"cannot reach {endpoint} ({reason}); nothing was downloaded.",
+             f"{len(missing)} file(s) missing in {root}:"]
+    for f in missing:
+        lines.append(f"  - {root / f.path}")
+        lines.append(f"      from Hugging Face {f.repo_id}, file {f.filename}")
+    lines.append("Connect this machine to the network and run the command again, or copy the files "
+                 "to those paths (from a Hugging Face cache: --offline --hf-cache DIR).")
+    return DownloadError("\n".join(lines))
+
+
+def _offline_reason(exc: Exception, cache: Path) -> str | None:
+    """Our sentence for a file missing from the HF cache under --offline (the hub client's own
+    message tells the user to change a Python argument)."""
+    if type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+        return (f"not in the Hugging Face cache {cache} (--offline never uses the network: run "
+                "without --offline to download it, or point --hf-cache at a cache that has it)")
+    return None
+
+
 def download(
     recipe: Recipe,
     models: str | os.PathLike | None = None,
@@ -127,6 +178,13 @@ def download(
     wanted = recipe.needed(options) + (recipe.optional(options) if include_optional else ())
     placed: list[Path] = []
     failures: list[str] = []
+    missing = [f for f in wanted if not _present(root / f.path)]
+    if missing and not local_files_only:
+        from huggingface_hub import constants
+
+        reason = hub_unreachable(constants.ENDPOINT)
+        if reason is not None:
+            raise _unreachable_error(constants.ENDPOINT, reason, missing, root)
     for f in wanted:
         dest = root / f.path
         if _present(dest):
@@ -138,8 +196,9 @@ def download(
                                   local_files_only=local_files_only)
             _place(Path(src), dest)
         except Exception as exc:  # network, 404, disk full: report and go on with the rest
-            reason = (str(exc).strip().splitlines() or [""])[0]
-            failures.append(f"  - {f.repo_id} {f.filename}: {type(exc).__name__}: {reason}")
+            offline = _offline_reason(exc, cache) if local_files_only else None
+            reason = offline or f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            failures.append(f"  - {f.repo_id} {f.filename}: {reason}")
             continue
         placed.append(dest)
         report(f"placed   {dest}")
