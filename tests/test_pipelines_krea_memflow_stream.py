@@ -23,6 +23,7 @@ def gen(recipe, **kw):
 def test_twenty_chunks_every_vace_task_and_a_prompt_cut_with_bounded_memory(recipe):
     g = gen(recipe)
     kv_bytes, seen, cond_bytes = g.kv.nbytes, set(), []
+    bank_bytes = g.stream.bank.nbytes if recipe == "memflow" else None
     for i in range(20):
         n = g.next_chunk_frames
         assert n == (9 if i == 0 else 12)
@@ -42,10 +43,12 @@ def test_twenty_chunks_every_vace_task_and_a_prompt_cut_with_bounded_memory(reci
         assert g.stream.recomputes == 19 and g.counters["recaches"] == 0
         assert g.kv.window_frames() == list(range(g.frame - 6, g.frame))  # 3 context + the last chunk
         assert g.kv.origin == g.frame - 6 and d["kv_recompute_frames"] == 3
+        assert len(g.kv._bias_masks) <= 2  # one mask per attended layout and bias, not per chunk
     else:
         bank = g.stream.bank
         assert g.counters["recaches"] == 1 and bank.compressions > 0
         assert d["bank_frames_filled"] == 3 and bank.storage.shape[3] == 3 * g.kv.frame_tokens
+        assert bank.nbytes == bank_bytes  # the memory bank never grows
         assert len(g.kv.window_frames()) == 12 and g.kv.window_frames()[:3] == [0, 1, 2]
 
 
