@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from vacelive.bridge.run.demo import OscSurface, ReadBack
+from vacelive.bridge.run.demo_props import OscSurface, ReadBack
 from vacelive.bridge.run.generators import GeneratorWrapper
 from vacelive.bridge.transports import ShmFrameSource
 from vacelive.engine.request import ChunkRequest

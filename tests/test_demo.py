@@ -38,7 +38,7 @@ def test_demo_runs_and_writes_its_files(tmp_path):
     # each OSC message reached the loop and was used
     by_address = {c["address"]: c for c in summary["osc"]}
     prompt = by_address["/vace/prompt"]
-    assert prompt["chunk"] > prompt["sent_during_chunk"]
+    assert prompt["chunk"] > prompt["sent_after_chunk"]
     assert [t for t, _ in prompt["value"]] == ["a glowing jellyfish drifting through deep blue water"]
     assert by_address["/vace/context_scale"]["value"] == 0.4
     morph = by_address["/vace/preset/load"]["morph"]
@@ -50,7 +50,7 @@ def test_demo_runs_and_writes_its_files(tmp_path):
     assert "used from chunk" in text and "morph chunk" in text
     # V2V: the control video is restyled; the strength change is reported with its chunk
     strength = by_address["/vace/noise_scale"]
-    assert strength["value"] == 0.35 and strength["chunk"] > strength["sent_during_chunk"]
+    assert strength["value"] == 0.35 and strength["chunk"] > strength["sent_after_chunk"]
     v2v = summary["v2v"]
     assert v2v["input_mode"] == "video" and v2v["spans"][0] == {"first_chunk": 0, **v2v["spans"][0],
                                                                  "noise_scale": 0.7}
