@@ -19,13 +19,17 @@ are process-wide: they are written to a private NDI config (NDI_CONFIG_DIR) befo
 first imported, merged over the user's ~/.ndi/ndi-config.v1.json; a later spec asking for other
 values gets a warning. A user-set NDI_CONFIG_DIR is left alone.
 
-Receiver (NdiSource): asks the SDK for RGBX/RGBA (it converts UYVY and BGRA senders itself), and
-converts any other layout it is handed (BGRA/BGRX swizzle, UYVY by pixels.uyvy_to_rgba); a frame
-of another size or layout just arrives (the FrameHistory restarts on a size change). Every read()
-drains what the runtime queued and keeps only the newest frame, so there is never a backlog; the
-drained ones count in `skipped` and step the frame counter (FrameHistory counts them as gaps).
-When the sender leaves, read() returns None; when it comes back (same name) the receiver
-reconnects. Latency: each frame carries the sender's NDI timestamp (UTC, set by the SDK when the
+Receiver (NdiSource): reads through the SDK's frame synchroniser (NDIlib_framesync), which
+always holds the newest decoded frame: read() takes it if its timestamp is new, so there is never
+a backlog. (The plain capture queue delivered about a third of a 30 fps stream here while the
+framesync delivered 137 of 144 frames: scripts/bench_ndi_record.py.) Frames that came and went
+between two reads count in `skipped` (from the timestamps and the stream's frame rate) and step
+the frame counter, so FrameHistory counts them as gaps. The SDK is asked for RGBX/RGBA (it
+converts UYVY and BGRA senders itself); any other layout handed over is converted here (BGRA/BGRX
+swizzle, UYVY by pixels.uyvy_to_rgba). A frame of another size or layout just arrives (the
+FrameHistory restarts on a size change). While the sender is gone read() returns None (the
+framesync would repeat its last frame); when it comes back under the same name it is received
+again. Latency: each frame carries the sender's NDI timestamp (UTC, set by the SDK when the
 frame was submitted); `latency_ms` is receive time minus that, meaningful when both ends share a
 clock (one machine, or NTP/PTP-synced machines).
 
@@ -177,15 +181,14 @@ class NdiSource(FrameSource):
         self.name = self.spec.name
         self._mod = load_runtime(self.spec.ips, self.spec.groups, module)
         w = self._mod.wrapper
-        rmod = self._mod.receiver
-        self._recv_video = rmod.ReceiveFrameType.recv_video
-        self.timeout_ms = timeout_ms
-        self._receiver = rmod.Receiver(color_format=w.RecvColorFormat.RGBX_RGBA,
-                                       bandwidth=w.RecvBandwidth.highest, recv_name=recv_name)
-        # two buffers: cyndilib captures only into a free one, so while draining, the older of
-        # the two is dropped after each capture and the newest stays
-        self._vf = self._mod.video_frame.VideoRecvFrame(max_buffers=2)
-        self._receiver.set_video_frame(self._vf)
+        self._progressive = w.FrameFormat.progressive
+        self.timeout_ms = timeout_ms  # kept for API compatibility: framesync reads never wait
+        self._receiver = self._mod.receiver.Receiver(
+            color_format=w.RecvColorFormat.RGBX_RGBA, bandwidth=w.RecvBandwidth.highest,
+            recv_name=recv_name)
+        self._vf = self._mod.video_frame.VideoFrameSync()
+        self._receiver.frame_sync.set_video_frame(self._vf)
+        self._last_ts: float | None = None
         self._finder = self._mod.finder.Finder()
         self._finder.open()
         self._lock = threading.Lock()
@@ -243,29 +246,29 @@ class NdiSource(FrameSource):
         with self._lock:
             if self._closed or not self._connect():
                 return None
-            got = 0
-            timeout = self.timeout_ms
-            while True:  # drain the runtime's queue: only the newest frame matters
-                ft = self._receiver.receive(self._recv_video, timeout)
-                if not ft & self._recv_video:
-                    break
-                got += 1
-                timeout = 0
-                if self._vf.get_buffer_depth() > 1:
-                    self._vf.skip_frames(False)  # drops the oldest buffered frame
-            if not got:
-                return None
             vf = self._vf
+            self._receiver.frame_sync.capture_video(self._progressive)
+            if not vf.xres or not self._receiver.is_connected():
+                return None
+            ts = vf.get_timestamp_posix()
+            if ts == self._last_ts:
+                return None  # the frame already read: nothing new
             w, h = vf.get_resolution()
             fourcc = self._mod.wrapper.FourCC(vf.get_fourcc()).name
             stride = vf.get_line_stride()
-            ts = vf.get_timestamp_posix()
-            buf = np.empty(vf.get_buffer_size(), np.uint8)
-            if not vf.fill_p_data(buf):
-                return None
-        frame = _to_rgba(buf, w, h, stride, fourcc)
-        self.received += got
-        self.skipped += got - 1
+            frame = _to_rgba(np.asarray(vf.get_array()), w, h, stride, fourcc)  # a copy
+            missed = 0
+            if self._last_ts is not None and ts > self._last_ts:
+                try:
+                    rate = float(vf.get_frame_rate())
+                except (ValueError, ZeroDivisionError):
+                    rate = 0.0
+                if 0 < rate <= 240:
+                    missed = max(0, int(round((ts - self._last_ts) * rate)) - 1)
+            self._last_ts = ts
+        got = 1 + missed
+        self.received += 1
+        self.skipped += missed
         self._counter += got
         if (w, h) != self._size or fourcc != self._format:
             log.info("ndi: %s is %dx%d %s", self.source_name, w, h, fourcc)
