@@ -63,6 +63,22 @@ def test_uyvy_round_trip_is_bt709_limited_range():
     assert np.abs(back[..., :3].astype(int) - frame[..., :3]).max() <= 2
 
 
+def test_fixed_point_uyvy_matches_the_float_formula():
+    """The sender's integer conversion against the BT.709 formulas in floating point."""
+    from vacelive.bridge.transports.pixels import KB, KG, KR
+
+    frame = np.random.default_rng(1).integers(0, 256, (16, 32, 4), dtype=np.uint8)
+    rgb = frame[..., :3].astype(np.float64) / 255
+    y = KR * rgb[..., 0] + KG * rgb[..., 1] + KB * rgb[..., 2]
+    cb = (rgb[..., 2] - y) / (2 * (1 - KB))
+    cr = (rgb[..., 0] - y) / (2 * (1 - KR))
+    want = np.empty((16, 32, 2))
+    want[..., 1] = 16 + 219 * y
+    want[:, 0::2, 0] = 128 + 224 * (cb[:, 0::2] + cb[:, 1::2]) / 2
+    want[:, 1::2, 0] = 128 + 224 * (cr[:, 0::2] + cr[:, 1::2]) / 2
+    assert np.abs(rgba_to_uyvy(frame) - want).max() <= 0.5 + 1e-6 + 0.5  # rounding, 1 LSB
+
+
 class Peer:
     def __init__(self, name: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -20,23 +20,36 @@ def bgra_to_rgba(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame[..., [2, 1, 0, 3]])
 
 
+def _fixed(x: float) -> int:
+    return int(round(x * 65536))
+
+
+# BT.709 limited range in 16.16 fixed point: Y = 16 + 219/255 (Kr R + Kg G + Kb B);
+# Cb = 128 + 224/255 (B - Y') / (2 (1 - Kb)); Cr = 128 + 224/255 (R - Y') / (2 (1 - Kr))
+_SY = 219.0 / 255.0
+_SB = 224.0 / (255.0 * 2.0 * (1.0 - KB))
+_SR = 224.0 / (255.0 * 2.0 * (1.0 - KR))
+_Y = [_fixed(_SY * k) for k in (KR, KG, KB)]
+_CB = [_fixed(_SB * k) for k in (-KR, -KG, 1.0 - KB)]
+_CR = [_fixed(_SR * k) for k in (1.0 - KR, -KG, -KB)]
+
+
 def rgba_to_uyvy(frame: np.ndarray) -> np.ndarray:
-    """[H,W,4] uint8 RGBA (alpha ignored) -> [H,W,2] uint8 UYVY, BT.709 limited range.
-    The pair's chroma is the mean of its two pixels' chroma."""
+    """[H,W,4] uint8 RGBA (alpha ignored) -> [H,W,2] uint8 UYVY, BT.709 limited range, in
+    integer fixed point (a live sender converts every frame). A pixel pair's chroma is the
+    chroma of the pair's mean colour (the transform is linear, so that is the mean chroma)."""
     h, w = frame.shape[:2]
     if w % 2:
         raise ValueError(f"UYVY needs an even width, got {w}")
-    rgb = frame[..., :3].astype(np.float32) * (1.0 / 255.0)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    y = KR * r + KG * g + KB * b
-    cb = (b - y) / (2.0 * (1.0 - KB))
-    cr = (r - y) / (2.0 * (1.0 - KR))
-    cb = 0.5 * (cb[:, 0::2] + cb[:, 1::2])
-    cr = 0.5 * (cr[:, 0::2] + cr[:, 1::2])
+    r, g, b = (frame[..., i].astype(np.int32) for i in range(3))
     out = np.empty((h, w, 2), np.uint8)
-    out[:, :, 1] = np.clip(np.rint(16.0 + 219.0 * y), 0, 255)
-    out[:, 0::2, 0] = np.clip(np.rint(128.0 + 224.0 * cb), 0, 255)
-    out[:, 1::2, 0] = np.clip(np.rint(128.0 + 224.0 * cr), 0, 255)
+    y = (_Y[0] * r + _Y[1] * g + _Y[2] * b + (16 << 16) + (1 << 15)) >> 16
+    out[:, :, 1] = np.clip(y, 0, 255)
+    rp, gp, bp = r[:, 0::2] + r[:, 1::2], g[:, 0::2] + g[:, 1::2], b[:, 0::2] + b[:, 1::2]
+    cb = (_CB[0] * rp + _CB[1] * gp + _CB[2] * bp + (128 << 17) + (1 << 16)) >> 17
+    cr = (_CR[0] * rp + _CR[1] * gp + _CR[2] * bp + (128 << 17) + (1 << 16)) >> 17
+    out[:, 0::2, 0] = np.clip(cb, 0, 255)
+    out[:, 1::2, 0] = np.clip(cr, 0, 255)
     return out
 
 
