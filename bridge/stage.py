@@ -215,9 +215,9 @@ class Stage:
             if a.kind == PRESET_LOAD:
                 self.last_preset = str(a.args[0])
         packet.after.extend(inner.after)
-        if grid <= 0:  # "now": applied with this packet
-            packet.changes.update(inner.changes)
-            packet.actions.extend(inner.actions)
+        if grid <= 0:  # "now": applied right after this packet, past any `quantize` grid
+            store, sender = self.store, packet.sender
+            packet.after.insert(0, lambda: store.apply(inner.changes, inner.actions, origin=sender))
             return
         self._arm(grid, dict(inner.changes), list(inner.actions), packet)
 
@@ -300,9 +300,11 @@ class Stage:
             except Exception as exc:  # e.g. a preset value the schema now refuses
                 self._error(f"cue '{armed.label}' could not be applied: {exc}")
         updates: dict[str, Any] = {}
-        tempo = round(self.clock.tempo, 2)
-        if "tempo" in self.store.schema and abs(self.store.get("tempo") - tempo) > 0.005:
-            updates["tempo"] = tempo  # a Link peer (or a tap) moved it
+        if "tempo" in self.store.schema:
+            p = self.store.schema["tempo"]
+            tempo = round(min(max(self.clock.tempo, p.min), p.max), 2)  # Link allows 20..999
+            if abs(self.store.get("tempo") - tempo) > 0.005:
+                updates["tempo"] = tempo  # a Link peer (or a tap) moved it
         beats = float(self._param("transition_beats", 0.0))
         if beats > 0 and "transition_chunks" in self.store.schema:
             chunks = beats_to_chunks(beats, self.clock.tempo, fps, frames)

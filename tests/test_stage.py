@@ -87,6 +87,10 @@ def test_cue_with_beat_length_arms_a_preset_morph(rig):
 def test_now_grid_and_unquantised_writes_apply_at_once(rig):
     rig.send("/vace/cue", "now", "/vace/prompt", "at once")
     assert rig.store.get("prompt") == "at once"
+    rig.send("/vace/quantize", "bar")
+    rig.send("/vace/cue", "now", "/vace/prompt", "past the grid")  # "now" wins over quantize
+    assert rig.store.get("prompt") == "past the grid"
+    rig.send("/vace/quantize", "none")
     rig.send("/vace/context_scale", 1.5)  # not a quantised parameter
     assert rig.store.get("context_scale") == 1.5
     rig.send("/vace/cue", "bar")  # malformed: no inner message; refused, nothing armed

@@ -10,9 +10,11 @@ GET /                 → the whole tree (FULL_PATH, CONTENTS, TYPE, RANGE, VALU
 GET /vace/seed        → one node;  GET /vace/seed?VALUE → {"VALUE": [42]}
 GET /?HOST_INFO       → NAME, OSC_IP, OSC_PORT, OSC_TRANSPORT, EXTENSIONS
 WebSocket, text frames from the client: {"COMMAND": "LISTEN", "DATA": "/vace/seed"} and
-  {"COMMAND": "IGNORE", "DATA": ...}; every change of a listened value then arrives as a binary
-  frame holding the OSC message (the same message as the UDP echo). Binary frames from the
-  client are OSC packets, handled like UDP ones.
+  {"COMMAND": "IGNORE", "DATA": ...}; every change of a listened parameter (or of its
+  /vace/norm/ or /vace/index/ form) then arrives as a binary frame holding the OSC message (the
+  same message as the UDP echo). Status fields are not streamed: read them with GET ...?VALUE or
+  from /vace/status/* over UDP. Binary frames from the client are OSC packets, handled like UDP
+  ones.
 Zeroconf: `_oscjson._tcp` (this port) and `_osc._udp` (the OSC port), on loopback only unless
   OSC listens on the LAN (--osc-host 0.0.0.0 or a LAN address).
 
