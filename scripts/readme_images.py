@@ -120,7 +120,7 @@ def read_png_figures(path: Path = PERF_PNG) -> dict[str, object]:
     return json.loads(Image.open(path).text["figures"])
 
 
-def write_sheet(demo_dir: Path, out: Path = SHEET_PNG, max_width: int = 1280) -> Path:
+def write_sheet(demo_dir: Path, out: Path = SHEET_PNG, max_width: int = 1600) -> Path:
     src = Image.open(demo_dir / "contact-sheet.png").convert("RGB")
     if src.width > max_width:
         src = src.resize((max_width, round(src.height * max_width / src.width)), Image.LANCZOS)
