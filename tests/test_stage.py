@@ -124,3 +124,42 @@ def test_record_over_osc(rig, tmp_path):
         assert sum(1 for _ in c.decode(video=0)) == 30
     rig.send("/vace/record/stop")  # not recording: an error reply, nothing breaks
     assert stage_status(None)["recording"] == 0
+
+
+def test_real_run_loop_applies_the_armed_cut_in_that_chunks_request(tmp_path):
+    """A real RunLoop (run_once, pacer not started) with the stage attached: the armed prompt is
+    absent from the requests before the chosen boundary and present from it on; the pacer's tap
+    feeds the recorder."""
+    from vacelive.bridge.link.testgen import PatternGenerator
+    from vacelive.bridge.run.loop import RunLoop
+    from runloop_support import Recorder as RecordingGenerator
+
+    now = [0.0]
+    store = ParamStore(initial={"output_fps": 24.0})
+    gen = RecordingGenerator(PatternGenerator(96, 64))
+    sent = []
+    loop = RunLoop(gen, store, sent.append, pacer_options={"start": False}, snapshot_dir=tmp_path)
+    stage = Stage(store, Recorder(tmp_path / "rec"), now=lambda: now[0])
+    stage.attach(loop)
+    try:
+        store.apply({"quantize": "bar"})
+        packet = types.SimpleNamespace(sender=None, changes={"prompt": "on the bar"}, actions=[],
+                                       after=[])
+        now[0] = 0.2
+        stage.intercept(packet)  # what the OSC server does with an incoming packet
+        assert packet.changes == {} and stage.status()["armed"] == 1
+        prompts = []
+        for t0 in (0.5, 1.0, 1.5, 2.0):
+            now[0] = t0
+            loop.last_latency_ms = 300.0  # L (the tiny test generator itself takes ~1 ms)
+            loop.pacer.clear()  # B = 0 frames buffered: first frame at t0 + L = t0 + 0.3 s
+            record = loop.run_once()
+            prompts.append(record.request.prompts[0].text if record.request.prompts else "")
+        # t0 = 1.5 shows at 1.8 s: 1.8 + 0.25 >= 2.0 (the bar) -> that chunk carries the cut
+        assert [p == "on the bar" for p in prompts] == [False, False, True, True]
+        assert set(loop.status()) >= {"tempo", "beat", "phase", "armed", "recording"}
+        loop.tap.send(np.zeros((64, 96, 4), np.uint8))  # the pacer's sink path feeds listeners
+        assert stage.recorder.current is None  # (nothing recorded unless started)
+    finally:
+        loop.stop()
+        stage.close()
