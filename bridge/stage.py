@@ -106,7 +106,8 @@ class Stage:
                 self._error(f"{PREFIX}/link: cannot join Ableton Link: {exc}")
                 self.store.apply({"link": False}, origin="stage")
                 return
-            self._notice("joined the Ableton Link session")
+            self._notice("joined the Ableton Link session (Link talks UDP multicast "
+                         "224.76.78.75:20808 on every network interface)")
         elif not on and isinstance(old, LinkClock):
             at = self.now()
             new = InternalClock(old.tempo, old.quantum, now=self.now)
