@@ -29,14 +29,30 @@ WAIT = 30.0  # bound for a frame to show up (a failure, never a timing assertion
 
 
 def test_spec_options():
-    s = parse_spec("stage-out?groups=a,b&ips=10.0.0.5&fourcc=uyvy&fps=25")
-    assert (s.name, s.groups, s.ips, s.fourcc, s.fps) == ("stage-out", "a,b", "10.0.0.5", "UYVY", 25.0)
+    s = parse_spec("stage-out?groups=a,b&ips=10.0.0.5&fourcc=uyvy&fps=25&discovery=10.0.0.2")
+    assert (s.name, s.groups, s.ips, s.fourcc, s.fps, s.discovery) == \
+        ("stage-out", "a,b", "10.0.0.5", "UYVY", 25.0, "10.0.0.2")
     with pytest.raises(ValueError, match="unknown option"):
         parse_spec("x?colour=red")
     with pytest.raises(ValueError, match="fourcc"):
         parse_spec("x?fourcc=NV12")
     with pytest.raises(ValueError, match="needs a name"):
         open_sink("ndi:")
+
+
+def test_runtime_config_file(tmp_path, monkeypatch):
+    import json
+
+    from vacelive.bridge.transports.ndi import _write_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ndi").mkdir()
+    (tmp_path / ".ndi" / "ndi-config.v1.json").write_text('{"ndi": {"machinename": "stage"}}')
+    folder = _write_config("10.0.0.5", "vj", "10.0.0.2:5959")
+    data = json.loads((tmp_path.__class__(folder) / "ndi-config.v1.json").read_text())
+    assert data == {"ndi": {"machinename": "stage", "networks": {"ips": "10.0.0.5",
+                                                                  "discovery": "10.0.0.2:5959"},
+                            "groups": {"recv": "vj"}}}
 
 
 def test_name_matching():

@@ -10,6 +10,8 @@ Spec: `ndi:NAME[?option=value&...]`
 * `ips=10.0.0.5,10.0.0.6`: extra machines to query by address (unicast discovery). Use it where
   mDNS does not cross the network (VLANs, some Wi-Fi) or where no mDNS responder runs (a Linux
   box without avahi-daemon: there `ips=127.0.0.1` finds senders on the same machine).
+* `discovery=HOST[:PORT]`: an NDI Discovery Server to use instead of mDNS (networks where
+  multicast is filtered).
 * `fourcc=RGBA|BGRA|UYVY` (sink): the pixel layout sent; UYVY halves the bytes handed to the
   encoder (BT.709 limited range, see pixels.py). Default RGBA (keeps alpha).
 * `fps=30` (sink): the frame rate announced to receivers (the pacer sets the actual rate).
@@ -61,7 +63,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install cyndilib"
 FOURCCS = ("RGBA", "BGRA", "UYVY")
-_OPTIONS = {"groups", "ips", "fourcc", "fps"}
+_OPTIONS = {"groups", "ips", "discovery", "fourcc", "fps"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class NdiSpec:
     ips: str = ""
     fourcc: str = "RGBA"
     fps: float = 30.0
+    discovery: str = ""
 
 
 def parse_spec(text: str) -> NdiSpec:
@@ -91,7 +94,7 @@ def parse_spec(text: str) -> NdiSpec:
     if not 0 < fps <= 240:
         raise ValueError(f"ndi:{text}: fps {fps:g} is not in (0, 240]")
     return NdiSpec(name.strip(), opts.get("groups", "").strip(), opts.get("ips", "").strip(),
-                   fourcc, fps)
+                   fourcc, fps, opts.get("discovery", "").strip())
 
 
 # -- the NDI runtime (process-wide) --------------------------------------------------------------
@@ -99,8 +102,10 @@ _runtime_lock = threading.Lock()
 _runtime: dict[str, Any] = {}  # {"module": cyndilib namespace, "ips": str, "groups": str}
 
 
-def _write_config(ips: str, groups: str) -> str:
-    """A private NDI config dir holding the user's config with our discovery settings on top."""
+def _write_config(ips: str, groups: str, discovery: str = "") -> str:
+    """A private NDI config dir holding the user's config with our discovery settings on top.
+    Keys as the runtime reads them from ndi-config.v1.json (its strings name them):
+    ndi.networks.ips, ndi.networks.discovery, ndi.groups.recv."""
     data: dict[str, Any] = {}
     user = Path.home() / ".ndi" / "ndi-config.v1.json"
     try:
@@ -110,6 +115,8 @@ def _write_config(ips: str, groups: str) -> str:
     ndi = data.setdefault("ndi", {})
     if ips:
         ndi.setdefault("networks", {})["ips"] = ips
+    if discovery:
+        ndi.setdefault("networks", {})["discovery"] = discovery
     if groups:
         ndi.setdefault("groups", {})["recv"] = groups
     folder = tempfile.mkdtemp(prefix="vacelive-ndi-")
@@ -117,7 +124,7 @@ def _write_config(ips: str, groups: str) -> str:
     return folder
 
 
-def load_runtime(ips: str = "", groups: str = "", module: Any = None) -> Any:
+def load_runtime(ips: str = "", groups: str = "", module: Any = None, discovery: str = "") -> Any:
     """The cyndilib modules (sender, receiver, finder, video_frame, wrapper) as one namespace,
     importing (and so starting the NDI runtime) once per process with the given discovery settings."""
     if module is not None:
@@ -129,8 +136,8 @@ def load_runtime(ips: str = "", groups: str = "", module: Any = None) -> Any:
                             "groups=%r apply from the next start (they are process-wide)",
                             _runtime["ips"], _runtime["groups"], ips, groups)
             return _runtime["module"]
-        if (ips or groups) and "NDI_CONFIG_DIR" not in os.environ:
-            os.environ["NDI_CONFIG_DIR"] = _write_config(ips, groups)
+        if (ips or groups or discovery) and "NDI_CONFIG_DIR" not in os.environ:
+            os.environ["NDI_CONFIG_DIR"] = _write_config(ips, groups, discovery)
         try:
             import types
 
@@ -179,7 +186,7 @@ class NdiSource(FrameSource):
                  recv_name: str = "vacelive") -> None:
         self.spec = spec if isinstance(spec, NdiSpec) else parse_spec(spec)
         self.name = self.spec.name
-        self._mod = load_runtime(self.spec.ips, self.spec.groups, module)
+        self._mod = load_runtime(self.spec.ips, self.spec.groups, module, self.spec.discovery)
         w = self._mod.wrapper
         self._progressive = w.FrameFormat.progressive
         self.timeout_ms = timeout_ms  # kept for API compatibility: framesync reads never wait
@@ -320,7 +327,7 @@ class NdiSink(FrameSink):
         if not self.spec.name:
             raise ValueError("an NDI sender needs a name: ndi:NAME")
         self.name = self.spec.name
-        self._mod = load_runtime(self.spec.ips, "", module)
+        self._mod = load_runtime(self.spec.ips, "", module, self.spec.discovery)
         self._fourcc = self._mod.wrapper.FourCC[self.spec.fourcc]
         self._lock = threading.Lock()
         self._sender: Any = None
