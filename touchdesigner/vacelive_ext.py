@@ -13,8 +13,8 @@ Wiring inside the COMP (build_tox.py creates it):
 Sync rules (see osc_sync.py): a parameter change sends one OSC message; feedback (echoes,
 /vace/status/*, /vace/error, /vace/notice, preset replies) is written into parameters, and a
 value written from feedback is never sent back. Connecting pushes this component's values
-(Pushonconnect), registers the OSC In port with `/vace/hello <port>` and confirms the link with a
-`/vace/describe steps` round trip; an engine restart (silence, or the chunk counter going
+(Pushonconnect), registers the OSC In port with `/vace/hello <port>`, asks for the preset list and
+confirms the link with a `/vace/describe steps` round trip sent last; an engine restart (silence, or the chunk counter going
 back) re-links by itself.
 """
 
@@ -46,6 +46,12 @@ def set_par(op: Any, names: tuple[str, ...], value: Any) -> bool:
                 par.val = value
             return True
     return False
+
+
+def _listening(osc_in: Any) -> list[Any]:
+    """The OSC In DAT's port and active values (what it listens on)."""
+    pars = (getattr(osc_in.par, n, None) for n in ("port", "active"))
+    return [p.eval() for p in pars if p is not None]
 
 
 class VaceLiveExt:
@@ -154,16 +160,22 @@ class VaceLiveExt:
         self._set_status_par("Lastnotice", text)
 
     # -- OSC out ---------------------------------------------------------------------------
-    def _configure_osc(self) -> None:
+    def _configure_osc(self) -> bool:
+        """Point the OSC Out/In DATs at the current settings. True when the OSC In DAT's port or
+        activity changed: it listens there only from its next cook, so answers sent to it before
+        that are lost."""
         out, inp = self.owner.op("oscout"), self.owner.op("oscin")
         active = bool(self._p("Active"))
         if out is not None:
             set_par(out, ("netaddress", "address"), str(self._p("Host")))
             set_par(out, ("port",), int(self._p("Port")))
             set_par(out, ("active",), active)
-        if inp is not None:
-            set_par(inp, ("port",), int(self._p("Feedbackport")))
-            set_par(inp, ("active",), active)
+        if inp is None:
+            return False
+        before = _listening(inp)
+        set_par(inp, ("port",), int(self._p("Feedbackport")))
+        set_par(inp, ("active",), active)
+        return _listening(inp) != before
 
     def Send(self, address: str, *args: Any) -> bool:
         """Send one OSC message to the engine through the OSC Out DAT (when Connect is on)."""
@@ -204,13 +216,17 @@ class VaceLiveExt:
                 self.SendParam(name)
 
     def Connect(self) -> None:
-        self._configure_osc()
+        if self._configure_osc():
+            self._attempt_at = None  # connect at the next frame, once the OSC In DAT listens
+            return
         self._attempt_at = self.clock()
         if self._p("Pushonconnect"):
             self.PushAll()
         self.Send(osc_sync.PREFIX + "/hello", int(self._p("Feedbackport")))
-        self.Send(osc_sync.PREFIX + "/describe", HANDSHAKE_PARAM)
         self.Send(osc_sync.PREFIX + "/preset/list")
+        # Last: the server answers in order, so when this reply links us every other answer to
+        # the connect (the value dump, the preset list) has already arrived.
+        self.Send(osc_sync.PREFIX + "/describe", HANDSHAKE_PARAM)
 
     def LoadPreset(self, name: str | None = None, chunks: int | None = None) -> None:
         name = name or str(self._p("Presetname"))
