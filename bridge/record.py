@@ -24,7 +24,6 @@ import logging
 import queue
 import re
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
