@@ -182,6 +182,7 @@ class LatencyMeter:
 
 
 class NdiSource(FrameSource):
+    SCAN_INTERVAL = 0.25  # seconds between looks at the NDI source list while not connected
     def __init__(self, spec: str | NdiSpec = "", *, module: Any = None, timeout_ms: int = 5,
                  recv_name: str = "vacelive") -> None:
         self.spec = spec if isinstance(spec, NdiSpec) else parse_spec(spec)
@@ -196,6 +197,7 @@ class NdiSource(FrameSource):
         self._vf = self._mod.video_frame.VideoFrameSync()
         self._receiver.frame_sync.set_video_frame(self._vf)
         self._last_ts: float | None = None
+        self._next_scan = 0.0
         self._finder = self._mod.finder.Finder()
         self._finder.open()
         self._lock = threading.Lock()
@@ -219,6 +221,10 @@ class NdiSource(FrameSource):
         src = self._source
         if src is not None and src.valid:
             return True
+        now = time.monotonic()
+        if now < self._next_scan:  # FrameHistory polls every few ms; the source list needs less
+            return False
+        self._next_scan = now + self.SCAN_INTERVAL
         for full in self.list_sources():
             if name_matches(self.name, full):
                 source = self._finder.get_source(full)
