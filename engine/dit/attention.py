@@ -1,4 +1,5 @@
-"""Self- and cross-attention of the Wan2.1 block (model-spec §1.3 items 5-6) and the
+"""Self- and cross-attention of the Wan2.1 block (model-spec §1.3 items 5-6), the per-prompt
+cross-attention state (TextState: the text tokens and each block's cached K/V) and the
 chunk-local attention context.
 
 Layout: projections give [B, L, H, D] views (free reshapes of [B, L, dim]); SDPA receives
@@ -91,6 +92,35 @@ class CrossAttention(_Projections):
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
         return self.o(attend(q, k, v))
+
+
+class TextState:
+    """One prompt's conditioning: the embedded text tokens and, lazily, every attention block's
+    cross-attention K/V. A new prompt = a new TextState (that IS the cross-attention cache reset).
+    `kv_computations` counts K/V computations (a test hook: recomputation is observable)."""
+
+    def __init__(self, context: torch.Tensor, weights_version: int = 0):
+        self.context = context  # [B, text_len, dim], model dtype
+        self.kv_computations = 0
+        self._kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._version = weights_version
+
+    def sync(self, weights_version: int) -> None:
+        """Drop cached K/V computed with other weights (LoRA merge / scale change, reload)."""
+        if weights_version != self._version:
+            self._kv.clear()
+            self._version = weights_version
+
+    def kv(self, cross_attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = self._kv.get(cross_attn)
+        if entry is None:
+            entry = cross_attn.text_kv(self.context)
+            self._kv[cross_attn] = entry
+            self.kv_computations += 1
+        return entry
+
+    def clear(self) -> None:
+        self._kv.clear()
 
 
 class LocalAttention:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vacelive.engine.config import WanConfig
-from vacelive.engine.dit.attention import LocalAttention
+from vacelive.engine.dit.attention import LocalAttention, TextState
 from vacelive.engine.dit.block import Head, WanBlock
 from vacelive.engine.dit.rope import RopeTable, default_build_device
 
@@ -60,35 +60,6 @@ class Fp32ParamsMixin:
             return fn(t)
 
         return super()._apply(keep_fp32, recurse)
-
-
-class TextState:
-    """One prompt's conditioning: the embedded text tokens and, lazily, every attention block's
-    cross-attention K/V. A new prompt = a new TextState (that IS the cross-attention cache reset).
-    `kv_computations` counts K/V computations (a test hook: recomputation is observable)."""
-
-    def __init__(self, context: torch.Tensor, weights_version: int = 0):
-        self.context = context  # [B, text_len, dim], model dtype
-        self.kv_computations = 0
-        self._kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._version = weights_version
-
-    def sync(self, weights_version: int) -> None:
-        """Drop cached K/V computed with other weights (LoRA merge / scale change, reload)."""
-        if weights_version != self._version:
-            self._kv.clear()
-            self._version = weights_version
-
-    def kv(self, cross_attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        entry = self._kv.get(cross_attn)
-        if entry is None:
-            entry = cross_attn.text_kv(self.context)
-            self._kv[cross_attn] = entry
-            self.kv_computations += 1
-        return entry
-
-    def clear(self) -> None:
-        self._kv.clear()
 
 
 class Sinusoid(nn.Module):

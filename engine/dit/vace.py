@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vacelive.engine.dit.model import Fp32ParamsMixin, TextState
+from vacelive.engine.dit.attention import TextState
+from vacelive.engine.dit.model import Fp32ParamsMixin
 
 VACE_PREFIXES = ("vace_blocks.", "vace_patch_embedding.")
 # Timestep of the reference-prefix frames: they are clean latents, so they are labelled clean.
