@@ -3,7 +3,7 @@ the CPU demo and GPU benchmarks.
 
 Real weights (`build_from_recipe`): engine.models_dir.require checks every file first
 (MissingWeightsError lists all that are missing), then DiT -> VACE -> pipeline LoRA -> user
-LoRAs (engine.weights.build_model), the codec (engine.codecs.load_codec) and the umT5 encoder
+LoRAs (engine.dit.weights.from_checkpoint), the codec (engine.codecs.load_codec) and the umT5 encoder
 (engine.text.TextEncoder.load).
 
 Random weights (`build_random`): "tiny" = engine.config.tiny_config DiT + tiny codec + a tiny
@@ -211,7 +211,7 @@ def build_from_recipe(recipe, models_dir=None, *, codec: str = "wan", text_encod
     from vacelive.engine.lora import LoraSpec
     from vacelive.engine.pipelines import GENERATOR, LORA, TEXT_ENCODER, TOKENIZER, VACE, WeightOptions
     from vacelive.engine.text import TextEncoder
-    from vacelive.engine.weights import build_model
+    from vacelive.engine.dit.weights import from_checkpoint
 
     options = WeightOptions(codec=codec, text_encoder=text_encoder)
     paths = _require(recipe, options, models_dir, skip_roles=None if vace else {VACE})
@@ -223,8 +223,9 @@ def build_from_recipe(recipe, models_dir=None, *, codec: str = "wan", text_encod
         specs.append(entry if isinstance(entry, LoraSpec) else LoraSpec(*entry))
     gen_file = recipe.file(GENERATOR, options)
     ema = bool(gen_file.state_keys) and gen_file.state_keys[0] == "generator_ema"
-    loaded = build_model(dit_config or recipe.model_config, str(paths[GENERATOR]), vace_path=str(paths[VACE]) if vace else None,
-                         loras=specs, ema=ema, dtype=dtype, device=device, progress=progress)
+    loaded = from_checkpoint(dit_config or recipe.model_config, str(paths[GENERATOR]),
+                             vace_path=str(paths[VACE]) if vace else None, loras=specs, ema=ema,
+                             dtype=dtype, device=device, progress=progress)
     for report in loaded.reports:
         log.info("%s", report)
     codec_role = {"wan": "vae", "tae": "tae", "lighttae": "lighttae"}[codec]

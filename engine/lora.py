@@ -26,8 +26,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from vacelive.engine.checkpoint import CheckpointError, CheckpointReader, first_keys
-from vacelive.engine.weights import LoadReport
+from vacelive.engine.checkpoint import CheckpointError, CheckpointReader, LoadReport, first_keys
 
 TARGET_PATTERN = re.compile(r"blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])")
 _KEY = re.compile(r"(?:base_model\.model\.)?(?P<target>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_\-]+)?\.weight")

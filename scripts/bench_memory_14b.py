@@ -6,7 +6,7 @@ kv_cache_attention_bias 0.3) at 832x480 and 576x320, in bf16 and with compact FP
 
 Weights are random and made directly on the GPU: the model is built on the meta device, then
 `to_empty(cuda)` and initialised in place parameter by parameter (no host copy, no fp32 copy),
-the way real weights stream from safetensors (engine.weights: one tensor at a time, assign=True).
+the way real weights stream from safetensors (engine.checkpoint.load_matching: one tensor at a time, assign=True).
 The full Wan2.1 VAE is random too (decode and VACE encode cost). The text encoder is off the GPU
 (placement "cpu"; a small random umT5 with the 4096-wide output, since only the embeddings reach
 the GPU). Reported per row: peak allocated / reserved VRAM over the measured chunks (weights

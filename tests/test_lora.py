@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from vacelive.engine.config import WAN_1_3B, tiny_config
 from vacelive.engine.dit import CausalWanModel, VaceWanModel
 from vacelive.engine.lora import LoraSet, lora_target_names, read_lora
-from vacelive.engine.weights import CheckpointError
+from vacelive.engine.checkpoint import CheckpointError
 
 CFG = tiny_config(num_layers=3, vace_layers=(0, 2))
 SUFFIXES = {"self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vacelive.engine import weights as weights_mod
+from vacelive.engine import checkpoint as checkpoint_mod
 from vacelive.engine.checkpoint import normalize_keys
 from vacelive.engine.codecs import random_codec, tiny_tae_config
 from vacelive.engine.config import tiny_config
@@ -26,7 +26,8 @@ from vacelive.engine.pipelines import GENERATOR, LORA, RECIPES, TEXT_ENCODER, TO
 from vacelive.engine.request import ChunkRequest, Prompt
 from vacelive.engine.text import hf_to_wan_key
 from vacelive.engine.text.umt5_keys import HF_TIED
-from vacelive.engine.weights import CheckpointError, load_dit_weights, load_vace_weights
+from vacelive.engine.checkpoint import CheckpointError
+from vacelive.engine.dit.weights import load_dit_weights, load_vace_weights
 
 from support import read_manifest
 
@@ -130,7 +131,7 @@ def test_krea_recipe_on_meta_takes_the_full_krea_and_vace_14b_layouts(monkeypatc
     vace = read_manifest("wan2.1_vace_14b.txt")
     ManifestReader.files = {"krea.safetensors": {prefix + k: v for k, v in base.items()},
                             "vace14b.safetensors": vace}
-    monkeypatch.setattr(weights_mod, "CheckpointReader", ManifestReader)
+    monkeypatch.setattr(checkpoint_mod, "CheckpointReader", ManifestReader)
     with torch.device("meta"):
         model = VaceWanModel(CausalWanModel(cfg))
     model.to(torch.bfloat16)

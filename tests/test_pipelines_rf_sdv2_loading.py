@@ -19,7 +19,8 @@ from vacelive.engine.pipelines import GENERATOR, TEXT_ENCODER, TOKENIZER, VACE, 
 from vacelive.engine.request import ChunkRequest, Prompt
 from vacelive.engine.text import hf_to_wan_key
 from vacelive.engine.text.umt5_keys import HF_TIED
-from vacelive.engine.weights import CheckpointError, load_dit_weights
+from vacelive.engine.checkpoint import CheckpointError
+from vacelive.engine.dit.weights import load_dit_weights
 
 CFG = tiny_config(num_layers=2, vace_layers=(0,))
 VACE_KEYS = ("vace_blocks.", "vace_patch_embedding.")

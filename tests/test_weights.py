@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 from vacelive.engine.config import tiny_config
 from vacelive.engine.dit import CausalWanModel, VaceWanModel, keeps_fp32
 from vacelive.engine.lora import LoraSpec, lora_target_names
-from vacelive.engine.weights import CheckpointError, build_model, load_dit_weights, load_vace_weights
+from vacelive.engine.checkpoint import CheckpointError
+from vacelive.engine.dit.weights import from_checkpoint, load_dit_weights, load_vace_weights
 
 CFG = tiny_config(num_layers=2, vace_layers=(0,))
 

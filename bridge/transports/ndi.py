@@ -35,7 +35,8 @@ again. Latency: each frame carries the sender's NDI timestamp (UTC, set by the S
 frame was submitted); `latency_ms` is receive time minus that, meaningful when both ends share a
 clock (one machine, or NTP/PTP-synced machines).
 
-Sender (NdiSink): a size change re-creates the sender (cyndilib fixes the frame layout while it
+Sender (NdiSink): sends asynchronously (the pacer thread pays a copy, the runtime compresses on
+its own thread); a size change re-creates the sender (cyndilib fixes the frame layout while it
 is open); NDI receivers reconnect to the same name by themselves.
 """
 from __future__ import annotations
@@ -368,7 +369,9 @@ class NdiSink(FrameSink):
         with self._lock:
             if self._sender is None or self._size != (w, h):
                 self._open(w, h)
-            if not self._sender.write_video(data.reshape(-1)):
+            # asynchronous: the runtime compresses on its own thread while the pacer goes on
+            # (cyndilib copies the pixels into a buffer it keeps until the next send)
+            if not self._sender.write_video_async(data.reshape(-1)):
                 raise RuntimeError(f"ndi: sending to {self.name!r} failed")
             self.frames_sent += 1
 
