@@ -7,13 +7,21 @@ the progress bar exist once.
 back to a plain `weights_only` load). Trainer checkpoints are dicts of sub-dicts: the reader picks
 the first sub-dict named in `prefer`, then strips `_fsdp_wrapped_module.` and a leading `model.`
 present on every key.
+
+`load_matching` loads the keys of one file into a model built on the meta device (each tensor
+converted once to its final device and dtype and adopted with `load_state_dict(assign=True)`: no
+second copy of the model) and says what matched in a LoadReport. The per-model entries live
+beside each model: engine.dit.weights (DiT, VACE), engine.lora, engine.codecs (Wan VAE, TAE),
+engine.text.encoder (umT5).
 """
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
 
 import torch
+from torch import nn
 
 FSDP_TAG = "_fsdp_wrapped_module."
 # sub-dicts of trainer checkpoints, in order of preference
@@ -139,3 +147,73 @@ def progress_bar(total_bytes: int, desc: str, enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not enabled or total_bytes < (512 << 20))
+
+
+@dataclass
+class LoadReport:
+    path: str
+    kind: str  # "DiT" / "VACE" / "LoRA"
+    source: str  # layout / sub-dict used
+    loaded: int = 0
+    skipped: int = 0  # keys deliberately ignored (e.g. VACE keys while loading the base)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        head = f"{self.path} [{self.kind}, {self.source}]: {self.loaded} tensors loaded, {self.skipped} skipped"
+        lines = [head]
+        if self.missing:
+            lines.append(f"  {len(self.missing)} missing: {first_keys(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  {len(self.unexpected)} unexpected: {first_keys(self.unexpected)}")
+        if self.mismatched:
+            shown = [f"{k} (file {tuple(a)} vs model {tuple(b)})" for k, a, b in self.mismatched]
+            lines.append(f"  {len(self.mismatched)} shape mismatches: {first_keys(shown, 3)}")
+        return "\n".join(lines)
+
+
+def place_buffers(model: nn.Module, device) -> None:
+    """Move non-persistent buffers (RoPE / sinusoid tables) next to the loaded parameters."""
+    for module in model.modules():
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and buf.device != torch.device(device) and buf.device.type != "meta":
+                module._buffers[name] = buf.to(device)
+
+
+def load_matching(model: nn.Module, path, *, select: Callable[[str], bool], kind: str, ema: bool = False,
+                  device=None, strict: bool = True, progress: bool = True) -> LoadReport:
+    """Load the keys of `path` accepted by `select` into the model's parameters of the same keys."""
+    expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if select(k)}
+    with CheckpointReader(path, ema=ema) as ck:
+        present = [k for k in ck.keys() if select(k)]
+        report = LoadReport(str(path), kind, ck.source, skipped=len(ck.keys()) - len(present))
+        if not present:
+            raise CheckpointError(f"{path}: no {kind} keys in this file (first keys: {first_keys(ck.keys())})")
+        report.missing = sorted(set(expected) - set(present))
+        report.unexpected = sorted(set(present) - set(expected))
+        for k in present:
+            if k in expected and ck.shape(k) != tuple(expected[k].shape):
+                report.mismatched.append((k, ck.shape(k), tuple(expected[k].shape)))
+        if strict and not report.ok:
+            raise CheckpointError(f"checkpoint does not match the model\n{report}")
+        bad = {k for k, _, _ in report.mismatched}
+        todo = [k for k in present if k in expected and k not in bad]
+        tensors: dict[str, torch.Tensor] = {}
+        with progress_bar(sum(ck.nbytes(k) for k in todo), f"{kind} {os.path.basename(str(path))}", progress) as bar:
+            for k in todo:
+                ref = expected[k]
+                dev = device if device is not None else (ref.device if ref.device.type != "meta" else "cpu")
+                tensors[k] = ck.tensor(k).to(device=dev, dtype=ref.dtype)
+                bar.update(ck.nbytes(k))
+        model.load_state_dict(tensors, strict=False, assign=True)
+        report.loaded = len(tensors)
+    first = next(iter(tensors.values()))
+    place_buffers(model, first.device)
+    if hasattr(model, "bump_weights_version"):
+        model.bump_weights_version()
+    return report

@@ -159,7 +159,7 @@ def test_mismatches_raise_short_errors_naming_file_and_key(tmp_path):
         load_dit_weights(meta_model(), tmp_path / "nope.pt", progress=False)
 
 
-def test_build_model_order_base_vace_lora(tmp_path):
+def test_from_checkpoint_order_base_vace_lora(tmp_path):
     state = random_full_state()
     base_sd, vace_sd = split(state)
     torch.save({"generator": {f"model.{k}": v for k, v in base_sd.items()}}, tmp_path / "longlive_base.pt")
@@ -173,7 +173,7 @@ def test_build_model_order_base_vace_lora(tmp_path):
         lora[f"base_model.model.{name}.lora_A.weight"] = torch.randn(4, lin.in_features, generator=g) * 0.1
         lora[f"base_model.model.{name}.lora_B.weight"] = torch.randn(lin.out_features, 4, generator=g) * 0.1
     torch.save({"generator_lora": lora}, tmp_path / "lora.pt")
-    built = build_model(CFG, tmp_path / "longlive_base.pt", vace_path=tmp_path / "vace.safetensors",
+    built = from_checkpoint(CFG, tmp_path / "longlive_base.pt", vace_path=tmp_path / "vace.safetensors",
                         loras=[LoraSpec("longlive", str(tmp_path / "lora.pt"))], dtype=torch.float32, device="cpu", progress=False)
     assert [r.kind for r in built.reports] == ["DiT", "VACE", "LoRA"]
     model = built.model
