@@ -165,3 +165,26 @@ def test_lan_warning_names_every_port():
     for part in ("UDP 7700", "TCP 7701", "UDP 5353"):
         assert part in text
     assert "TCP" not in lan_warning("0.0.0.0", 7700, None)
+
+
+def test_websocket_listen_streams_status_fields(tmp_path):
+    import itertools
+    import json
+
+    from websockets.sync.client import connect
+
+    store = ParamStore()
+    ticks = itertools.count(1)
+    osc = OscServer(store, None, OscConfig(port=0, oscquery_port=0, status_hz=50),
+                    status_provider=lambda: {"fps": float(next(ticks)), "paused": False}).start()
+    try:
+        with connect(f"ws://127.0.0.1:{osc.oscquery.address[1]}/") as ws:
+            ws.send(json.dumps({"COMMAND": "LISTEN", "DATA": "/vace/status/fps"}))
+            values = []
+            while len(values) < 3:  # a new value at each status tick; paused never changes
+                msg = OscMessage(ws.recv(timeout=10))
+                assert msg.address == "/vace/status/fps"
+                values.append(msg.params[0])
+            assert values == sorted(values) and len(set(values)) == 3
+    finally:
+        osc.stop()

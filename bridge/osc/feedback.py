@@ -84,6 +84,7 @@ class Feedback:
         self.status_provider = status_provider
         self.status_period = 1.0 / status_hz if status_hz > 0 else None
         self.last_status: dict[str, Any] = {}
+        self.status_listeners: list[Callable[[dict[str, Any]], None]] = []  # OSCQuery LISTEN
         self._stop = False
         self._thread: threading.Thread | None = None
         self._error_limit = RateLimit(50.0)
@@ -203,6 +204,12 @@ class Feedback:
                 log.warning("status provider failed: %s", exc)
             return
         self.last_status = status
+        for fn in list(self.status_listeners):
+            try:
+                fn(status)
+            except Exception as exc:
+                if self._log_limit.allow():
+                    log.warning("status listener failed: %s", exc)
         if not dests:
             return
         for key, value in status.items():

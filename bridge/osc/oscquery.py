@@ -12,9 +12,9 @@ GET /?HOST_INFO       → NAME, OSC_IP, OSC_PORT, OSC_TRANSPORT, EXTENSIONS
 WebSocket, text frames from the client: {"COMMAND": "LISTEN", "DATA": "/vace/seed"} and
   {"COMMAND": "IGNORE", "DATA": ...}; every change of a listened parameter (or of its
   /vace/norm/ or /vace/index/ form) then arrives as a binary frame holding the OSC message (the
-  same message as the UDP echo). Status fields are not streamed: read them with GET ...?VALUE or
-  from /vace/status/* over UDP. Binary frames from the client are OSC packets, handled like UDP
-  ones.
+  same message as the UDP echo); a listened /vace/status/<field> arrives at the status rate
+  (--status-hz) when its value changed. Binary frames from the client are OSC packets, handled
+  like UDP ones.
 Zeroconf: `_oscjson._tcp` (this port) and `_osc._udp` (the OSC port), on loopback only unless
   OSC listens on the LAN (--osc-host 0.0.0.0 or a LAN address).
 
@@ -238,6 +238,7 @@ class OscQueryServer:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._outbox: dict[tuple[Any, str], list[Any]] = {}  # latest value per (client, address)
+        self._last_status: dict[str, Any] = {}
         self._closing = False
         self.server = serve(self._ws, host, port, process_request=self._http,
                             compression=None, server_header="vacelive-oscquery/2",
@@ -260,6 +261,8 @@ class OscQueryServer:
                                         daemon=True)
         self._sender.start()
         self.osc.store.add_listener(self._on_change)
+        if self.osc.feedback is not None:
+            self.osc.feedback.status_listeners.append(self._on_status)
         if self.advertise:
             from vacelive.bridge.osc.server import _is_loopback
 
@@ -270,6 +273,8 @@ class OscQueryServer:
 
     def stop(self) -> None:
         self.osc.store.remove_listener(self._on_change)
+        if self.osc.feedback is not None and self._on_status in self.osc.feedback.status_listeners:
+            self.osc.feedback.status_listeners.remove(self._on_status)
         with self._lock:
             self._closing = True
             self._wake.notify_all()
@@ -356,6 +361,21 @@ class OscQueryServer:
                     for client, paths in self._clients.items():
                         if address in paths:
                             self._outbox[(client, address)] = args
+            if self._outbox:
+                self._wake.notify()
+
+    def _on_status(self, status: dict[str, Any]) -> None:
+        with self._lock:
+            if not self._clients:
+                return
+            changed = {k: v for k, v in status.items() if self._last_status.get(k) != v}
+            self._last_status = dict(status)
+            for key, value in changed.items():
+                address = f"{PREFIX}/status/{key}"
+                value = int(value) if isinstance(value, bool) else value
+                for client, paths in self._clients.items():
+                    if address in paths:
+                        self._outbox[(client, address)] = [value]
             if self._outbox:
                 self._wake.notify()
 
