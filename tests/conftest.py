@@ -1,11 +1,14 @@
 """Shared pytest configuration: hardware markers skip cleanly where the hardware is absent, and
 the fixtures many modules share live here. The code under test is the installed `vacelive`
-package (an editable install maps the repository's folders into it)."""
+package (an editable install maps the repository's folders into it); the developer tools in
+scripts/ (doc and layout generators, the pattern engine) import as top-level modules."""
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,11 +1,11 @@
 """docs/osc.md is generated from the schema; this fails when the committed file is stale."""
-from vacelive.bridge.osc import docs
+import osc_docs as docs
 from vacelive.bridge.schema import DEFAULT_SCHEMA
 
 
 def test_committed_osc_docs_are_current():
     assert docs.DOC_PATH.read_text(encoding="utf-8") == docs.render(), (
-        "docs/osc.md is stale: run `python -m bridge.osc.docs --write`"
+        "docs/osc.md is stale: run `python scripts/osc_docs.py --write`"
     )
 
 
