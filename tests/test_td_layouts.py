@@ -12,7 +12,7 @@ from vacelive.bridge.param_types import ParamError
 from vacelive.bridge.store import ParamStore
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
-from vacelive.touchdesigner import layouts
+import surface_layouts as layouts
 
 
 def tosc_root():
@@ -41,7 +41,7 @@ def osc_path(osc):
 
 
 def test_committed_layouts_are_current():
-    assert layouts.stale() == [], "run `python -m touchdesigner.layouts --write`"
+    assert layouts.stale() == [], "run `python scripts/surface_layouts.py --write`"
 
 
 def test_stale_layouts_are_detected(tmp_path):

@@ -1,7 +1,8 @@
-"""Control-surface layouts generated from the parameter schema.
+"""Control-surface layouts generated from the parameter schema (a developer tool: the generated
+files ship in the package, this generator does not).
 
-    python -m touchdesigner.layouts --write   # regenerate touchdesigner/surfaces/*
-    python -m touchdesigner.layouts --check   # exit 1 if the committed files are stale
+    python scripts/surface_layouts.py --write   # regenerate touchdesigner/surfaces/*
+    python scripts/surface_layouts.py --check   # exit 1 if the committed files are stale
 
 Two files, both with the same controls (one per live parameter a surface can show), preset
 buttons for the shipped presets, a "hello" button that registers the surface for feedback, and
@@ -40,7 +41,7 @@ from vacelive.bridge.schema import DEFAULT_SCHEMA, STATUS_FIELDS
 from vacelive.bridge.param_types import PREFIX, Param, Schema
 from vacelive.touchdesigner.td_params import SLIDER_SPAN
 
-SURFACES = Path(__file__).resolve().parent / "surfaces"
+SURFACES = Path(__file__).resolve().parents[1] / "touchdesigner" / "surfaces"
 TOSC_PATH = SURFACES / "vacelive.tosc"
 OSC_PATH = SURFACES / "vacelive-osc.json"
 TOUCHOSC_FEEDBACK_PORT = 9000  # TouchOSC's usual receive port
@@ -398,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     bad = stale(tosc, osc)
     for path in bad:
-        print(f"stale: {path} (run `python -m touchdesigner.layouts --write`)", file=sys.stderr)
+        print(f"stale: {path} (run `python scripts/surface_layouts.py --write`)", file=sys.stderr)
     return 1 if bad else 0
 
 
