@@ -2,20 +2,20 @@
 a killed engine process is detected, and a new one gets the sticky references back."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from vacelive.bridge.link import EngineServer, EngineUnavailable, RemoteGenerator, RemoteStepError
-from vacelive.bridge.link.testgen import PatternGenerator, read_stamp, refs_checksum
+from pattern_engine import PatternGenerator, read_stamp, refs_checksum
 from vacelive.engine.request import ChunkRequest, Generator
 
 
@@ -98,10 +98,10 @@ def _free_port() -> int:
 
 
 def _spawn_engine(endpoint: str, step_delay: float) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen([sys.executable, "-m", "vacelive.bridge.link", "--listen", endpoint,
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pattern_engine.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--listen", endpoint,
                              "--step-delay", str(step_delay)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     assert line.startswith("READY"), line
     return proc

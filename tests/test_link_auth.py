@@ -8,7 +8,7 @@ import zmq.auth
 
 from vacelive.bridge.cli import main as cli_main
 from vacelive.bridge.link import ClientKeys, EngineKeys, EngineServer, EngineUnavailable, RemoteGenerator, generate_keys
-from vacelive.bridge.link.testgen import PatternGenerator, read_stamp
+from pattern_engine import PatternGenerator, read_stamp
 from vacelive.engine.request import ChunkRequest
 
 

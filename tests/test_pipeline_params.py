@@ -105,7 +105,7 @@ def test_the_run_loop_keeps_the_store_pipeline_equal_to_the_engines():
     so the OSC refusal rule) follows it; names the schema does not know are ignored."""
     from test_runloop import make_loop
 
-    from vacelive.bridge.link.testgen import PatternGenerator
+    from pattern_engine import PatternGenerator
     from vacelive.bridge.run.generators import GeneratorWrapper
 
     class Reports(GeneratorWrapper):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vacelive.bridge.link.testgen import PatternGenerator, read_stamp
+from pattern_engine import PatternGenerator, read_stamp
 from vacelive.bridge.run.generators import vace_available
 from vacelive.bridge.run.loop import RunLoop
 from vacelive.bridge.schema import STATUS_FIELDS

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from vacelive.bridge.link.testgen import PatternGenerator
+from pattern_engine import PatternGenerator
 from vacelive.bridge.osc import OscConfig
 from vacelive.bridge.run.generators import vace_available
 from vacelive.bridge.run.session import Session, SessionOptions

@@ -130,7 +130,7 @@ def test_real_run_loop_applies_the_armed_cut_in_that_chunks_request(tmp_path):
     """A real RunLoop (run_once, pacer not started) with the stage attached: the armed prompt is
     absent from the requests before the chosen boundary and present from it on; the pacer's tap
     feeds the recorder."""
-    from vacelive.bridge.link.testgen import PatternGenerator
+    from pattern_engine import PatternGenerator
     from vacelive.bridge.run.loop import RunLoop
     from runloop_support import Recorder as RecordingGenerator
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from vacelive.bridge.link import wire
-from vacelive.bridge.link.testgen import PatternGenerator
+from pattern_engine import PatternGenerator
 from vacelive.bridge.run.loop import RunLoop
 from vacelive.bridge.store import ParamStore
 from vacelive.bridge.transports import FrameHistory

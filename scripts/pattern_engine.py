@@ -1,4 +1,9 @@
-"""PatternGenerator: a deterministic Generator with no model, for link and run-loop tests.
+"""PatternGenerator: a deterministic Generator with no model, for link and run-loop tests, and a
+development engine serving it over the link (a developer tool, not part of the installed package):
+
+    python scripts/pattern_engine.py --listen tcp://127.0.0.1:5555 [--keys KEYS/engine]
+
+prints `READY <endpoint> <engine id>` once it serves (the real `vacelive engine` serves the model).
 
 Output is exact and checkable: each frame is the inverted control video when the request has
 one (fitted by nearest-neighbour sampling), else a gradient from the seed; a row of 16x16 grey
@@ -12,12 +17,17 @@ a test can see whether a restarted engine got them back.
 """
 from __future__ import annotations
 
+import argparse
+import logging
+import signal
+import sys
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from vacelive.bridge.link.server import EngineServer
 from vacelive.engine.request import ChunkRequest, ChunkResult
 
 STAMP = 16
@@ -102,3 +112,27 @@ class PatternGenerator:
                              timings_ms={"step": (time.perf_counter() - t0) * 1e3})
         self.chunk_index += 1
         return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python scripts/pattern_engine.py", description=__doc__)
+    p.add_argument("--listen", default="tcp://127.0.0.1:5555")
+    p.add_argument("--keys", default=None, help="engine key folder (KEYS/engine) for CURVE auth")
+    p.add_argument("--size", default="96x64", help="WIDTHxHEIGHT of the pattern frames")
+    p.add_argument("--step-delay", type=float, default=0.0, help="seconds each step takes")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    server = EngineServer(PatternGenerator(w, h, step_delay=args.step_delay), args.listen, keys=args.keys)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    server.start()
+    print(f"READY {server.endpoint} {server.engine_id}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
