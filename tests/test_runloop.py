@@ -431,7 +431,12 @@ def test_clip_anchors_from_video_files(tmp_path):
     assert abs(int(load_anchor(path, False, "last")[8, 16, 0]) - 180) < 8
 
 
-def test_a_stopped_control_sender_is_sent_as_one_still_frame():
+def test_a_stopped_control_sender_is_sent_as_one_still_frame(monkeypatch):
+    from vacelive.bridge.run import loop as loop_mod
+
+    released = []
+    monkeypatch.setattr(loop_mod, "_release_memory", lambda: released.append(1))
+
     class Stopping(CountingSource):
         gone = False
 
@@ -450,3 +455,6 @@ def test_a_stopped_control_sender_is_sent_as_one_still_frame():
     assert rec.error is None and history.releases == 1
     assert rec.request.video.shape == (1, 24, 40, 4)  # a still: the engine holds it for the chunk
     assert rec.request.video[0, 0, 0, 0] == 20  # the newest frame
+    assert released == [1]  # freed memory handed back once, not every chunk
+    loop.run_once()
+    assert released == [1]

@@ -19,6 +19,7 @@ read what each request carried and when it ran.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 import sys
@@ -125,12 +126,19 @@ class _ErrorGate:
         self._last = None
 
 
-def _empty_device_cache() -> None:
-    """Hand the CUDA caching allocator's unused blocks back to the driver (the conversions of a
-    stopped sender's full-size frames); torch is never imported here (a relay has none)."""
+def _release_memory() -> None:
+    """Hand memory a stopped sender's frames held back to the system: the CUDA caching
+    allocator's unused blocks, and glibc's free heap pages (once glibc has raised its mmap
+    threshold, 16 MB frames come from the heap and free() alone keeps those pages). torch is
+    never imported here (a relay has none)."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # a C library other than glibc
+            pass
 
 
 def _check_frames(result: Any) -> None:
@@ -379,7 +387,7 @@ class RunLoop:
             released = getattr(self.control, "releases", 0)
             if released != self._control_releases:  # the sender stopped: a still from now on
                 self._control_releases = released
-                _empty_device_cache()
+                _release_memory()
         fields.update(self.v2v_input.fields(snap.values, n, fields.get("video"), self.control))
         if snap["mask_enabled"] and self.mask is not None:
             latest = self.mask.latest()
