@@ -83,7 +83,7 @@ COERCION = [
     ("enum", "name (any case: `\"Depth\"`), index as int/float/string (`2`, `2.0`, `\"2\"`)",
      "–", "unknown name, index out of range or fractional"),
     ("str", "one string; several string args are joined with spaces; numbers become text",
-     "–", f"empty message, NUL characters, more than 4000 characters"),
+     "–", "empty message, NUL characters, more than 4000 characters"),
     ("str_list", "any number of string args, an OSC array, or one JSON list string; zero args or "
      "`\"\"` clear", "–", "more items than allowed"),
     ("prompts", "args alternating text, weight (`\"a\", 1.0, \"b\", 0.5`; a missing weight = 1.0; "
@@ -261,7 +261,7 @@ def render(schema: Schema = DEFAULT_SCHEMA) -> str:
         "osc.sendOSC('/vace/refs', ['C:/refs/face.png', 'C:/refs/style.png'])",
         "osc.sendOSC('/vace/preset/load', ['neon-city', 4])",
         "osc.sendOSC('/vace/reset', [1])",
-        f"osc.sendOSC('/vace/hello', [7710])   # feedback to an OSC In DAT/CHOP on port 7710",
+        "osc.sendOSC('/vace/hello', [7710])   # feedback to an OSC In DAT/CHOP on port 7710",
         "```",
         "",
         "- **OSC In DAT / CHOP** on port 7710 then receives echoes, `/vace/status/*` and "
