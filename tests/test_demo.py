@@ -38,7 +38,12 @@ def test_demo_runs_and_writes_its_files(tmp_path):
     # each OSC message reached the loop and was used
     by_address = {c["address"]: c for c in summary["osc"]}
     prompt = by_address["/vace/prompt"]
-    assert prompt["chunk"] > prompt["sent_after_chunk"]
+    # cues go out at chunk indices: cue k after chunk k-1 is used by exactly chunk k
+    assert (prompt["sent_after_chunk"], prompt["chunk"]) == (0, 1)
+    assert (by_address["/vace/context_scale"]["sent_after_chunk"],
+            by_address["/vace/context_scale"]["chunk"]) == (1, 2)
+    assert [m["chunk"] for m in by_address["/vace/preset/load"]["morph"]] == [3, 4]
+    assert by_address["/vace/snapshot"]["sent_after_chunk"] == 4
     assert [t for t, _ in prompt["value"]] == ["a glowing jellyfish drifting through deep blue water"]
     assert by_address["/vace/context_scale"]["value"] == 0.4
     morph = by_address["/vace/preset/load"]["morph"]
@@ -50,7 +55,7 @@ def test_demo_runs_and_writes_its_files(tmp_path):
     assert "used from chunk" in text and "morph chunk" in text
     # V2V: the control video is restyled; the strength change is reported with its chunk
     strength = by_address["/vace/noise_scale"]
-    assert strength["value"] == 0.35 and strength["chunk"] > strength["sent_after_chunk"]
+    assert strength["value"] == 0.35 and (strength["sent_after_chunk"], strength["chunk"]) == (3, 4)
     v2v = summary["v2v"]
     assert v2v["input_mode"] == "video" and v2v["spans"][0] == {"first_chunk": 0, **v2v["spans"][0],
                                                                  "noise_scale": 0.7}
