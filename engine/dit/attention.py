@@ -1,6 +1,6 @@
-"""Self- and cross-attention of the Wan2.1 block (model-spec §1.3 items 5-6), the per-prompt
-cross-attention state (TextState: the text tokens and each block's cached K/V) and the
-chunk-local attention context.
+"""Self- and cross-attention of the Wan2.1 block (WanSelfAttention / WanT2VCrossAttention in
+https://github.com/Wan-Video/Wan2.1, wan/modules/model.py), the per-prompt cross-attention state
+(TextState: the text tokens and each block's cached K/V) and the chunk-local attention context.
 
 Layout: projections give [B, L, H, D] views (free reshapes of [B, L, dim]); SDPA receives
 `.transpose(1, 2)` views [B, H, L, D] whose last dim is contiguous, which is what the flash /

@@ -1,4 +1,4 @@
-"""Loading the DiT and its VACE blocks from every public checkpoint layout (model-spec Appendix A).
+"""Loading the DiT and its VACE blocks from every public checkpoint layout.
 
 Layouts understood (detected, not configured):
   * Wan base DiT `diffusion_pytorch_model.safetensors`: bare keys.
