@@ -39,7 +39,9 @@ def test_enum_choices_match_engine_literals(name, literal, extra):
 
 
 def test_ref_fit_choices_match_request_annotation():
-    hints = typing.get_type_hints(req.ChunkRequest)
+    import torch  # the "torch.Tensor" forward reference only resolves where torch is installed
+
+    hints = typing.get_type_hints(req.ChunkRequest, {**vars(req), "torch": torch})
     assert set(S["ref_fit"].choices) == set(typing.get_args(hints["ref_fit"]))
 
 

@@ -312,7 +312,7 @@ def test_open_by_spec():
         sink.send(_pattern(4, 2, 2))
         assert _frame_number(src.read()) == 4
     with pytest.raises(ValueError, match="spec"):
-        open_source("ndi:cam")
+        open_source("rtmp:cam")  # not a transport kind
     if sys.platform != "win32":
         from vacelive.bridge.transports.base import TransportUnavailable
 

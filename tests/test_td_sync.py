@@ -233,10 +233,10 @@ def test_status_fields_and_engine_restart(tmp_path):
     r = Rig(deferred=True, status={"fps": 12.5, "latency_ms": 80.0, "chunk": 10,
                                    "dropped": 0, "gpu_mem_mb": 9000.0}, tmp=tmp_path)
     try:
-        r.until(lambda: r.comp.par.Statusfps.eval() == 12.5)
-        assert r.comp.par.Statuslatencyms.eval() == 80.0
-        assert r.comp.par.Statuschunk.eval() == 10
-        assert r.ext.Status["gpu_mem_mb"] == 9000.0
+        # one datagram per field: wait until the last of them has been applied
+        r.until(lambda: (r.comp.par.Statusfps.eval(), r.comp.par.Statuslatencyms.eval(),
+                         r.comp.par.Statuschunk.eval()) == (12.5, 80.0, 10))
+        r.until(lambda: r.ext.Status.get("gpu_mem_mb") == 9000.0)
         r.until(lambda: r.comp.par.Connected.eval())
         hellos = lambda: sum(a == "/vace/hello" for a, _ in r.comp.op("oscout").sent)  # noqa
         before = hellos()
