@@ -12,7 +12,9 @@ Per chunk (`StreamGenerator.step`), at the chunk boundary:
      whenever the re-cached frames start after frame 0 (frame-indexed slots: frames >= sink never
      map to sink slots); a re-cache that starts at frame 0 rewrites them, exactly as LongLive's
      `is_recompute = current_start > 0` rule does. Without global_sink the cache is emptied and
-     re-based on the first re-cached frame first.
+     re-based on the first re-cached frame first. `recache="newest"` (engine.recache) re-runs only
+     the newest min(chunk, frames so far) latent frames: one chunk-shaped forward instead of a
+     window-shaped one, so a cut does not break the output cadence (docs/streaming.md).
   3. endless RoPE: see `rope` below.
   4. VACE: the Conditioner (engine.vace_input) turns the request into a VaceInput (or None).
   5. V2V (engine.v2v, input_mode "video"): the input frames are encoded by their own encoder
@@ -45,7 +47,10 @@ for StreamDiffusionV2; only a re-cache has up to `window` frames); the latent, x
 (one set per chunk length) are preallocated and filled in place;
 sigmas are Python floats and timesteps small device tensors from the schedule, so there is no
 .item(), no float64 and no host sync inside a chunk; per-stage timings use CUDA events and wait
-once per chunk. `compile=True` compiles the DiT blocks (engine.dit.compile.compile_blocks).
+once per chunk. `compile=True` compiles the DiT blocks (engine.dit.compile.compile_blocks);
+`warm_up()` (engine.warmup) compiles every forward shape and RoPE mode the stream can reach at
+start-up and seals the set, so nothing compiles during a show; a compile inside a chunk is still
+counted (`counters["recompiles"]`), logged as a warning and reported in the chunk's notices.
 
 Not thread-safe: call step()/reset() from one thread (the run loop).
 """
@@ -62,9 +67,11 @@ import torch
 from vacelive.engine.codecs import pixel_frames
 from vacelive.engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD, LatentNormalizer
 from vacelive.engine.dit.attention import SDPA_BACKENDS, sdpa_context
+from vacelive.engine.dit.compile import compile_count
 from vacelive.engine.pipelines import Recipe, get_recipe
 from vacelive.engine.pose.timeline import chunk_pixel_range
 from vacelive.engine.policies import cache_policy, stream_policy
+from vacelive.engine.recache import RECACHE_MODES, recache_span
 from vacelive.engine.request import ChunkRequest, ChunkResult
 from vacelive.engine.schedule import FlowSchedule, chunk_seed, renoise, x0_from_flow
 from vacelive.engine.stream_state import LatentHistory, StageClock, frames_to_rgba
@@ -101,6 +108,7 @@ class StreamGenerator:
         sdpa: str = "auto",
         embedding_cache_size: int = 32,
         pose=None,
+        recache: str = "exact",
     ):
         """model: CausalWanModel or VaceWanModel; codec: engine.codecs.Codec; text_encoder: anything
         with `.encode(list[str]) -> [B, L, text_dim]` (engine.text.TextEncoder); conditioner:
@@ -108,7 +116,9 @@ class StreamGenerator:
         engine.lora.LoraSet of `model` (live scales) or None.
         Speed switches (the exact path is the default): compile (DiT blocks), compile_codec,
         fp8 (e4m3 block Linears, engine.dit.fp8), sdpa (attention backend, SDPA_BACKENDS).
-        pose: engine.pose.PoseConditioner (UniAnimate pose tokens through add_condition) or None."""
+        pose: engine.pose.PoseConditioner (UniAnimate pose tokens through add_condition) or None.
+        recache: what a prompt cut re-caches (engine.recache.RECACHE_MODES): "exact" (LongLive's
+        window) or "newest" (the newest chunk's frames only; no hitch on a cut)."""
         self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         if rope not in ROPE_SETTINGS:
             raise ValueError(f"rope must be one of {ROPE_SETTINGS}, got {rope!r}")
@@ -116,6 +126,9 @@ class StreamGenerator:
             raise ValueError(f"width and height must be positive multiples of 16, got {width}x{height}")
         if sdpa not in SDPA_BACKENDS:
             raise ValueError(f"sdpa must be one of {SDPA_BACKENDS}, got {sdpa!r}")
+        if recache not in RECACHE_MODES:
+            raise ValueError(f"recache must be one of {RECACHE_MODES}, got {recache!r}")
+        self.recache = recache
         if conditioner is not None and not hasattr(model, "compute_hints"):
             raise ValueError("a VACE conditioner needs a VACE-wrapped model (engine.dit.VaceWanModel)")
         seq_len = getattr(text_encoder, "seq_len", None)
@@ -182,11 +195,12 @@ class StreamGenerator:
             codec.use_compile(True)
 
         self.counters = {"chunks": 0, "recaches": 0, "rope_switches": 0, "resets": 0, "failed_steps": 0,
-                         "skipped": 0}
+                         "skipped": 0, "recompiles": 0}
         self.frame = 0  # latent frames generated since the last reset (= the next chunk's start frame)
         self.chunk_index = 0  # chunks generated since the last reset (selects the noise)
         self._warned_no_vace = False
         self._warned_no_pose = False
+        self._warming_up = False  # engine.warmup is running: its compiles are expected
 
     # ---- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -195,7 +209,7 @@ class StreamGenerator:
                     device="cuda", dtype: torch.dtype = torch.bfloat16, loras: Sequence = (), rope: str = "auto",
                     compile: bool = False, fp8: bool = False, sdpa: str = "auto",
                     progress: bool = True, pose_weights: str | None = None,
-                    pose_proj: str | None = None) -> "StreamGenerator":
+                    pose_proj: str | None = None, recache: str = "exact") -> "StreamGenerator":
         """Load the recipe's real weights from the models folder (engine.models_dir). Raises
         MissingWeightsError listing every missing file before loading anything. Pose tokens:
         UniAnimate-DiT's pose CNNs from `pose_weights` or the models folder (engine.pose.build),
@@ -213,13 +227,14 @@ class StreamGenerator:
                                 weights=pose_weights, proj=pose_proj)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=rec, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
-                   pose=pose)
+                   pose=pose, recache=recache)
 
     @classmethod
     def random(cls, size: str = "tiny", width: int = 832, height: int = 480, codec: str = "wan",
                device="cpu", dtype: torch.dtype | None = None, seed: int = 0, vace: bool = True, *,
                recipe: str = "longlive", text_encoder_size: str = "tiny", rope: str = "auto",
-               compile: bool = False, fp8: bool = False, sdpa: str = "auto", cfg=None) -> "StreamGenerator":
+               compile: bool = False, fp8: bool = False, sdpa: str = "auto", cfg=None,
+               recache: str = "exact") -> "StreamGenerator":
         """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
         (the recipe's full-size DiT: Wan2.1-1.3B, or 14B for krea-realtime, + full codec; GPU
         benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
@@ -238,22 +253,30 @@ class StreamGenerator:
                            device=param.device, dtype=param.dtype, seed=seed + 3)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=recipe, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
-                   pose=pose)
+                   pose=pose, recache=recache)
 
     # ---- speed switches -----------------------------------------------------------------------
     @property
     def compiled(self) -> bool:
         return self._restore_compile is not None
 
-    def set_compile(self, enabled: bool) -> None:
-        """torch.compile the pure parts of every DiT block (engine.dit.compile), or restore eager."""
+    def set_compile(self, enabled: bool, **options) -> None:
+        """torch.compile the pure parts of every DiT block (engine.dit.compile), or restore eager.
+        `options` go to torch.compile (tests use backend="eager"). Call warm_up() afterwards."""
         if enabled and self._restore_compile is None:
             from vacelive.engine.dit.compile import compile_blocks
 
-            self._restore_compile = compile_blocks(self.model, dynamic=False)
+            self._restore_compile = compile_blocks(self.model, **{"dynamic": False, **options})
         elif not enabled and self._restore_compile is not None:
             self._restore_compile()
             self._restore_compile = None
+
+    def warm_up(self, real_chunks: int = 2) -> dict[str, Any]:
+        """Compile (or just run once, when eager) every forward shape and RoPE mode this stream can
+        reach, then reset the stream (engine.warmup). Call after the speed switches are set."""
+        from vacelive.engine.warmup import warm_up
+
+        return warm_up(self, real_chunks=real_chunks)
 
     @property
     def fp8(self) -> bool:
@@ -329,6 +352,8 @@ class StreamGenerator:
             "fp8": self.fp8,
             "fp8_compact": self._fp8 is not None and self._fp8.released,
             "sdpa": self.sdpa,
+            "recache": self.recache,
+            "recompiles": self.counters["recompiles"],
             "loras": dict(self.loras.scales) if self.loras is not None else {},
             "kv_cache_mb": round(self.kv.nbytes / 2**20, 1),
             "chunk_index": self.chunk_index,
@@ -342,6 +367,7 @@ class StreamGenerator:
         wall0 = time.perf_counter()
         notices: list[str] = []
         clock = self._clock
+        compiles = compile_count()
         with torch.no_grad(), sdpa_context(self.sdpa):
             clock.start()
             if request.reset:
@@ -369,6 +395,7 @@ class StreamGenerator:
             self.frame += x0.shape[2] - overlap
             self.chunk_index += 1
             self.counters["chunks"] += 1
+            self._report_compiles(compile_count() - compiles, index, notices)
             timings = clock.finish()
             # the annotator thread's cost and lag for this chunk's maps (engine.conditioning.runner)
             timings.update(getattr(self.conditioner, "timings_ms", None) or {})
@@ -377,6 +404,16 @@ class StreamGenerator:
         timings["wall"] = (time.perf_counter() - wall0) * 1e3
         return ChunkResult(frames=frames, chunk_index=index, timings_ms=timings, notices=notices,
                            noise_scale=v2v.noise_scale)
+
+    def _report_compiles(self, n: int, index: int, notices: list[str]) -> None:
+        """A torch.compile compilation inside a chunk stalls it for seconds: counted, logged, said."""
+        if n <= 0 or self._warming_up:
+            return
+        self.counters["recompiles"] += n
+        msg = (f"torch.compile compiled {n} graph(s) during chunk {index} (a shape or mode the start-up "
+               f"warm-up did not cover); this chunk was late")
+        log.warning("%s", msg)
+        notices.append(msg)
 
     def _skipped(self, similarity: float | None, notices: list[str], clock, wall0: float) -> ChunkResult:
         """Similarity skip: the last output frame again, for a chunk's worth of frames; the stream
@@ -462,8 +499,8 @@ class StreamGenerator:
         return frames, x0
 
     def _recache(self, context_t: torch.Tensor) -> None:
-        """LongLive's KV re-cache after a prompt cut (module doc, step 2)."""
-        n = min(self.policy.window, self.frame, self.history.capacity)
+        """LongLive's KV re-cache after a prompt cut (module doc, step 2; engine.recache)."""
+        n = min(recache_span(self.recache, self.recipe), self.frame, self.history.capacity)
         start = self.frame - n
         latents = self.history.last(n)
         if not self.recipe.cache.global_sink:

@@ -5,34 +5,123 @@ Only the pure tensor parts of every block are compiled (`modulations`, `pre_atte
 writes/reads and the self-attention SDPA call stay eager between them, so the Python-int cache
 bookkeeping never becomes a guard and one compiled graph serves every block of the same shape
 (main and VACE blocks share the class).
+
+Nothing compiles during a show. Graphs are static (`dynamic=False`): each call signature (the
+shapes and dtypes of the tensor arguments, and `rotate_keys`, which is False once the KV cache
+stores un-rotated keys) is its own graph, and a signature met for the first time compiles on
+the spot (seconds for a whole model). `CompiledBlocks.warming()` records the signatures a
+warm-up produces (engine.warmup runs every forward shape the stream can reach); once sealed, a
+signature that the warm-up did not see runs the block's eager methods instead of compiling, and
+is counted (`eager_calls`). `compile_count()` counts TorchDynamo frame compilations (every first
+compile and every recompile, of any compiled function in the process): the generator reads it
+around each chunk and reports a compile during a show (engine.generator).
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import logging
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 COMPILED_METHODS = ("modulations", "pre_attention", "post_attention")
 
 
-def compile_blocks(model: nn.Module, **compile_kwargs) -> Callable[[], None]:
-    """Compile the pure parts of every block of `model` (base or VACE wrapper) in place.
-    Returns a function that restores the eager methods."""
-    import torch._dynamo.config as dynamo_config
+def compile_count() -> int:
+    """TorchDynamo frame compilations so far in this process (first compiles and recompiles);
+    0 where TorchDynamo is unavailable."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # a torch build without dynamo
+        return 0
+    return int(counters["frames"]["total"])
 
-    # Blocks are distinct module instances: allow enough entries that none falls back to eager.
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 512))
-    blocks = [m for m in model.modules() if all(hasattr(m, n) for n in COMPILED_METHODS)]
-    for block in blocks:
-        for name in COMPILED_METHODS:
-            setattr(block, name, torch.compile(getattr(block, name), **compile_kwargs))
 
-    def restore() -> None:
-        for block in blocks:
+def call_signature(args: tuple) -> tuple:
+    """What a static graph is specialised on: shape and dtype of each tensor argument (also
+    inside tuples), the value of plain Python arguments (`rotate_keys`)."""
+    out: list[Any] = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append((tuple(a.shape), a.dtype))
+        elif isinstance(a, (tuple, list)):
+            out.append(call_signature(tuple(a)))
+        elif isinstance(a, (bool, int, float, str)) or a is None:
+            out.append(a)
+        else:
+            out.append(type(a).__name__)
+    return tuple(out)
+
+
+class CompiledBlocks:
+    """The compiled pure parts of every block of one model, with a closed set of signatures once
+    a warm-up has sealed it. Calling the object restores the eager methods."""
+
+    def __init__(self, model: nn.Module, **compile_kwargs):
+        import torch._dynamo.config as dynamo_config
+
+        # Blocks are distinct module instances, and every shape is its own entry: allow enough
+        # entries that none falls back to eager because of the cache size.
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 512))
+        self.blocks = [m for m in model.modules() if all(hasattr(m, n) for n in COMPILED_METHODS)]
+        self.allowed: set[tuple] | None = None  # None: not sealed, every call is compiled
+        self.eager_calls = 0
+        self._warming = False
+        self._warned: set[tuple] = set()
+        for block in self.blocks:
+            for name in COMPILED_METHODS:
+                eager = getattr(block, name)
+                setattr(block, name, self._dispatch(name, torch.compile(eager, **compile_kwargs), eager))
+
+    def _dispatch(self, name: str, compiled: Callable, eager: Callable) -> Callable:
+        def call(*args):
+            if self.allowed is None and not self._warming:
+                return compiled(*args)
+            key = (name,) + call_signature(args)
+            if self._warming:
+                self.allowed.add(key)
+                return compiled(*args)
+            if key in self.allowed:
+                return compiled(*args)
+            self.eager_calls += 1
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("compiled DiT blocks: %s called with a signature the start-up warm-up did not "
+                            "compile (%s); running it eagerly", name, key[1:])
+            return eager(*args)
+
+        return call
+
+    @property
+    def sealed(self) -> bool:
+        return self.allowed is not None
+
+    @contextlib.contextmanager
+    def warming(self) -> Iterator["CompiledBlocks"]:
+        """Calls inside compile and add their signatures to the allowed set; afterwards the set is
+        sealed (signatures outside it run eagerly). Nested or repeated warm-ups add to it."""
+        if self.allowed is None:
+            self.allowed = set()
+        self._warming = True
+        try:
+            yield self
+        finally:
+            self._warming = False
+
+    def restore(self) -> None:
+        for block in self.blocks:
             for name in COMPILED_METHODS:
                 block.__dict__.pop(name, None)
 
-    return restore
+    __call__ = restore
+
+
+def compile_blocks(model: nn.Module, **compile_kwargs) -> CompiledBlocks:
+    """Compile the pure parts of every block of `model` (base or VACE wrapper) in place.
+    Returns the CompiledBlocks; calling it restores the eager methods."""
+    return CompiledBlocks(model, **compile_kwargs)
