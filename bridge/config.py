@@ -141,6 +141,10 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
                        help="FP8 e4m3 Linears in the DiT blocks (Hopper/Ada GPUs; pays off with --compile)")
     speed.add_argument("--sdpa", choices=("auto", "flash", "cudnn", "efficient", "math"), default="auto",
                        help="attention kernel (auto picks cuDNN on Hopper, the fastest measured)")
+    speed.add_argument("--recache", choices=("exact", "newest"), default="exact",
+                       help="what a prompt cut re-caches: exact = LongLive's whole window (the cut "
+                       "chunk takes ~1.6x a plain one), newest = the newest chunk's frames only (no "
+                       "hitch; docs/streaming.md)")
     g.add_argument("--random-weights", choices=("tiny", "full"), default=None,
                    help="no weight files: a random-weight model (tiny: CPU rehearsal of the whole "
                    "rig; full: full-size shapes for GPU timing). Output is abstract noise-art")

@@ -278,6 +278,9 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
                 "motion-aware controller); -1 while generating from text."),
     StatusField("skipped", "int", "chunks", "Chunks the similarity skip replaced by the last "
                 "frame so far (a still input)."),
+    StatusField("recompiles", "int", "graphs", "torch.compile compilations that happened inside "
+                "chunks (each stalls its chunk, a shape the start-up warm-up missed); 0 on a healthy "
+                "show, always 0 without --compile."),
     StatusField("tempo", "float", "bpm", "Tempo of the beat clock (Link session or internal)."),
     StatusField("beat", "float", "beats", "Beat position now (Link: the session's beat time)."),
     StatusField("phase", "float", "beats", "Position inside the bar, 0 up to 4."),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from vacelive.bridge.config import ConfigError, check_endpoint
@@ -80,7 +81,8 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
     from vacelive.engine.generator import StreamGenerator
 
     dtype = getattr(torch, resolve_dtype(cfg.dtype, cfg.device))
-    speed = dict(rope=cfg.rope, compile=bool(cfg.compile), fp8=bool(cfg.fp8), sdpa=cfg.sdpa)
+    speed = dict(rope=cfg.rope, compile=bool(cfg.compile), fp8=bool(cfg.fp8), sdpa=cfg.sdpa,
+                 recache=getattr(cfg, "recache", None) or "exact")
     vace = vace_available()
     if not vace:
         log.warning("VACE conditioning is not in this build: text-only generation (control video, "
@@ -90,16 +92,35 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
             log.warning("random weights (%s): the output is abstract noise-art, not a picture; for "
                         "real output run `vacelive weights download %s` and drop --random-weights",
                         cfg.random_weights, cfg.pipeline)
-            return StreamGenerator.random(cfg.random_weights, width=cfg.width, height=cfg.height,
-                                          codec=cfg.codec, device=cfg.device, dtype=dtype, vace=vace,
-                                          recipe=cfg.pipeline, **speed)
-        _announce_load(cfg)
-        return StreamGenerator.from_recipe(cfg.pipeline, cfg.models, width=cfg.width,
-                                           height=cfg.height, codec=cfg.codec, device=cfg.device,
-                                           dtype=dtype, vace=vace, text_encoder=cfg.text_encoder,
-                                           text_placement=cfg.text_placement, **speed)
+            gen = StreamGenerator.random(cfg.random_weights, width=cfg.width, height=cfg.height,
+                                         codec=cfg.codec, device=cfg.device, dtype=dtype, vace=vace,
+                                         recipe=cfg.pipeline, **speed)
+        else:
+            _announce_load(cfg)
+            gen = StreamGenerator.from_recipe(cfg.pipeline, cfg.models, width=cfg.width,
+                                              height=cfg.height, codec=cfg.codec, device=cfg.device,
+                                              dtype=dtype, vace=vace, text_encoder=cfg.text_encoder,
+                                              text_placement=cfg.text_placement, **speed)
     except (ValueError, FileNotFoundError) as exc:  # bad size/pipeline, MissingWeightsError
         raise ConfigError(str(exc)) from None
+    if speed["compile"]:
+        warm_up(gen)
+    return gen
+
+
+def warm_up(gen: Any) -> None:
+    """Compile every shape the stream can reach before the show (engine.warmup); a failure is
+    logged and the show starts anyway (the shapes then compile when first used, and
+    /vace/status/recompiles counts them)."""
+    print("vacelive: compiling the DiT for every shape the stream can reach (--compile; once per "
+          "start, about a minute)", file=sys.stderr, flush=True)
+    try:
+        report = gen.warm_up()
+    except Exception as exc:
+        log.warning("compile warm-up failed (%s: %s): shapes compile when first used", type(exc).__name__, exc)
+        return
+    log.info("compile warm-up: %d shapes, %d compiles in %.1f s", report["shapes"], report["compiles"],
+             report["seconds"])
 
 
 def _announce_load(cfg: argparse.Namespace) -> None:

@@ -258,6 +258,8 @@ class RunLoop:
             "annotator_lag": int(self.last_timings.get("annotator_lag", 0)),
             "noise_scale_used": -1.0 if self.last_noise_scale is None else float(self.last_noise_scale),
             "skipped": int(self.skipped),
+            # compiles during chunks (engine counters; a remote engine reports it in describe)
+            "recompiles": int(self.describe.get("recompiles", 0) or 0),
             **stage_status(self.stage),
         }
 
