@@ -267,6 +267,10 @@ class StreamGenerator:
             from vacelive.engine.dit.compile import compile_blocks
 
             self._restore_compile = compile_blocks(self.model, **{"dynamic": False, **options})
+            live = [n for n, m in (self.loras.modes if self.loras is not None else {}).items() if m == "live"]
+            if live:  # PEFT keeps the scale as a Python float: TorchDynamo specialises on its value
+                log.warning("compiled DiT with live LoRA(s) %s: every scale change recompiles the blocks "
+                            "(seconds, counted in recompiles); load them merged for a show", live)
         elif not enabled and self._restore_compile is not None:
             self._restore_compile()
             self._restore_compile = None
@@ -410,8 +414,8 @@ class StreamGenerator:
         if n <= 0 or self._warming_up:
             return
         self.counters["recompiles"] += n
-        msg = (f"torch.compile compiled {n} graph(s) during chunk {index} (a shape or mode the start-up "
-               f"warm-up did not cover); this chunk was late")
+        msg = (f"torch.compile compiled {n} graph(s) during chunk {index} (a shape, mode or live value the "
+               f"start-up warm-up did not cover, e.g. a live LoRA's scale); this chunk was late")
         log.warning("%s", msg)
         notices.append(msg)
 

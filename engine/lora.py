@@ -106,6 +106,11 @@ class LoraSet:
     def scales(self) -> dict[str, float]:
         return {n: l.scale for n, l in self._loras.items()}
 
+    @property
+    def modes(self) -> dict[str, str]:
+        """name -> "merged" or "live"."""
+        return {n: l.mode for n, l in self._loras.items()}
+
     def add(self, name: str, source, *, scale: float = 1.0, mode: str = "merged", alpha: float | None = None) -> LoadReport:
         """source: a LoRA file path or a PEFT-format state dict. Returns the load report."""
         if mode not in MODES:

@@ -146,3 +146,28 @@ def test_status_reports_the_engines_recompiles():
     loop.describe = {}  # a remote engine that has not answered yet
     assert loop.status()["recompiles"] == 0
     loop.stop()
+
+
+def test_live_lora_scale_changes_are_reported_as_compiles(fresh_dynamo, caplog):
+    """PEFT keeps a live LoRA's scale as a Python float, which TorchDynamo specialises on: a scale
+    change recompiles. Said at compile time, and counted like any compile in a chunk."""
+    from vacelive.engine.lora import LoraSet, lora_target_names
+
+    gen = make(vace=False, compile=False)
+    g = torch.Generator().manual_seed(0)
+    weights = {}
+    for name in lora_target_names(gen.model):
+        lin = gen.model.get_submodule(name)
+        weights[f"base_model.model.{name}.lora_A.weight"] = torch.randn(2, lin.in_features, generator=g) * 0.1
+        weights[f"base_model.model.{name}.lora_B.weight"] = torch.randn(lin.out_features, 2, generator=g) * 0.1
+    gen.loras = LoraSet(gen.model)
+    gen.loras.add("style", weights, scale=0.5, mode="live")
+    assert gen.loras.modes == {"style": "live"}
+    with caplog.at_level(logging.WARNING, logger="vacelive.engine.generator"):
+        gen.set_compile(True, backend="eager")
+    assert any("live LoRA" in m for m in caplog.messages)
+    gen.warm_up()
+    gen.step(ChunkRequest(prompts=[Prompt("a")], steps=1, lora_scales={"style": 0.5}))
+    assert gen.counters["recompiles"] == 0
+    r = gen.step(ChunkRequest(prompts=[Prompt("a")], steps=1, lora_scales={"style": 0.9}))
+    assert gen.counters["recompiles"] > 0 and any("live LoRA" in n for n in r.notices)
