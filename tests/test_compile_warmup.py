@@ -171,3 +171,21 @@ def test_live_lora_scale_changes_are_reported_as_compiles(fresh_dynamo, caplog):
     assert gen.counters["recompiles"] == 0
     r = gen.step(ChunkRequest(prompts=[Prompt("a")], steps=1, lora_scales={"style": 0.9}))
     assert gen.counters["recompiles"] > 0 and any("live LoRA" in n for n in r.notices)
+
+
+def test_serve_warm_up_never_stops_the_start(caplog):
+    from vacelive.bridge.run.generators import warm_up
+
+    class Broken:
+        def warm_up(self):
+            raise RuntimeError("CUDA out of memory")
+
+    class Fine:
+        def warm_up(self):
+            return {"shapes": 6, "compiles": 13, "seconds": 1.5}
+
+    with caplog.at_level(logging.INFO, logger="vacelive.bridge.run"):
+        warm_up(Broken())  # logged, the show starts anyway
+        warm_up(Fine())
+    assert any("warm-up failed" in m and "out of memory" in m for m in caplog.messages)
+    assert any("6 shapes, 13 compiles" in m for m in caplog.messages)
