@@ -56,3 +56,21 @@ def test_jump_moves_a_running_stream_to_a_chunk_boundary():
     assert g.frame == 999 and g.history.head == 999  # a multiple of the chunk
     bench.jump(g, 10)  # never backwards
     assert g.frame == 999
+
+
+def test_chunk_stats_compares_each_cut_chunk_with_the_median_plain_chunk():
+    bench = load()
+
+    class R:
+        def __init__(self, prompt, ms, recache=0.0, error=None):
+            self.snapshot = {"prompt": prompt}
+            self.latency_ms, self.error = ms, error
+            self.result = None if error else type("Res", (), {"timings_ms": {"recache": recache}})()
+
+    records = [R("a", 100), R("a", 110), R("b", 150, 40), R("b", 90), R("b", 100, error="boom"),
+               R("a", 120, 30), R("a", 100)]
+    s = bench.chunk_stats(records)
+    assert s["chunks"] == 6 and s["cut_chunks"] == 2 and s["errors"] == 1
+    assert s["plain_chunk_ms"]["p50"] == 100  # 100, 110, 90, 100
+    assert s["cut_chunk_ms"] == [150, 120] and s["cut_recache_ms"] == [40, 30]
+    assert s["cut_ratio"]["max"] == 1.5 and s["cut_ratio"]["p50"] == 1.35
