@@ -189,3 +189,16 @@ def test_serve_warm_up_never_stops_the_start(caplog):
         warm_up(Fine())
     assert any("warm-up failed" in m and "out of memory" in m for m in caplog.messages)
     assert any("6 shapes, 13 compiles" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("recipe", ["longlive", "self-forcing", "reward-forcing", "streamdiffusionv2",
+                                    "krea-realtime", "memflow"])
+def test_every_pipeline_warms_up_and_then_never_compiles(fresh_dynamo, recipe):
+    gen = make(recipe=recipe, table=30)
+    report = gen.warm_up()
+    assert report["failed"] == []
+    chunks = 32 if recipe == "streamdiffusionv2" else 12  # past the 30-frame table where a stream can get there
+    for c in range(chunks):
+        gen.step(ChunkRequest(prompts=[Prompt("ab"[c % 2])], steps=1))
+    assert gen.counters["recompiles"] == 0 and gen._restore_compile.eager_calls == 0
+    assert gen.kv.rope_mode == ("absolute" if recipe == "krea-realtime" else "relative")
