@@ -18,6 +18,13 @@ rewrites their KV slots (engine.generator, `_recache`):
             the 3 older ones still holding old-prompt K/V, so the streams differ slightly.
             The first cut after a reset (F <= chunk) re-caches the same frames in both modes.
 
+"newest" re-caches exactly what the previous chunk's clean pass wrote (the same latents at the
+same start frame and timestep), only under the new prompt: a pass that writes its own frames'
+K/V before attending does not read what those slots held. So where the clean pass of a chunk is
+deferred to (or fused into) the next chunk, the deferred pass run under the new prompt IS the
+"newest" re-cache, and a cut then costs no extra forward. "exact" re-caches after the previous
+clean pass, so a deferred clean pass would have to run before it, under the old prompt.
+
 A recipe without `global_sink` empties the cache on a re-cache and re-bases it on the first
 re-cached frame; re-caching fewer frames there would drop context, so it always re-caches the
 window (no shipped recipe combines re-cache and no global sink).
