@@ -12,14 +12,15 @@ frame. Phases, in this order (the JSON is rewritten after each, so a run cut sho
   warmup       engine.warmup: every forward shape and RoPE mode the stream can reach, compiled at
                start-up (seconds, compiles, signatures)
   first_frame  ms from a request to the first decoded frames on the host after a reset (warm)
-  fixed        --seconds of fixed 24 fps output with cuts; then `follow`: --follow-seconds
-               following the generation rate with cuts
+  fixed        --seconds of fixed 24 fps output with cuts
   long         the stream runs flat out past latent frame 1024 (RoPE switches to window-relative):
                --long-chunks chunks; --jump-to F first moves the running stream (window full) to
                latent frame F without generating the frames in between (KV slots and latent
                history kept as they are: equivalent for timing and shapes, not for the picture),
                so the switch is reached in a few dozen chunks instead of ~340
-  fixed_after / follow_after   the same as fixed / follow, past the switch
+  fixed_after  the same as fixed, past the switch; `follow_after`: --follow-seconds following
+               the generation rate with cuts
+  follow       the same following, after a reset (before the switch)
   exact        (--compare-exact) the same cuts flat out with recache "exact" (warmed too):
                cut-chunk ratio before and after the switch
 
@@ -339,10 +340,10 @@ def main(argv=None) -> int:
                          "frames": int(r.frames.shape[0])})
     gen.reset()
 
+    # Most telling first (a run cut short by --budget keeps them): fixed before the switch, the
+    # long run, fixed and follow after it, then follow before it (after a reset) and --compare-exact.
     if not over_budget("fixed"):
         save("fixed", live_phase(gen, wrapped, args.fps, args.seconds, args.cut_every, args, "a"))
-    if not over_budget("follow"):
-        save("follow", live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, "b"))
     if not over_budget("long"):
         t0 = time.perf_counter()
         jump(gen, args.jump_to)
@@ -356,6 +357,9 @@ def main(argv=None) -> int:
         save("fixed_after", live_phase(gen, wrapped, args.fps, args.seconds, args.cut_every, args, "c"))
     if not over_budget("follow_after"):
         save("follow_after", live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, "d"))
+    if not over_budget("follow"):
+        gen.reset()
+        save("follow", live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, "b"))
     if args.compare_exact and not over_budget("exact"):
         other = "exact" if args.recache == "newest" else "newest"
         gen.recache = other
