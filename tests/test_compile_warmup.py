@@ -69,6 +69,7 @@ def test_call_signature_sees_shapes_dtypes_and_flags():
     a, b = torch.zeros(1, 6, 4), torch.zeros(1, 6, 4, dtype=torch.bfloat16)
     assert call_signature((a, True)) != call_signature((a, False))
     assert call_signature((a, (a, a))) != call_signature((torch.zeros(1, 12, 4), (a, a)))
+    assert call_signature((a, (a, a))) != call_signature((a, (a, a, a)))
     assert call_signature((a,)) != call_signature((b,))
     assert call_signature((a, (a, a))) == call_signature((torch.ones(1, 6, 4), (a, a)))
 

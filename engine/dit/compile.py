@@ -41,14 +41,16 @@ def compile_count() -> int:
 
 
 def call_signature(args: tuple) -> tuple:
-    """What a static graph is specialised on: shape and dtype of each tensor argument (also
-    inside tuples), the value of plain Python arguments (`rotate_keys`)."""
+    """What a static graph of a block method is specialised on, cheaply (it runs per call): shape
+    and dtype of each top-level tensor argument and the value of plain Python arguments
+    (`rotate_keys`). Tuples (the six modulation tensors) count by length: their shapes follow
+    from the top-level tensors' frame and token counts."""
     out: list[Any] = []
     for a in args:
         if isinstance(a, torch.Tensor):
-            out.append((tuple(a.shape), a.dtype))
+            out.append((a.shape, a.dtype))  # torch.Size is a hashable tuple
         elif isinstance(a, (tuple, list)):
-            out.append(call_signature(tuple(a)))
+            out.append(len(a))
         elif isinstance(a, (bool, int, float, str)) or a is None:
             out.append(a)
         else:
