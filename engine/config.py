@@ -1,4 +1,5 @@
-"""Model configurations of the Wan2.1 DiT family (facts: shared/reference/model-spec.md §1.1, §3.1)
+"""Model configurations of the Wan2.1 DiT family (Wan2.1
+`wan/configs/wan_t2v_1_3B.py` / `wan_t2v_14B.py`, VACE layers from `wan/modules/vace_model.py`)
 and of the flow schedule. Plain data without torch: pipeline recipes hold these, and `vacelive
 weights`/`doctor` read recipes on a torch-free relay install."""
 from __future__ import annotations

@@ -33,7 +33,7 @@ that raises restores the KV cache state, the prompt state, the text state, the d
 the conditioner (through its optional snapshot()/restore(), which VaceConditioner has), so the next
 step regenerates the same chunk.
 
-RoPE and endless streams (`rope`, decided by the lead; docs/streaming.md):
+RoPE and endless streams (`rope`; docs/streaming.md, "Endless streams"):
   "auto"      (default) keys cached rotated with absolute frame positions (reference parity) until
               the next chunk would pass the table end (cfg.rope_max_positions = 1024 latent
               frames); then the KV cache switches once to "relative" (keys un-rotated in place,

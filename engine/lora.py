@@ -1,4 +1,5 @@
-"""LoRA on the main DiT blocks (model-spec §2.7, §4): LongLive's performance LoRA and user LoRAs.
+"""LoRA on the main DiT blocks (PEFT on every block Linear, as in LongLive 1.0,
+github.com/NVlabs/LongLive): LongLive's performance LoRA and user LoRAs.
 
 Targets: exactly the 10 Linears of every MAIN block (`blocks.N.self_attn.{q,k,v,o}`,
 `blocks.N.cross_attn.{q,k,v,o}`, `blocks.N.ffn.{0,2}`) = 300 for 1.3B; never VACE blocks.

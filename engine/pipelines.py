@@ -2,8 +2,9 @@
 
 The causal Wan variants share one DiT; they differ in checkpoint, KV-cache policy, LoRA and
 schedule (DESIGN.md). The generator reads a `Recipe`; `engine.models_dir` resolves its files.
-Facts: shared/reference/model-spec.md §2.1, §2.6-2.8, §3.1, §5, §6, Appendix A; sources and the
-models-folder layout are documented in docs/models.md.
+Sources: Self-Forcing (github.com/guandeh17/Self-Forcing), LongLive 1.0 (github.com/NVlabs/LongLive),
+Wan2.1 and VACE checkpoints; every file, its public source and the models-folder layout are
+documented in docs/models.md.
 
 Models-folder layout: every file lives at `<models>/<repo name>/<path in the repo>`, e.g.
 `LongLive-1.3B/models/lora.pt` (the layout Daydream Scope uses too, so a Scope models folder works).
@@ -108,7 +109,8 @@ class LoraSpec:
     alpha: float
     scale: float = 1.0
     merge: bool = True  # merge once at load (zero run-time cost); False = keep PEFT layers
-    # Every nn.Linear inside every attention block (10 x 30 = 300 targets for 1.3B, spec §2.7).
+    # Every nn.Linear inside every attention block (10 x 30 = 300 targets for 1.3B,
+    # LongLive's LoRA config in github.com/NVlabs/LongLive).
     targets: tuple[str, ...] = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                                 "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o",
                                 "ffn.0", "ffn.2")

@@ -1,6 +1,6 @@
 """Few-step flow-matching schedule of the causal Wan pipelines, and seeded per-chunk noise.
 
-Facts: shared/reference/model-spec.md §2.6 (Self-Forcing `FlowMatchScheduler(shift=5,
+Source: Self-Forcing `utils/scheduler.py`, `pipeline/causal_inference.py` (`FlowMatchScheduler(shift=5,
 sigma_min=0, extra_one_step=True)`, `set_timesteps(1000, training=True)`, `warp_denoising_step`).
 
 Per chunk the generator runs, for i = 0..n-1:

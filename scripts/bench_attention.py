@@ -1,6 +1,6 @@
 """Self-attention kernel shapes of the DiT chunk forward: is splitting the keys worth it?
 
-Hypothesis (issue 8): one chunk's self-attention at 832x480 has 4680 queries x 12 heads; with
+Hypothesis: one chunk's self-attention at 832x480 has 4680 queries x 12 heads; with
 cuDNN's 64/128-query tiles that is 444-888 tiles on 132 SMs, i.e. a fractional last wave. Running
 the keys in S slices as extra batch entries (same queries) multiplies the tiles by S and shortens
 each; the slices are merged exactly with their log-sum-exp: out = sum_s o_s * exp(lse_s - lse).

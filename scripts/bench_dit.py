@@ -6,7 +6,8 @@ Modes: `dit` (base forward through the KV cache), `vace` (the same + the 15-bloc
 stream computed inside the forward), `hints` (the hint stream alone). Variants: SDPA backend
 (auto / flash / cudnn / efficient / math), torch.compile of the blocks' pure parts
 (engine.dit.compile) and the KV-cache RoPE mode (absolute / relative). Every combination is timed with CUDA events after a warm-up, median of
-`--iters` runs; peak memory per variant; achieved TFLOP/s with the model-spec §7 FLOP formula:
+`--iters` runs; peak memory per variant; achieved TFLOP/s with the FLOP formula of
+docs/PERFORMANCE.md, section 1:
 per token per block 12 d^2 + 4 d ffn (linear) + 4 d (M + 512) (attention; M = keys attended);
 a VACE block adds after_proj (2 d^2), VACE block 0 before_proj (2 d^2).
 

@@ -3,8 +3,9 @@
     python scripts/readme_images.py perf                 # docs/img/performance.png from docs/PERFORMANCE.md
     python scripts/readme_images.py sheet DEMO_DIR       # docs/img/demo-contact-sheet.png from `vacelive demo --out DEMO_DIR`
 
-`perf` reads the figures out of docs/PERFORMANCE.md's tables (§6.1 exact path with the Wan VAE,
-§6.3 speed switches, §7 targets): stream fps with VACE depth control at both resolutions. The
+`perf` reads the figures out of docs/PERFORMANCE.md's tables (sections 6.1
+exact path with the Wan VAE, 6.3 speed switches, 7 targets):
+stream fps with VACE depth control at both resolutions. The
 figures it drew are stored in the PNG (text chunk "figures"), so tests/test_readme.py sees when the
 plot is older than the document. `sheet` shrinks the demo's contact sheet to a 256-colour PNG.
 """

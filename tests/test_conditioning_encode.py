@@ -45,7 +45,7 @@ def test_fold_and_time_picks_equal_the_original():
         assert torch.equal(encode_masks(mask), original_encode_masks(mask))
     assert mask_time_indices(12).tolist() == [2, 6, 10]
     assert mask_time_indices(9).tolist() == [1, 4, 7]
-    assert mask_time_indices(13).tolist() == [1, 4, 8, 11]  # model-spec §4 [M]
+    assert mask_time_indices(13).tolist() == [1, 4, 8, 11]  # VACE vace_encode_masks: nearest-exact 13 -> 4
     assert mask_time_indices(81).tolist() == [1, 5, 9, 13, 17, 21, 25, 28, 32, 36, 40, 44, 48, 52, 55, 59, 63, 67, 71, 75, 79]
     # channel 8*i + j of latent pixel (y, x) is image pixel (8y + i, 8x + j)
     mask = torch.zeros(1, 1, 1, H, W)

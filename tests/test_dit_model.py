@@ -1,5 +1,6 @@
-"""Causal Wan2.1 DiT: exact public key layout (manifests written by hand from model-spec), RoPE
-split, and the forward pass against a float64 re-implementation of the spec's math."""
+"""Causal Wan2.1 DiT: exact public key layout (manifests written by hand from the public
+checkpoint key list), RoPE
+split, and the forward pass against a float64 re-implementation of Wan2.1's math."""
 from __future__ import annotations
 
 import math
@@ -45,7 +46,7 @@ def test_parameter_counts_match_spec():
     assert sum(p.numel() for n, p in wrapped.named_parameters() if n.startswith("vace_")) == 734_975_232
 
 
-# ---- float64 re-implementation of model-spec §1.3 / §2.2 / §2.3, written independently -------------
+# ---- float64 re-implementation of Wan2.1 model.py / Self-Forcing causal_model.py, written independently
 
 def spec_rope_freqs(d: int, n: int = 1024) -> torch.Tensor:
     def rope_params(max_len, dim):

@@ -110,7 +110,7 @@ def test_a_failing_vace_chunk_restores_the_conditioner_too():
 @pytest.mark.gpu
 def test_gpu_full_size_depth_stream_is_finite_and_under_24_gb():
     """1.3B + VACE, 832x480, Wan VAE, depth control, tiny text encoder (the real one is offloaded
-    or on the CPU in the VRAM budget of issue 8)."""
+    or on the CPU to fit the VRAM budget)."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     gen = StreamGenerator.random("full", width=832, height=480, codec="wan", device="cuda", vace=True)

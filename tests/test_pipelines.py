@@ -24,7 +24,7 @@ def test_longlive_recipe():
     assert DEFAULT_RECIPE == "longlive" and r.model in CONFIGS and r.model_config is CONFIGS["wan2.1-1.3b"]
     assert (r.cache.local_frames, r.cache.sink_frames, r.cache.global_sink, r.cache.recache_on_cut) == (12, 3, True, True)
     assert (r.lora.rank, r.lora.alpha, r.lora.scale, r.lora.merge) == (256, 256, 1.0, True)
-    assert len(r.lora.targets) * r.model_config.num_layers == 300  # spec §2.7
+    assert len(r.lora.targets) * r.model_config.num_layers == 300  # every Linear of 30 blocks
     assert r.frames_per_chunk == 3
     assert (r.schedule.shift, r.schedule.steps, r.schedule.warp, r.schedule.context_noise) == (
         5.0, (1000, 750, 500, 250), True, 0)

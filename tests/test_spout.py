@@ -1,5 +1,6 @@
 """Spout adapters against a stand-in SpoutGL module that follows the documented binding API
-(ecosystem.md §1.2-1.3): GL context first, thread-affine calls, DXGI formats, isUpdated,
+(github.com/jlai/Python-SpoutGL `src/PySpoutGL.cpp`):
+GL context first, thread-affine calls, DXGI formats, isUpdated,
 isFrameNew, six positional sendTexture/sendImage arguments, the getSenderName bug."""
 from __future__ import annotations
 

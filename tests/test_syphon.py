@@ -1,5 +1,5 @@
 """Syphon adapters against a stand-in syphon module that follows syphon-python 0.2.0's documented
-API (ecosystem.md §2.1): directory discovery, Metal client/server, numpy texture helpers."""
+API (github.com/cansik/syphon-python): directory discovery, Metal client/server, numpy texture helpers."""
 from __future__ import annotations
 
 import sys

@@ -1,6 +1,6 @@
 """TAEHV (taew2_1) and lighttae codecs: exact keys, frame contract, and the time-parallel stream
 checked against a sequential implementation of TAEHV's frame-by-frame graph traversal written here
-(MemBlock memory per block, TPool input queues, TGrow fan-out; model-spec §5.2).
+(MemBlock memory per block, TPool input queues, TGrow fan-out; github.com/madebyollin/taehv `taehv.py`).
 
 Tolerance (fp32, CPU): max |a - b| <= 2e-5 * max(1, max |b|).
 """
@@ -19,7 +19,7 @@ from support import close, read_manifest
 MEAN = torch.tensor(WAN_LATENT_MEAN).view(1, -1, 1, 1, 1)
 STD = torch.tensor(WAN_LATENT_STD).view(1, -1, 1, 1, 1)
 
-# Layer types by nn.Sequential index, as in the spec's Appendix C table.
+# Layer types by nn.Sequential index, as in taehv.py's TAEHV encoder/decoder.
 ENC = ["conv", "relu", "tpool2", "conv_s2", "mem", "mem", "mem", "tpool2", "conv_s2", "mem", "mem",
        "mem", "tpool1", "conv_s2", "mem", "mem", "mem", "conv"]
 DEC = ["clamp", "conv", "relu", "mem", "mem", "mem", "up", "tgrow1", "conv", "mem", "mem", "mem",

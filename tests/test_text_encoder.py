@@ -85,7 +85,8 @@ PROMPTS = ["a red cat", "neon city over the sea in slow motion"]
 
 
 def wan_t5_forward(sd: dict, ids: torch.Tensor, mask: torch.Tensor, cfg: UMT5Config) -> torch.Tensor:
-    """Wan's T5Encoder math written from spec §6 on Wan-named weights (independent of the rename).
+    """Wan's T5Encoder math written from Wan2.1 `wan/modules/t5.py` on Wan-named weights
+    (independent of the rename).
 
     x = emb(ids); per block x += attn(norm1(x), mask, own rel-pos bias); x += fc2(fc1(n) * gelu_tanh(gate(n)));
     final RMS norm; no 1/sqrt(d) attention scaling (T5); bidirectional relative buckets."""
@@ -130,7 +131,7 @@ def test_full_size_rename_covers_all_242_wan_keys_with_spec_shapes():
     assert wan["blocks.5.ffn.fc2.weight"] == (4096, 10240)
     assert wan["norm.weight"] == (4096,)
     assert all(wan_to_hf_key(w) == h for h, w in ((h, hf_to_wan_key(h)) for h in hf if h != HF_TIED))
-    assert sum(p.numel() for p in model.parameters()) == 5_680_910_336  # spec §6 [M]
+    assert sum(p.numel() for p in model.parameters()) == 5_680_910_336  # umT5-XXL encoder
 
 
 def test_wan_and_hf_layouts_load_without_missing_keys_and_agree(wan_pth, hf_safetensors, reference):
@@ -164,7 +165,7 @@ def test_rename_table_matches_wan_semantics(wan_pth, tokenizer_dir, reference):
     ids, mask = enc.tokenize(PROMPTS)
     ours = enc.encode(PROMPTS)
     theirs = wan_t5_forward(sd64, ids, mask, tiny_config()) * mask[..., None]
-    # HF computes the RMS variance in fp32 even for fp64 weights (spec §6: max |d| 6.7e-7)
+    # HF computes the RMS variance in fp32 even for fp64 weights (max |d| 6.7e-7 vs Wan's T5)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=5e-6)
 
 
@@ -177,7 +178,7 @@ def test_hf_state_with_both_tied_names_loads(tmp_path, reference, tokenizer_dir)
 
 @pytest.mark.parametrize("embedding_fp8", [False, True])
 def test_fp8_safetensors_upcasts_to_bf16_close_to_bf16(tmp_path, reference, tokenizer_dir, wan_pth, embedding_fp8):
-    # Per-tensor dtypes of Kijai's file are not known (spec §6): cover fp8 Linears with bf16
+    # Per-tensor dtypes of Kijai's file are not published: cover fp8 Linears with bf16
     # embedding/norms, and everything fp8.
     fp8 = {}
     for k, v in wan_state(reference).items():

@@ -1,5 +1,6 @@
 """Every VACE task and the listed compositions: the 96-channel context holds the right content in
-the right channels and latent frames, checked against the original VACE math (model-spec §3.2)
+the right channels and latent frames, checked against the original VACE math (ali-vilab/VACE
+`vace/models/wan/wan_vace.py`)
 run on hand-built expected pixels with two fresh encoder streams."""
 from __future__ import annotations
 

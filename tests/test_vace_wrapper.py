@@ -63,7 +63,8 @@ def test_hints_match_spec_math_and_are_injected_after_the_mapped_blocks():
     base, wrapped = vace_pair(layers=5, vace_layers=(0, 3))
     x, t, vc, text = inputs(wrapped)
     scale = 0.7
-    # hints by hand (§3.1): c = before_proj(vace_patch(vc)) + x_embedded; blocks over the chunk
+    # hints by hand (Wan2.1 VaceWanModel.forward_vace):
+    # c = before_proj(vace_patch(vc)) + x_embedded; blocks over the chunk
     # only, RoPE from frame 0; hint_n = after_proj(c_n)
     xe = F.conv3d(x, base.patch_embedding.weight, base.patch_embedding.bias, stride=(1, 2, 2)).flatten(2).transpose(1, 2)
     c = F.conv3d(vc, wrapped.vace_patch_embedding.weight, wrapped.vace_patch_embedding.bias, stride=(1, 2, 2)).flatten(2).transpose(1, 2)

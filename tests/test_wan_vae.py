@@ -1,5 +1,5 @@
 """Wan2.1 VAE codec: exact checkpoint layout, frame contract, and the time-parallel stream checked
-against a frame-by-frame implementation of the reference semantics written here (model-spec §5.1):
+against a frame-by-frame implementation of the reference semantics written here (Wan2.1 `wan/modules/vae.py`):
 per-call feature-cache lists, frame 0 then groups of 4 for the encoder, one latent at a time for
 the decoder, the downsample3d first-call rule and the upsample3d "Rep" rule.
 

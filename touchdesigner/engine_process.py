@@ -1,7 +1,8 @@
 """Start, watch and stop a local `vacelive serve` (or `vacelive relay`) process (stdlib only).
 
 The heavy engine never runs inside TouchDesigner's Python: the component launches it as a
-separate process (the sidecar pattern, see ecosystem.md §5.3), reads its output on a thread into
+separate process (the sidecar pattern: native GPU code inside TD's
+embedded Python risks the TD process), reads its output on a thread into
 a bounded buffer, and the component's frame callback moves new lines into a Text DAT. A crash
 of the engine is a log line and a status, never a TouchDesigner crash.
 """

@@ -24,7 +24,7 @@ values gets a warning. A user-set NDI_CONFIG_DIR is left alone.
 Receiver (NdiSource): reads through the SDK's frame synchroniser (NDIlib_framesync), which
 always holds the newest decoded frame: read() takes it if its timestamp is new, so there is never
 a backlog. (The plain capture queue delivered about a third of a 30 fps stream while the
-framesync delivered 137 of 144 frames, on the development VM: docs/PERFORMANCE.md §8.) Frames
+framesync delivered 137 of 144 frames, on the development VM: docs/PERFORMANCE.md, section 8.) Frames
 that came and went between two reads count in `skipped` (from the timestamps and the stream's frame rate) and step
 the frame counter, so FrameHistory counts them as gaps. The SDK is asked for RGBX/RGBA (it
 converts UYVY and BGRA senders itself); any other layout handed over is converted here (BGRA/BGRX

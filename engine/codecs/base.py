@@ -310,7 +310,7 @@ class LatentNormalizer:
         return torch.addcmul(mean, z.float(), std).to(z.dtype)
 
 
-# Wan2.1 VAE latent statistics (model-spec §5.1).
+# Wan2.1 VAE latent statistics (`mean` / `std` in Wan2.1 `wan/modules/vae.py`).
 WAN_LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 WAN_LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,

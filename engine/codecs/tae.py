@@ -1,4 +1,5 @@
-"""TAEHV tiny autoencoder for Wan2.1 (`taew2_1`, model-spec §5.2, keys in Appendix C) and the
+"""TAEHV tiny autoencoder for Wan2.1 (`taew2_1`, github.com/madebyollin/taehv `taehv.py`;
+keys in tests/manifests/tae_keys.txt) and the
 `lighttae` variant, streamed time-parallel.
 
 TAEHV works on frames (N*T, C, H, W) with pixels in [0, 1]; we convert from/to the engine's

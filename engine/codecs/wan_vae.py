@@ -1,4 +1,5 @@
-"""Wan2.1 VAE (`Wan2.1_VAE.pth`, model-spec §5.1, keys in Appendix B), streamed time-parallel.
+"""Wan2.1 VAE (`Wan2.1_VAE.pth`; Wan2.1 `wan/modules/vae.py`, keys in
+tests/manifests/wan_vae_keys.txt), streamed time-parallel.
 
 The reference feeds the VAE one latent group at a time (encoder: frame 0, then groups of 4;
 decoder: one latent frame at a time) and every causal conv keeps the last CACHE_T = 2 input frames

@@ -1,4 +1,5 @@
-"""Streaming VACE encoding: one chunk's pixels and mask -> its 96-channel context (model-spec §3.2).
+"""Streaming VACE encoding: one chunk's pixels and mask -> its 96-channel context (the
+VACE encoding path of ali-vilab/VACE `vace/models/wan/wan_vace.py`: vace_encode_frames/masks/latent).
 
 Per chunk, exactly the original math on the chunk's frames:
     m = (mask > 0.5);  inactive = video * (1 - m);  reactive = video * m

@@ -1,4 +1,5 @@
-"""The Wan2.1 attention block and output head with per-frame modulation (model-spec §1.3, §2.2).
+"""The Wan2.1 attention block and output head with per-frame modulation (Wan2.1
+`WanAttentionBlock`; per-frame timesteps as in Self-Forcing `wan/modules/causal_model.py`).
 
 Precision (as upstream Wan under fp32 autocast): the residual stream x is fp32; LayerNorms,
 modulation (shift/scale) and gating are computed in fp32; only the Linear/attention inputs are

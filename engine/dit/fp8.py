@@ -1,4 +1,4 @@
-"""FP8 (e4m3) Linears for the DiT blocks: an optimisation switch, off by default (issue 8).
+"""FP8 (e4m3) Linears for the DiT blocks: an optimisation switch, off by default.
 
 Why: the 10 Linears of a block are ~40 % of a chunk's FLOPs at 832×480 (the rest is attention);
 Hopper runs e4m3 matmuls at twice the bf16 rate. What: weights are quantised once per output

@@ -1,4 +1,5 @@
-"""Self-attention KV cache: static storage + a small slot POLICY (model-spec §2.3, §2.4, §2.7).
+"""Self-attention KV cache: static storage + a small slot POLICY (cache layout of
+Self-Forcing `wan/modules/causal_model.py`; LongLive 1.0 frame sink + short window).
 
 Storage is one preallocated tensor per cache, [layers, 2 (K|V), B, slots * frame_tokens, H, D],
 sized from the ACTUAL resolution (frame_tokens = (H/16) * (W/16)). It never grows and is never

@@ -1,4 +1,5 @@
-"""Causal Wan2.1 DiT (model-spec §1, §2): one model for every causal pipeline; they differ in the
+"""Causal Wan2.1 DiT (Wan2.1 `wan/modules/model.py`; causal form as in
+Self-Forcing `wan/modules/causal_model.py`): one model for every causal pipeline; they differ in the
 KV-cache policy (kv_cache.py) and the schedule, not in weights.
 
 State-dict keys and shapes are exactly the public checkpoints' (825 tensors for 1.3B). The RoPE

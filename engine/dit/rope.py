@@ -1,4 +1,5 @@
-"""3D rotary position embedding of Wan2.1 (model-spec §1.3 "3D RoPE", §2.3 frame offset).
+"""3D rotary position embedding of Wan2.1 (`rope_params`/`rope_apply` in Wan2.1
+`wan/modules/model.py`; frame offset as in Self-Forcing `causal_rope_apply`).
 
 A head vector of size d is read as d/2 complex numbers from consecutive pairs. The first
 `d/2 - 2*(d//6)` pairs rotate with the latent frame index, the next `d//6` with the token row,

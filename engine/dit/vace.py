@@ -1,4 +1,5 @@
-"""VACE by composition (model-spec §3.1, §4; seed 002 option D): ONE wrapper for any causal base.
+"""VACE by composition (Wan2.1 `wan/modules/vace_model.py`; composition as in
+Daydream Scope's `CausalVaceWanModel`): ONE wrapper for any causal base.
 
 `VaceWanModel(base)` keeps the base model outside its module tree and registers the base's
 children on itself, so parameters are shared (not copied), the state dict is exactly the public
@@ -7,9 +8,9 @@ full VACE layout (825 bare base keys + `vace_blocks.N.*` + `vace_patch_embedding
 interface listed in model.py (embed_video, embed_time, prepare_text, local_attention, blocks,
 new_block, forward(block_residuals=...)) — nothing per pipeline or per cache policy.
 
-Hint math (exactly §3.1): c = vace_patch_embedding(vace_context) tokens; at VACE block 0
-c = before_proj(c) + x_embedded (the main tokens right after patch_embedding); every VACE block is
-a full attention block run with the same e0 and text; hint_n = after_proj(c). Hints are computed
+Hint math (exactly `VaceWanModel.forward_vace`): c = vace_patch_embedding(vace_context) tokens;
+at VACE block 0 c = before_proj(c) + x_embedded (the main tokens right after patch_embedding);
+every VACE block is a full attention block run with the same e0 and text; hint_n = after_proj(c). Hints are computed
 over the current chunk only (no KV cache, RoPE from frame 0). hint_n is added as
 x + hint_n * context_scale right AFTER main block vace_layers[n].
 

@@ -1,6 +1,6 @@
 """umT5-XXL text encoder: transformers `UMT5EncoderModel` + the `google/umt5-xxl` tokenizer, local files only.
 
-Facts: shared/reference/model-spec.md §6. Loads three checkpoint flavours into one HF model:
+Wan's umT5: Wan2.1 `wan/modules/t5.py`. Loads three checkpoint flavours into one HF model:
   (a) Wan's `models_t5_umt5-xxl-enc-bf16.pth` (Wan key names, pure rename),
   (b) Kijai's `umt5-xxl-enc-fp8_e4m3fn.safetensors` (Wan key names, fp8 upcast to bf16 on load),
   (c) any transformers-layout state dict (`shared.weight`, `encoder.block.N...`).

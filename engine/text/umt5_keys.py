@@ -1,6 +1,6 @@
 """umT5-XXL encoder state-dict layouts: Wan's native names <-> transformers `UMT5EncoderModel`.
 
-Facts: shared/reference/model-spec.md §6. Wan's `models_t5_umt5-xxl-enc-bf16.pth` and Kijai's
+Wan names: Wan2.1 `wan/modules/t5.py`. Wan's `models_t5_umt5-xxl-enc-bf16.pth` and Kijai's
 `umt5-xxl-enc-fp8_e4m3fn.safetensors` use Wan's names (242 tensors); the transformers model loads
 them after a pure rename, so no weight is reshaped, transposed or re-scaled.
 """
