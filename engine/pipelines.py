@@ -1,7 +1,7 @@
 """Pipeline recipes: which weights, which cache policy, which schedule. Declarative, no behaviour.
 
 The causal Wan variants share one DiT; they differ in checkpoint, KV-cache policy, LoRA and
-schedule (DESIGN.md). The generator reads a `Recipe`; `engine.models_dir` resolves its files.
+schedule. The generator reads a `Recipe`; `engine.models_dir` resolves its files.
 Sources: Self-Forcing (github.com/guandeh17/Self-Forcing), LongLive 1.0 (github.com/NVlabs/LongLive),
 Wan2.1 and VACE checkpoints; every file, its public source and the models-folder layout are
 documented in docs/models.md.

@@ -3,7 +3,7 @@
 Everything above the generator (run loop, remote link, OSC, presets) speaks only these types, so a
 local StreamGenerator and a remote one behind ZMQ are interchangeable.
 
-Frames conventions (DESIGN.md): I/O frames are uint8 RGBA, shape [F, H, W, 4] (or [H, W, 4] for a
+Frames conventions: I/O frames are uint8 RGBA, shape [F, H, W, 4] (or [H, W, 4] for a
 single image), top-left origin. The engine also accepts 1- or 3-channel frames and float frames in
 [0, 1], numpy or torch, on any device; it fits, converts and sanitises them itself and reports what
 it had to fix in `ChunkResult.notices`.

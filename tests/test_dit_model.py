@@ -160,7 +160,7 @@ def test_forward_matches_spec_math_float64_reference():
 
 
 def test_single_block_modulation_order_matches_spec():
-    """One block against the spec math: catches swapped shift/scale/gate or a gated cross-attn."""
+    """One block against the reference math: catches swapped shift/scale/gate or a gated cross-attn."""
     torch.manual_seed(1)
     cfg = head128_config(layers=1)
     model = CausalWanModel(cfg).eval()

@@ -31,7 +31,7 @@ def test_warped_steps_equal_published_values():
     assert w[1].item() == 937.5 and w[3].item() == 625.0
     assert warp_denoising_step([1000, 750, 500, 250], 8.0).tolist() == pytest.approx(
         [1000.0, 960.0, 888.889, 727.273], abs=1e-3)
-    s = torch.tensor([1000, 750, 500, 250], dtype=torch.float64) / 1000  # closed form of the spec
+    s = torch.tensor([1000, 750, 500, 250], dtype=torch.float64) / 1000  # closed form below
     torch.testing.assert_close(w, (1000 * 5 * s / (1 + 4 * s)).float())
 
 

@@ -1,6 +1,6 @@
 """The one transport interface: RGBA frame sources and sinks, plus the input-side frame history.
 
-Conventions (DESIGN.md): frames are uint8 RGBA, [H, W, 4], top-left origin. Every adapter converts
+Conventions: frames are uint8 RGBA, [H, W, 4], top-left origin. Every adapter converts
 its platform's layout (BGRA, bottom-up rows) at the boundary, so nothing above this module ever
 sees a platform detail.
 

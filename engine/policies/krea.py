@@ -18,7 +18,7 @@ modules/causal_model.py; model.yaml num_frame_per_block 3, kv_cache_num_frames K
     key of it is biased.
 Implementation: one KVCache with SinkWindow(6, 0); `begin()` re-bases the cache on the first
 context frame (origin = s - min(s, K)) so the frame-indexed slots give exactly those positions.
-The bias is an additive float mask [M] (broadcast over heads and queries) handed to SDPA, built
+The bias is an additive float mask (broadcast over heads and queries) handed to SDPA, built
 once per attended slot layout; Scope's flex_attention path additionally lets 128-alignment
 padding keys into the softmax, which is not reproduced (the rule is defined on the real keys).
 The re-encode takes the decoded frame in the decoder's [-1, 1] range through the codec's
