@@ -137,17 +137,32 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     speed = parser.add_argument_group("speed switches (off = the exact reference path; docs/PERFORMANCE.md)")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the DiT blocks (about a minute of warm-up at start)")
-    speed.add_argument("--fp8", action="store_true",
-                       help="FP8 e4m3 Linears in the DiT blocks (Hopper/Ada GPUs; pays off with --compile)")
-    speed.add_argument("--sdpa", choices=("auto", "flash", "cudnn", "efficient", "math"), default="auto",
-                       help="attention kernel (auto picks cuDNN on Hopper, the fastest measured)")
+    speed.add_argument("--fp8", nargs="?", const="on", default="off", type=fp8_mode, metavar="{on,off,auto}",
+                       help="FP8 e4m3 Linears in the DiT blocks (Hopper/Ada GPUs): on (bare --fp8) = every "
+                       "block Linear; auto = only the Linear shapes measured faster than bf16 at start-up")
+    speed.add_argument("--sdpa", choices=("auto", "default", "flash", "cudnn", "efficient", "math"), default="auto",
+                       help="attention kernel: auto = the fastest per attention shape, measured at start-up "
+                       "on CUDA (cuDNN, flash, efficient); default = PyTorch's own choice")
     speed.add_argument("--recache", choices=("exact", "newest"), default="exact",
                        help="what a prompt cut re-caches: exact = LongLive's whole window (the cut "
                        "chunk takes ~1.6x a plain one), newest = the newest chunk's frames only (no "
                        "hitch; docs/streaming.md)")
+    speed.add_argument("--clean-pass", choices=("exact", "reuse"), default="exact",
+                       help="what writes a chunk's keys/values into the KV cache: exact = a clean pass "
+                       "(one of five DiT forwards), reuse = the last denoising pass's (about 20 %% less "
+                       "DiT work, approximate; docs/PERFORMANCE.md)")
     g.add_argument("--random-weights", choices=("tiny", "full"), default=None,
                    help="no weight files: a random-weight model (tiny: CPU rehearsal of the whole "
                    "rig; full: full-size shapes for GPU timing). Output is abstract noise-art")
+
+
+def fp8_mode(value: str) -> str:
+    """--fp8 value: on / off / auto (true/false/1/0 from a config file too)."""
+    v = str(value).strip().lower()
+    mode = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(v, v)
+    if mode not in ("on", "off", "auto"):
+        raise argparse.ArgumentTypeError(f"--fp8 takes on, off or auto, not {value!r}")
+    return mode
 
 
 def _flag_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

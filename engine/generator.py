@@ -81,6 +81,10 @@ from vacelive.engine.v2v import V2VChunk, VideoInput
 log = logging.getLogger(__name__)
 
 ROPE_SETTINGS = ("auto", "absolute", "relative")
+FP8_SETTINGS = ("off", "on", "auto")
+# What writes a chunk's K/V into the cache: "exact" = a clean pass (x0 at t = 0, no VACE; the
+# reference), "reuse" = the last denoising pass's K/V stay (one forward fewer, approximate).
+CLEAN_PASS_MODES = ("exact", "reuse")
 STAGES = ("input", "text", "recache", "pose", "vace", "hints", "dit", "decode", "output")
 CONTEXT_SCALE_RANGE = (0.0, 2.0)
 LORA_SCALE_RANGE = (0.0, 2.0)  # the OSC schema's /vace/lora/<name> range
@@ -109,6 +113,7 @@ class StreamGenerator:
         embedding_cache_size: int = 32,
         pose=None,
         recache: str = "exact",
+        clean_pass: str = "exact",
     ):
         """model: CausalWanModel or VaceWanModel; codec: engine.codecs.Codec; text_encoder: anything
         with `.encode(list[str]) -> [B, L, text_dim]` (engine.text.TextEncoder); conditioner:
@@ -118,7 +123,9 @@ class StreamGenerator:
         fp8 (e4m3 block Linears, engine.dit.fp8), sdpa (attention backend, SDPA_BACKENDS).
         pose: engine.pose.PoseConditioner (UniAnimate pose tokens through add_condition) or None.
         recache: what a prompt cut re-caches (engine.recache.RECACHE_MODES): "exact" (LongLive's
-        window) or "newest" (the newest chunk's frames only; no hitch on a cut)."""
+        window) or "newest" (the newest chunk's frames only; no hitch on a cut).
+        clean_pass: CLEAN_PASS_MODES ("reuse" skips the clean K/V pass; pipelines with their own
+        cache rule (Krea, MemFlow) always run theirs)."""
         self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         if rope not in ROPE_SETTINGS:
             raise ValueError(f"rope must be one of {ROPE_SETTINGS}, got {rope!r}")
@@ -129,6 +136,9 @@ class StreamGenerator:
         if recache not in RECACHE_MODES:
             raise ValueError(f"recache must be one of {RECACHE_MODES}, got {recache!r}")
         self.recache = recache
+        if clean_pass not in CLEAN_PASS_MODES:
+            raise ValueError(f"clean_pass must be one of {CLEAN_PASS_MODES}, got {clean_pass!r}")
+        self.clean_pass = clean_pass
         if conditioner is not None and not hasattr(model, "compute_hints"):
             raise ValueError("a VACE conditioner needs a VACE-wrapped model (engine.dit.VaceWanModel)")
         seq_len = getattr(text_encoder, "seq_len", None)
@@ -187,6 +197,8 @@ class StreamGenerator:
         self.sdpa = sdpa
         self._restore_compile = None
         self._fp8 = None
+        self.fp8_mode = "off"
+        self.fp8_report: list[dict[str, Any]] = []  # --fp8 auto: the bf16/FP8 timings per shape
         self.set_compile(compile)
         # A model larger than 1.3B (Krea 14B) frees its bf16 block Linears under FP8 (compact):
         # keeping both copies would cost more memory than bf16 alone.
@@ -209,7 +221,7 @@ class StreamGenerator:
                     device="cuda", dtype: torch.dtype = torch.bfloat16, loras: Sequence = (), rope: str = "auto",
                     compile: bool = False, fp8: bool = False, sdpa: str = "auto",
                     progress: bool = True, pose_weights: str | None = None,
-                    pose_proj: str | None = None, recache: str = "exact") -> "StreamGenerator":
+                    pose_proj: str | None = None, recache: str = "exact", clean_pass: str = "exact") -> "StreamGenerator":
         """Load the recipe's real weights from the models folder (engine.models_dir). Raises
         MissingWeightsError listing every missing file before loading anything. Pose tokens:
         UniAnimate-DiT's pose CNNs from `pose_weights` or the models folder (engine.pose.build),
@@ -227,14 +239,14 @@ class StreamGenerator:
                                 weights=pose_weights, proj=pose_proj)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=rec, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
-                   pose=pose, recache=recache)
+                   pose=pose, recache=recache, clean_pass=clean_pass)
 
     @classmethod
     def random(cls, size: str = "tiny", width: int = 832, height: int = 480, codec: str = "wan",
                device="cpu", dtype: torch.dtype | None = None, seed: int = 0, vace: bool = True, *,
                recipe: str = "longlive", text_encoder_size: str = "tiny", rope: str = "auto",
                compile: bool = False, fp8: bool = False, sdpa: str = "auto", cfg=None,
-               recache: str = "exact") -> "StreamGenerator":
+               recache: str = "exact", clean_pass: str = "exact") -> "StreamGenerator":
         """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
         (the recipe's full-size DiT: Wan2.1-1.3B, or 14B for krea-realtime, + full codec; GPU
         benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
@@ -253,7 +265,7 @@ class StreamGenerator:
                            device=param.device, dtype=param.dtype, seed=seed + 3)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=recipe, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
-                   pose=pose, recache=recache)
+                   pose=pose, recache=recache, clean_pass=clean_pass)
 
     # ---- speed switches -----------------------------------------------------------------------
     @property
@@ -286,19 +298,49 @@ class StreamGenerator:
     def fp8(self) -> bool:
         return self._fp8 is not None
 
-    def set_fp8(self, enabled: bool, compact: bool = False) -> None:
+    def set_fp8(self, enabled: bool | str, compact: bool = False) -> None:
         """e4m3 block Linears (engine.dit.fp8: quantised once, reversible), or restore bf16.
+        enabled: True/"on" (every block Linear), False/"off", or "auto" (engine.dit.fp8_auto: FP8
+        only for the Linear shapes and token counts where it measured faster than bf16 here; on a
+        device without FP8 matmuls "auto" stays bf16).
         compact: free the bf16 weights of the swapped Linears (one-way; what lets Krea 14B + VACE
-        fit a 40 GB budget): FP8 can then not be turned off nor merged LoRAs rescaled."""
-        if enabled and self._fp8 is None:
+        fit a 40 GB budget): FP8 can then not be turned off nor merged LoRAs rescaled; with
+        compact, "auto" is "on" (no bf16 weights to fall back to)."""
+        mode = {True: "on", False: "off"}.get(enabled, enabled)
+        if mode not in FP8_SETTINGS:
+            raise ValueError(f"fp8 must be one of {FP8_SETTINGS} (or a bool), got {enabled!r}")
+        if mode == "auto" and compact:
+            mode = "on"
+        if mode != "off" and self._fp8 is None:
             from vacelive.engine.dit.fp8 import Fp8Linears, fp8_supported
 
             if not fp8_supported(self.device):
+                if mode == "auto":
+                    self.fp8_report = []
+                    return
                 raise ValueError(f"FP8 matmuls are not supported on {self.device}")
-            self._fp8 = Fp8Linears(self.model, keep_originals=not compact)
-        elif not enabled and self._fp8 is not None:
+            rows = None
+            if mode == "auto":
+                rows, self.fp8_report = self._measure_fp8()
+            self._fp8 = Fp8Linears(self.model, keep_originals=not compact, rows_by_shape=rows)
+            self.fp8_mode = mode
+        elif mode == "off" and self._fp8 is not None:
             self._fp8.restore()
             self._fp8 = None
+        if mode == "off":
+            self.fp8_mode = "off"
+
+    def _measure_fp8(self):
+        """--fp8 auto: time bf16 against FP8 for every block Linear shape at every token count this
+        stream's forwards have (engine.warmup.reachable_shapes)."""
+        from vacelive.engine.dit.fp8_auto import choose_fp8_rows
+        from vacelive.engine.warmup import reachable_shapes
+
+        _, ph, pw = self.model.cfg.patch_size
+        frame_tokens = (self.height // 8 // ph) * (self.width // 8 // pw)
+        frames = {s.frames for s in reachable_shapes(self.recipe, rope=self.rope, recache=self.recache,
+                                                     vace=hasattr(self.model, "compute_hints"))}
+        return choose_fp8_rows(self.model, [f * frame_tokens for f in frames], compiled=self.compiled)
 
     # ---- Generator protocol -------------------------------------------------------------------
     @property
@@ -354,9 +396,13 @@ class StreamGenerator:
             "rope_mode": self.kv.rope_mode,
             "compile": self.compiled,
             "fp8": self.fp8,
+            "fp8_mode": self.fp8_mode,
+            "fp8_linears": self._fp8.count if self._fp8 is not None else 0,
             "fp8_compact": self._fp8 is not None and self._fp8.released,
             "sdpa": self.sdpa,
+            "sdpa_kernels": self._sdpa_kernels(),
             "recache": self.recache,
+            "clean_pass": self.clean_pass,
             "recompiles": self.counters["recompiles"],
             "loras": dict(self.loras.scales) if self.loras is not None else {},
             "kv_cache_mb": round(self.kv.nbytes / 2**20, 1),
@@ -366,6 +412,14 @@ class StreamGenerator:
             "pose": self.pose.describe() if self.pose is not None else None,
             **(self.stream.describe() if self.stream is not None else {}),
         }
+
+    def _sdpa_kernels(self) -> list[dict[str, Any]]:
+        """--sdpa auto: the kernel measured fastest per attention shape so far (engine.dit.sdpa_select)."""
+        if self.sdpa != "auto" or self.device.type != "cuda":
+            return []
+        from vacelive.engine.dit.attention import sdpa_selector
+
+        return sdpa_selector().describe()
 
     def step(self, request: ChunkRequest) -> ChunkResult:
         wall0 = time.perf_counter()
@@ -488,7 +542,10 @@ class StreamGenerator:
             clock.mark("dit")
         # clean pass: commits K/V, no VACE; the pose condition stays (as in the Self-Forcing pose
         # port: the cached frame is the frame as the model saw it)
-        if self.stream is None or self.stream.clean_pass:  # Krea has none
+        # clean_pass "reuse": the last denoising pass already wrote this chunk's K/V (of its input
+        # at the last step's timestep, with VACE) into the same frame-indexed slots; keep them.
+        reuse = self.clean_pass == "reuse" and self.stream is None and len(plan) > 0
+        if (self.stream is None or self.stream.clean_pass) and not reuse:  # Krea has none
             if self.stream is not None:
                 self.stream.before_pass("clean")
             model(x0, plan.context_tensor, self.text, kv, start, add_condition=cond)

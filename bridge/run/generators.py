@@ -81,8 +81,9 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
     from vacelive.engine.generator import StreamGenerator
 
     dtype = getattr(torch, resolve_dtype(cfg.dtype, cfg.device))
-    speed = dict(rope=cfg.rope, compile=bool(cfg.compile), fp8=bool(cfg.fp8), sdpa=cfg.sdpa,
-                 recache=getattr(cfg, "recache", None) or "exact")
+    speed = dict(rope=cfg.rope, compile=bool(cfg.compile), fp8={"on": True, "off": False}.get(str(cfg.fp8), cfg.fp8), sdpa=cfg.sdpa,
+                 recache=getattr(cfg, "recache", None) or "exact",
+                 clean_pass=getattr(cfg, "clean_pass", None) or "exact")
     vace = vace_available()
     if not vace:
         log.warning("VACE conditioning is not in this build: text-only generation (control video, "

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vacelive.engine.dit.sdpa_select import SdpaSelector, use_selector
+from vacelive.engine.dit.sdpa_select import active as active_selector
+
 
 class RMSNorm(nn.Module):
     """WanRMSNorm: normalise in fp32, cast back to the input dtype, then scale by `weight`."""
@@ -37,21 +40,41 @@ class RMSNorm(nn.Module):
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) v for [B, L, H, D] inputs; returns [B, L, H*D]."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    """softmax(q k^T / sqrt(D)) v for [B, L, H, D] inputs; returns [B, L, H*D]. Under
+    `sdpa_context("auto")` the kernel is the one measured fastest for this shape (sdpa_select)."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    selector = None if torch.compiler.is_compiling() else active_selector()
+    if selector is not None:
+        out = selector.attention(q, k, v, mask)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).flatten(2)
 
 
-# The --sdpa setting: a backend of torch.nn.attention.SDPBackend by name ("auto": PyTorch chooses).
-SDPA_BACKENDS = {"auto": None, "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+# The --sdpa setting: a backend of torch.nn.attention.SDPBackend by name. "auto": the fastest
+# kernel per attention shape, measured once on CUDA (engine.dit.sdpa_select; PyTorch's default
+# choice elsewhere); "default": PyTorch's own choice, nothing measured.
+SDPA_BACKENDS = {"auto": None, "default": None, "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
                  "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+_SELECTOR = None
+
+
+def sdpa_selector():
+    """The process's per-shape kernel choices for --sdpa auto (one table: the choice depends on
+    the GPU and the shape only)."""
+    global _SELECTOR
+    if _SELECTOR is None:
+        _SELECTOR = SdpaSelector()
+    return _SELECTOR
 
 
 def sdpa_context(name: str):
     """Context restricting scaled_dot_product_attention to one backend of SDPA_BACKENDS
-    ("auto": no restriction)."""
-    if name == "auto":
+    ("default": no restriction; "auto": per-shape measured choice)."""
+    if name == "default":
         return contextlib.nullcontext()
+    if name == "auto":
+        return use_selector(sdpa_selector())
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])

@@ -61,7 +61,13 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_fp8", q, persistent=False)
         self.register_buffer("weight_scale", scale.t().contiguous(), persistent=False)  # [1, out]
 
+    # None: every call runs in FP8. A set of row counts (tokens per call; --fp8 auto, engine.dit.
+    # fp8_auto): only calls with that many rows run in FP8, the others in the original dtype.
+    rows: frozenset[int] | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None and x.numel() // x.shape[-1] not in self.rows:
+            return nn.functional.linear(x, self.weight, self.bias)
         lead = x.shape[:-1]
         xq, xs = _rowwise_quantize(x.reshape(-1, x.shape[-1]))
         y = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale,
@@ -89,9 +95,15 @@ class Fp8Linears:
     `refresh()` re-quantises (after weights or merged LoRAs changed)."""
 
     def __init__(self, model: nn.Module, names: Iterable[str] = BLOCK_LINEARS,
-                 on_change: Callable[[], None] | None = None, keep_originals: bool = True):
+                 on_change: Callable[[], None] | None = None, keep_originals: bool = True,
+                 rows_by_shape: dict[tuple[int, int], frozenset[int]] | None = None):
+        """rows_by_shape (--fp8 auto): {(in, out): row counts that run in FP8}; a Linear whose shape
+        has no row count there stays bf16 (not swapped). None: every block Linear, every call."""
         self.model, self.names, self.on_change = model, tuple(names), on_change
         self.keep_originals = keep_originals
+        self.rows_by_shape = rows_by_shape
+        if rows_by_shape is not None and not keep_originals:
+            raise ValueError("per-shape FP8 (--fp8 auto) needs the bf16 weights: keep_originals=True")
         self.released = False
         self._swapped: list[tuple[nn.Module, str, nn.Linear]] = []
         self.apply()
@@ -100,8 +112,14 @@ class Fp8Linears:
         if self._swapped:
             return
         self._swapped = _block_linears(self.model, self.names)
+        chosen = self.rows_by_shape
+        if chosen is not None:
+            self._swapped = [e for e in self._swapped if chosen.get((e[2].in_features, e[2].out_features))]
         for parent, attr, linear in self._swapped:
-            setattr(parent, attr, Fp8Linear(linear))
+            fp8 = Fp8Linear(linear)
+            if chosen is not None:
+                fp8.rows = frozenset(chosen[(linear.in_features, linear.out_features)])
+            setattr(parent, attr, fp8)
             if not self.keep_originals:  # free the bf16 copy now: peak = one Linear's temporaries
                 linear.weight.data = linear.weight.data.new_empty(0)
                 self.released = True
