@@ -54,7 +54,15 @@ def choose_fp8_rows(model: nn.Module, rows: Iterable[int], *, compiled: bool = F
                 x = torch.randn(m, shape[0], device=linear.weight.device, dtype=linear.weight.dtype)
                 try:
                     t_bf16 = timer(lambda: nn.functional.linear(x, linear.weight, linear.bias), reps, x.device, "bf16")
-                    t_fp8 = timer(lambda: fp8_call(x), reps, x.device, "fp8")
+                    try:
+                        t_fp8 = timer(lambda: fp8_call(x), reps, x.device, "fp8")
+                    except Exception as exc:
+                        if fp8_call is fp8:
+                            raise
+                        log.warning("fp8 auto: the compiled FP8 candidate failed (%s: %s); timing it eagerly",
+                                    type(exc).__name__, exc)
+                        fp8_call = fp8
+                        t_fp8 = timer(lambda: fp8_call(x), reps, x.device, "fp8")
                 except RuntimeError as exc:  # FP8 kernel refuses the shape: bf16
                     log.warning("fp8 auto: %s x %s failed in FP8 (%s); bf16", m, shape, exc)
                     continue
