@@ -1,0 +1,116 @@
+"""Pipeline parallelism over DiT blocks (engine.parallel) on CPU with gloo: 2 and 3 ranks stream
+10 chunks with a prompt cut (LongLive KV re-cache) and VACE control, equal to the single-process
+stream bit for bit; a killed rank fails the chunk with a clear error within the timeout and every
+later chunk at once; the placement is the optimal balanced contiguous split."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from vacelive.engine.config import tiny_config
+from vacelive.engine.generator import StreamGenerator
+from vacelive.engine.parallel.launch import ShardSpec, start_local
+from vacelive.engine.parallel.partition import Placement, block_costs, partition
+from vacelive.engine.parallel.wire import PipelineDead
+from vacelive.engine.request import ChunkRequest, Prompt
+
+W, H = 32, 32
+CFG = tiny_config(num_layers=6, vace_layers=(0, 2, 3))
+SPEC = ShardSpec(random_size="tiny", cfg=CFG, codec="tae", width=W, height=H, dtype="float32", timeout_s=20)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def control(frames: int, phase: int) -> np.ndarray:
+    x = np.arange(W, dtype=np.float32)[None, None, :]
+    t = np.arange(phase, phase + frames, dtype=np.float32)[:, None, None]
+    ramp = ((x * 8 + t * 16) % 256) * np.ones((1, H, 1), np.float32)
+    out = np.empty((frames, H, W, 4), np.uint8)
+    out[..., :3] = ramp[..., None].astype(np.uint8)
+    out[..., 3] = 255
+    return out
+
+
+def requests(gen, chunks: int = 10):
+    """A cut to a new prompt at chunk 5, hint reuse on at chunk 7, VACE control throughout."""
+    phase = 0
+    for i in range(chunks):
+        n = gen.next_chunk_frames
+        prompt = "a red cat" if i < 5 else "a blue dog"
+        yield ChunkRequest(prompts=[Prompt(prompt)], video=control(n, phase), seed=7, hint_reuse=i >= 7,
+                           context_scale=0.0 if i == 8 else 1.0)
+        phase += n
+
+
+def run(gen, chunks: int = 10):
+    return [gen.step(r).frames.clone() for r in requests(gen, chunks)]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    gen = StreamGenerator.random("tiny", width=W, height=H, codec="tae", seed=0, vace=True, cfg=CFG)
+    frames = run(gen)
+    return frames, gen.counters["recaches"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_pipelined_stream_equals_single_process(reference, world):
+    frames, recaches = reference
+    stream = start_local(SPEC, world)
+    try:
+        got = run(stream)
+        assert stream.counters["recaches"] == recaches == 1
+        placement = stream.describe()["parallel"]["placement"]
+        assert len(placement) == world and placement[0]["layers"][0] == 0 and placement[-1]["layers"][1] == 6
+    finally:
+        stream.close()
+    assert all(p.exitcode == 0 for p in stream.processes)
+    assert len(got) == len(frames) == 10
+    for i, (a, b) in enumerate(zip(got, frames)):
+        assert torch.equal(a, b), f"chunk {i} differs"
+
+
+def test_killed_rank_ends_the_stream_with_a_clear_error():
+    stream = start_local(SPEC, 2)
+    try:
+        reqs = requests(stream, 4)
+        stream.step(next(reqs))
+        stream.processes[0].kill()
+        stream.processes[0].join(10)
+        with pytest.raises(PipelineDead, match="pipeline rank 1"):
+            stream.step(next(reqs))
+        with pytest.raises(PipelineDead, match="multi-GPU pipeline stopped"):  # at once, no new wait
+            stream.step(next(reqs))
+        assert stream.describe()["parallel"]["dead"]
+    finally:
+        stream.close(timeout=1)
+
+
+def brute_force(costs, world, extra):
+    best = None
+    for cuts in itertools.combinations(range(1, len(costs)), world - 1):
+        bounds = (0, *cuts, len(costs))
+        loads = [sum(costs[a:b]) + (extra if r == 0 else 0) for r, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        best = max(loads) if best is None else min(best, max(loads))
+    return best
+
+
+@pytest.mark.parametrize("world,extra", [(2, 0.0), (3, 2.0), (4, 5.0), (5, 0.5)])
+def test_partition_is_the_optimal_contiguous_split(world, extra):
+    costs = block_costs(12, (0, 2, 4, 6, 8, 10), dim=64, ffn_dim=128, text_len=16, chunk_tokens=48,
+                        window_tokens=192)
+    ranges = partition(costs, world, extra)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 12
+    assert all(a < b and b == c for (a, b), (c, _) in zip(ranges, ranges[1:]))
+    loads = [sum(costs[a:b]) + (extra if r == 0 else 0) for r, (a, b) in enumerate(ranges)]
+    assert max(loads) == pytest.approx(brute_force(costs, world, extra))
+
+
+def test_vace_blocks_live_with_the_layer_they_feed():
+    p = Placement(((0, 11), (11, 21), (21, 30)), tuple(range(0, 30, 2)))
+    assert p.vace_blocks(0) == tuple(range(6)) and p.vace_blocks(1) == (6, 7, 8, 9, 10)
+    assert p.vace_blocks(2) == (11, 12, 13, 14)
+    assert [p.rank_of_layer(x) for x in (10, 11, 20, 21, 29)] == [0, 1, 1, 2, 2]
