@@ -130,6 +130,10 @@ def _live_params() -> list[Param]:
         # Output
         P("output_fps", "float", 0.0, "Output frame rate target; 0 follows the measured "
           "generation rate.", "Output", 0.0, 120.0, unit="fps", in_presets=False),
+        P("pacer_headroom", "float", 3.0, "Frames the output buffer aims to hold when a new chunk "
+          "arrives while the output follows the generation rate (output_fps 0): fewer = less "
+          "control-to-output latency (one frame is one output interval), more = fewer held "
+          "frames when a chunk is late.", "Output", 0.0, 24.0, unit="frames", in_presets=False),
         P("snapshot", "action", None, "Save the next output frame as a PNG (the run loop "
           "writes it and reports the path).", "Output", morph="none", in_presets=False),
         # Tempo (bridge/stage.py, bridge/quantize.py; docs/tempo.md)
@@ -281,6 +285,11 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
     StatusField("recompiles", "int", "graphs", "torch.compile compilations that happened inside "
                 "chunks (each stalls its chunk, a shape the start-up warm-up missed); 0 on a healthy "
                 "show, always 0 without --compile."),
+    StatusField("control_latency_p50_ms", "float", "ms", "Control-to-output latency, median over the "
+                "last 1024 frames: from a control frame's arrival to the output frame it conditioned "
+                "leaving the sink (0 without a control video)."),
+    StatusField("control_latency_p99_ms", "float", "ms", "Control-to-output latency, 99th percentile "
+                "over the last 1024 frames."),
     StatusField("tempo", "float", "bpm", "Tempo of the beat clock (Link session or internal)."),
     StatusField("beat", "float", "beats", "Beat position now (Link: the session's beat time)."),
     StatusField("phase", "float", "beats", "Position inside the bar, 0 up to 4."),

@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from vacelive.bridge.latency import LatencyTracker
 from vacelive.bridge.pacer import Pacer
 from vacelive.bridge.stage import stage_status
 from vacelive.bridge.run.inputs import ExtensionInput, RefsInput
@@ -177,6 +178,10 @@ class RunLoop:
         self.tap = _Tap(sink)
         fps = store.get("output_fps")
         self.pacer = pacer or Pacer(self.tap, target_fps=fps or None, **(pacer_options or {}))
+        # control frame read -> output frame sent, per frame (bridge/latency.py)
+        self.latency = LatencyTracker()
+        self.tap.listeners.append(self.latency.sent)
+        self._arrived: tuple = ()  # arrival stamps of the control window of the chunk being built
         self.refs = RefsInput(ref)
         self.v2v_input = V2VInput(input_video)
         self.extension = ExtensionInput()
@@ -243,6 +248,7 @@ class RunLoop:
     # -- status (/vace/status/*, called from the OSC feedback thread) -------------------------------
     def status(self) -> dict[str, Any]:
         ps = self.pacer.stats
+        lat = self.latency.percentiles()
         return {
             # no frames are made while paused or while chunks fail (an engine that is down)
             "fps": 0.0 if self.paused or self._failures else float(ps.fps_generation or 0.0),
@@ -260,6 +266,8 @@ class RunLoop:
             "skipped": int(self.skipped),
             # compiles during chunks (engine counters; a remote engine reports it in describe)
             "recompiles": int(self.describe.get("recompiles", 0) or 0),
+            "control_latency_p50_ms": float(lat["p50_ms"]),
+            "control_latency_p99_ms": float(lat["p99_ms"]),
             **stage_status(self.stage),
         }
 
@@ -286,6 +294,7 @@ class RunLoop:
         """Pause and fixed-fps throttle. False when stopping."""
         while not self._stop.is_set():
             self._apply_output_fps(self.store.get("output_fps"))
+            self._apply_headroom()
             if self.store.get("pause"):
                 if not self.paused:
                     log.info("paused: holding the last frame")
@@ -308,6 +317,16 @@ class RunLoop:
             return max(1, int(self.generator.next_chunk_frames))
         except Exception:
             return 12
+
+    def _apply_headroom(self) -> None:
+        """The live pacer_headroom: frames left in the output buffer when a chunk arrives in
+        follow mode (fewer = less latency, more = smoother)."""
+        if "pacer_headroom" not in self.store.schema:
+            return
+        value = float(self.store.get("pacer_headroom"))
+        if value != self.pacer.headroom:
+            self.pacer.headroom = value
+            log.info("pacer headroom: %g frames", value)
 
     def _apply_output_fps(self, fps: float) -> None:
         if fps != self._output_fps:
@@ -382,10 +401,12 @@ class RunLoop:
                     self.reporter.notice(f"/vace/lora/{name}: this pipeline has no LoRA '{name}'; "
                                          "the scale is not used")
         n = self._frames_needed()
+        self._arrived = ()
         if snap["video_enabled"] and self.control is not None:
             window = self.control.window(n, still_as_one=True)
             if window is not None:
                 fields["video"] = window.frames
+                self._arrived = tuple(getattr(window, "arrived", ()) or ())
             released = getattr(self.control, "releases", 0)
             if released != self._control_releases:  # the sender stopped: a still from now on
                 self._control_releases = released
@@ -417,7 +438,10 @@ class RunLoop:
             self.last_noise_scale = getattr(result, "noise_scale", None)
         self.last_timings = dict(getattr(result, "timings_ms", None) or {})
         if len(result.frames):
-            self.pacer.push(result.frames)
+            frames = [result.frames[i] for i in range(len(result.frames))]
+            if not self._throttle:
+                self.latency.register(frames, self._arrived)
+            self.pacer.push(frames)
         notices = frozenset(result.notices)
         for n in result.notices:
             if n not in self._last_notices:  # the same fix-up every chunk is said once

@@ -143,6 +143,9 @@ class FrameWindow:
     frames: np.ndarray
     counters: list[int]
     padded: int
+    # time.monotonic() at which the history read each frame from its source (None for padding);
+    # the run loop measures control-to-output latency from it (bridge/latency.py)
+    arrived: tuple[float | None, ...] = ()
 
     @property
     def newest_counter(self) -> int:
@@ -182,6 +185,7 @@ class FrameHistory:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._frames: deque[tuple[int, np.ndarray]] = deque(maxlen=depth)
+        self._arrived: dict[int, float] = {}  # id(frame array) -> time.monotonic() it was read
         self._received = 0
         self._gaps = 0  # source counters skipped by the poller (frames it never saw)
         self._last_error: str | None = None
@@ -217,7 +221,7 @@ class FrameHistory:
                 self._keep_newest_only()
             return False
         self._last_error = None
-        self._last_new = time.monotonic()
+        self._last_new = arrived = time.monotonic()
         counter = int(self.source.frame_counter)
         with self._lock:
             if self._frames:
@@ -226,7 +230,13 @@ class FrameHistory:
                     self._frames.clear()  # new size: a window must stack
                 elif counter > last_counter + 1:
                     self._gaps += counter - last_counter - 1
+            if len(self._frames) == self._frames.maxlen:
+                self._arrived.pop(id(self._frames[0][1]), None)
             self._frames.append((counter, frame))
+            self._arrived[id(frame)] = arrived
+            if len(self._arrived) > 2 * self.depth:  # frames dropped by a size change or a release
+                live = {id(f) for _, f in self._frames}
+                self._arrived = {k: v for k, v in self._arrived.items() if k in live}
             self._received += 1
         return True
 
@@ -249,14 +259,17 @@ class FrameHistory:
         n full-size copies."""
         with self._lock:
             items = list(self._frames)[-n:]
+            arrived = [self._arrived.get(id(f)) for _, f in items]
         if not items:
             return None
         if still_as_one and len(items) == 1:
-            return FrameWindow(frames=items[0][1][None], counters=[items[0][0]], padded=n - 1)
+            return FrameWindow(frames=items[0][1][None], counters=[items[0][0]], padded=n - 1,
+                               arrived=(arrived[0],))
         pad = n - len(items)
         items = [items[0]] * pad + items
         return FrameWindow(
-            frames=np.stack([f for _, f in items]), counters=[c for c, _ in items], padded=pad
+            frames=np.stack([f for _, f in items]), counters=[c for c, _ in items], padded=pad,
+            arrived=tuple([None] * pad + arrived),
         )
 
     def latest(self) -> tuple[np.ndarray, int] | None:
