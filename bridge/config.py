@@ -151,6 +151,13 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
                        help="what writes a chunk's keys/values into the KV cache: exact = a clean pass "
                        "(one of five DiT forwards), reuse = the last denoising pass's (about 20 %% less "
                        "DiT work, approximate; docs/PERFORMANCE.md)")
+    g.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="split the DiT blocks over N GPUs of this host (pipeline ranks, NCCL; with "
+                   "--device cpu: N processes over gloo). Exact: the same stream as one GPU; it "
+                   "spreads memory, not time (docs/parallel.md)")
+    g.add_argument("--parallel-timeout", type=float, default=60.0, metavar="S",
+                   help="with --gpus > 1: seconds a rank may stay silent before the stream stops "
+                   "with an error (the output holds the last frame)")
     g.add_argument("--random-weights", choices=("tiny", "full"), default=None,
                    help="no weight files: a random-weight model (tiny: CPU rehearsal of the whole "
                    "rig; full: full-size shapes for GPU timing). Output is abstract noise-art")

@@ -114,3 +114,29 @@ def test_vace_blocks_live_with_the_layer_they_feed():
     assert p.vace_blocks(0) == tuple(range(6)) and p.vace_blocks(1) == (6, 7, 8, 9, 10)
     assert p.vace_blocks(2) == (11, 12, 13, 14)
     assert [p.rank_of_layer(x) for x in (10, 11, 20, 21, 29)] == [0, 1, 1, 2, 2]
+
+
+def parse(*argv):
+    from vacelive.bridge import config
+    from vacelive.bridge.cli import _build_parser
+
+    return config.resolve(_build_parser().parse_args(list(argv)))
+
+
+def test_serve_gpus_builds_the_pipelined_generator_and_refuses_what_it_cannot_run():
+    from vacelive.bridge.config import ConfigError
+    from vacelive.bridge.run.generators import build_local_generator
+
+    base = ("serve", "--random-weights", "tiny", "--device", "cpu", "--width", "32", "--height", "32",
+            "--codec", "tae", "--gpus", "2", "--parallel-timeout", "20")
+    with pytest.raises(ConfigError, match="--compile"):
+        build_local_generator(parse(*base, "--compile"))
+    with pytest.raises(ConfigError, match="own cache rule"):
+        build_local_generator(parse(*base, "--pipeline", "reward-forcing"))
+    gen = build_local_generator(parse(*base))
+    try:
+        res = gen.step(ChunkRequest(prompts=[Prompt("a red cat")]))
+        assert res.frames.shape == (9, 32, 32, 4)
+        assert gen.describe()["parallel"]["ranks"] == 2
+    finally:
+        gen.close()

@@ -41,7 +41,11 @@ def run_session(args: argparse.Namespace, command: str) -> int:
             generator = build_remote_generator(cfg)
         else:
             from vacelive.bridge.run.generators import build_local_generator, resolve_dtype
+            from vacelive.bridge.run.parallel import run_torchrun_worker
 
+            code = run_torchrun_worker(cfg, resolve_dtype(cfg.dtype, cfg.device))
+            if code is not None:  # a torchrun rank >= 1 serves its DiT blocks, not the bridge
+                return code
             generator = build_local_generator(cfg)
             options.load_time.update(pipeline=cfg.pipeline, codec=cfg.codec,
                                      dtype=resolve_dtype(cfg.dtype, cfg.device), models_dir=cfg.models or "")

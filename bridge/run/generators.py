@@ -81,6 +81,10 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
     from vacelive.engine.generator import StreamGenerator
 
     dtype = getattr(torch, resolve_dtype(cfg.dtype, cfg.device))
+    from vacelive.bridge.run.parallel import build_parallel_generator, wants_parallel
+
+    if wants_parallel(cfg):  # DiT blocks over several ranks (engine.parallel, docs/parallel.md)
+        return build_parallel_generator(cfg, str(dtype).removeprefix("torch."))
     speed = dict(rope=cfg.rope, compile=bool(cfg.compile), fp8={"on": True, "off": False}.get(str(cfg.fp8), cfg.fp8), sdpa=cfg.sdpa,
                  recache=getattr(cfg, "recache", None) or "exact",
                  clean_pass=getattr(cfg, "clean_pass", None) or "exact")

@@ -111,6 +111,17 @@ def init_group(spec: ShardSpec, rank: int, world: int, init_method: str, local_r
     return Link(rank, world, device)
 
 
+def check_recipe(name: str) -> None:
+    """ValueError for a pipeline whose cache rule lives outside the plain sink + window cache
+    (engine.policies: RewardForcing's EMA sink, Krea's recompute, MemFlow's bank)."""
+    from vacelive.engine.pipelines import get_recipe
+
+    cache = get_recipe(name).cache
+    if cache.sink_ema is not None or getattr(cache, "recompute_frames", 0) or getattr(cache, "bank_frames", 0):
+        raise ValueError(f"pipeline '{name}' has its own cache rule (engine.policies); several ranks run "
+                         f"longlive, self-forcing and streamdiffusionv2 for now")
+
+
 def load_dit(spec: ShardSpec, device: torch.device):
     """The DiT (VACE-wrapped when spec.vace) every rank builds: seeded random weights exactly as
     engine.factory.build_random makes them, or the recipe's checkpoint files."""
@@ -245,10 +256,6 @@ def build_rank0(spec: ShardSpec, link, world: int, processes=()) -> ParallelStre
         pose = pose_from_models(parts.model, spec.models or default_models(), width=spec.width, height=spec.height,
                                 frames_per_chunk=_max_chunk_latents(rec), device=link.device, dtype=dtype)
     model = pipelined(parts.model, spec.placement, link)
-    if rec.cache.sink_ema is not None or getattr(rec.cache, "recompute_frames", 0) or getattr(rec.cache, "bank_frames", 0):
-        model.close()
-        raise ValueError(f"pipeline '{rec.name}' has its own cache rule (engine.policies); --gpus > 1 runs "
-                         f"longlive, self-forcing and streamdiffusionv2")
     gen = StreamGenerator(model, parts.codec, parts.text_encoder, recipe=rec, width=spec.width, height=spec.height,
                           conditioner=parts.conditioner, loras=None, rope=spec.rope, sdpa=spec.sdpa, pose=pose,
                           recache=spec.recache)
@@ -259,6 +266,7 @@ def start_local(spec: ShardSpec, world: int, init_method: str | None = None) -> 
     """Rank 0 in this process, ranks 1..world-1 spawned on this host."""
     import torch.multiprocessing as mp
 
+    check_recipe(spec.recipe)
     if spec.placement is None or spec.placement.world != world:
         spec = spec.with_placement(world)
     init_method = init_method or f"tcp://127.0.0.1:{free_port()}"
@@ -278,6 +286,7 @@ def start_local(spec: ShardSpec, world: int, init_method: str | None = None) -> 
 
 def start_rank0(spec: ShardSpec, init_method: str, world: int, local_rank: int | None = None) -> ParallelStream:
     """Rank 0 of a job whose other ranks were started elsewhere (torchrun, a second host)."""
+    check_recipe(spec.recipe)
     if spec.placement is None or spec.placement.world != world:
         spec = spec.with_placement(world)
     link = init_group(spec, 0, world, init_method, local_rank)
