@@ -33,7 +33,7 @@ def choose_fp8_rows(model: nn.Module, rows: Iterable[int], *, compiled: bool = F
                     margin: float = 0.02, timer=time_ms, names=BLOCK_LINEARS
                     ) -> tuple[dict[tuple[int, int], frozenset[int]], list[dict[str, Any]]]:
     """({(in, out): row counts where FP8 was faster by `margin`}, one report row per timing).
-    timer(fn, reps, device, name) -> ms (name "bf16" or "fp8"; tests inject one)."""
+    timer(fn, reps, device, name) -> ms, name "bf16:<in>x<out>:<rows>" or "fp8:..." (tests inject one)."""
     shapes: dict[tuple[int, int], nn.Linear] = {}
     for _, _, linear in _block_linears(model, names):
         shapes.setdefault((linear.in_features, linear.out_features), linear)
@@ -53,16 +53,17 @@ def choose_fp8_rows(model: nn.Module, rows: Iterable[int], *, compiled: bool = F
             for m in rows:
                 x = torch.randn(m, shape[0], device=linear.weight.device, dtype=linear.weight.dtype)
                 try:
-                    t_bf16 = timer(lambda: nn.functional.linear(x, linear.weight, linear.bias), reps, x.device, "bf16")
+                    tag = f"{shape[0]}x{shape[1]}:{m}"
+                    t_bf16 = timer(lambda: nn.functional.linear(x, linear.weight, linear.bias), reps, x.device, f"bf16:{tag}")
                     try:
-                        t_fp8 = timer(lambda: fp8_call(x), reps, x.device, "fp8")
+                        t_fp8 = timer(lambda: fp8_call(x), reps, x.device, f"fp8:{tag}")
                     except Exception as exc:
                         if fp8_call is fp8:
                             raise
                         log.warning("fp8 auto: the compiled FP8 candidate failed (%s: %s); timing it eagerly",
                                     type(exc).__name__, exc)
                         fp8_call = fp8
-                        t_fp8 = timer(lambda: fp8_call(x), reps, x.device, "fp8")
+                        t_fp8 = timer(lambda: fp8_call(x), reps, x.device, f"fp8:{tag}")
                 except RuntimeError as exc:  # FP8 kernel refuses the shape: bf16
                     log.warning("fp8 auto: %s x %s failed in FP8 (%s); bf16", m, shape, exc)
                     continue
