@@ -548,7 +548,9 @@ class StreamGenerator:
         if (self.stream is None or self.stream.clean_pass) and not reuse:  # Krea has none
             if self.stream is not None:
                 self.stream.before_pass("clean")
-            model(x0, plan.context_tensor, self.text, kv, start, add_condition=cond)
+            # the flow of a context pass is never read: a pipelined DiT (engine.parallel) does
+            # not wait for its last rank here, so that rank's share overlaps the decode below
+            getattr(model, "context_pass", model)(x0, plan.context_tensor, self.text, kv, start, add_condition=cond)
             clock.mark("dit")
 
         decoded = self.decoder.decode(x0)
@@ -569,7 +571,8 @@ class StreamGenerator:
         cond = self.pose.condition_for(start, n) if self.pose is not None else None
         if self.stream is not None:
             self.stream.before_pass("recache")
-        self.model(latents, context_t, self.text, self.kv, start, add_condition=cond)
+        getattr(self.model, "context_pass", self.model)(latents, context_t, self.text, self.kv, start,
+                                                        add_condition=cond)
         self.counters["recaches"] += 1
 
     def _ensure_rope_room(self, notices: list[str]) -> None:

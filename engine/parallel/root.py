@@ -102,6 +102,22 @@ class PipelinedModel:
     def __call__(self, x, t, text, kv=None, start_frame: int = 0, *, vace_context=None, vace_prefix=None,
                  context_scale: float = 1.0, hints=None, block_residuals=None, attn_mask=None,
                  add_condition=None) -> torch.Tensor:
+        return self._pass(x, t, text, kv, start_frame, vace_context=vace_context, vace_prefix=vace_prefix,
+                          context_scale=context_scale, hints=hints, block_residuals=block_residuals,
+                          attn_mask=attn_mask, add_condition=add_condition, reply=True)
+
+    forward = __call__
+
+    def context_pass(self, x, t, text, kv, start_frame: int = 0, *, add_condition=None) -> None:
+        """A pass whose flow nobody reads (the clean pass, the KV re-cache): it writes every rank's
+        K/V and returns once rank 0's blocks are done; the other ranks finish it while rank 0 goes
+        on (decode, the next chunk's conditioning and its first blocks). Their messages are handled
+        in order, so the next pass still sees these K/V: the result is unchanged."""
+        self._pass(x, t, text, kv, start_frame, add_condition=add_condition, reply=False)
+
+    def _pass(self, x, t, text, kv=None, start_frame: int = 0, *, vace_context=None, vace_prefix=None,
+              context_scale: float = 1.0, hints=None, block_residuals=None, attn_mask=None,
+              add_condition=None, reply: bool = True):
         if block_residuals or attn_mask is not None:
             raise ValueError("the pipelined DiT takes no block_residuals / attn_mask")
         if context_scale != 0 and hints is None and vace_context is not None:
@@ -122,15 +138,18 @@ class PipelinedModel:
         tokens = self.shard.run_blocks(tokens, e0, text, attn, hints=use_hints, context_scale=context_scale)
         seq = self._down({"op": "forward", "grid": tuple(grid), "start": start_frame,
                           "plan": attn.plan if kv is not None else None,
-                          "hints": hints.serial if use_hints else None, "scale": float(context_scale)},
+                          "hints": hints.serial if use_hints else None, "scale": float(context_scale),
+                          "reply": reply},
                          [tokens, e0])
+        if not reply:
+            if kv is not None:
+                kv.commit(attn)
+            return None
         tokens = self._result(seq)
         out = base.head(tokens, e)
         if kv is not None:
             kv.commit(attn)
         return base.unpatchify(out, grid)
-
-    forward = __call__
 
     def _result(self, seq: int) -> torch.Tensor:
         """The last rank's answer to message `seq`; worker errors for earlier messages are raised

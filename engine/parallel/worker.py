@@ -6,6 +6,7 @@ Operations (rank 0 sends them; every rank handles them in order and forwards the
   rope     repeat rank 0's RoPE mode switch on the stored keys
   hints    run this rank's VACE blocks on the hint stream, keep their hints
   forward  run this rank's blocks on the residual stream; the last rank returns it to rank 0
+           (not for a context pass: the clean pass and the re-cache only write K/V)
   stop     forward the stop and exit
 A failed operation is answered with an "error" message carrying its sequence number (forwarded to
 rank 0, which raises it for that chunk); the worker keeps serving.
@@ -98,8 +99,8 @@ class Worker:
             attn = shard.attention_for(meta["plan"], grid, meta["start"])
             tokens = shard.run_blocks(tokens, e0, self._text(), attn, hints=meta["hints"] is not None,
                                       context_scale=meta["scale"])
-            if self.last:
-                return 0, {"op": "result", "seq": meta["seq"]}, [tokens]
+            if self.last:  # a context pass (reply False) ends here: its K/V are written
+                return (0, {"op": "result", "seq": meta["seq"]}, [tokens]) if meta.get("reply", True) else None
             return down, meta, [tokens, e0]
         raise ValueError(f"unknown pipeline operation {op!r}")
 
