@@ -198,6 +198,7 @@ class StreamGenerator:
         self._restore_compile = None
         self._fp8 = None
         self.fp8_mode = "off"
+        self._late_video = None  # set_late_video: the newest control frames, read before the VACE encode
         self.fp8_report: list[dict[str, Any]] = []  # --fp8 auto: the bf16/FP8 timings per shape
         self.set_compile(compile)
         # A model larger than 1.3B (Krea 14B) frees its bf16 block Linears under FP8 (compact):
@@ -500,6 +501,7 @@ class StreamGenerator:
             self._recache(plan.context_tensor)
             clock.mark("recache")
         self._ensure_rope_room(notices)
+        request = self._late_control(request, v2v, notices)
 
         cond, request = self._pose_condition(request, notices)
         clock.mark("pose")
@@ -560,6 +562,23 @@ class StreamGenerator:
         frames = frames_to_rgba(decoded)
         clock.mark("output")
         return frames, x0
+
+    def set_late_video(self, provider) -> None:
+        """provider(n) -> the newest n control frames now (or None): called right before the
+        pose/VACE encode of each chunk, so the frames are as new as they can be (the run loop's
+        control history; a prompt cut's re-cache no longer ages them). None: off."""
+        self._late_video = provider
+
+    def _late_control(self, request: ChunkRequest, v2v, notices: list[str]) -> ChunkRequest:
+        provider = self._late_video
+        if provider is None or v2v is not None or request.video is None or self.conditioner is None:
+            return request
+        try:
+            frames = provider(self.next_chunk_frames)
+        except Exception as exc:  # the request's own frames are still good
+            notices.append(f"late control frames unavailable ({type(exc).__name__}: {exc}); using the request's")
+            return request
+        return request if frames is None else replace(request, video=frames)
 
     def _recache(self, context_t: torch.Tensor) -> None:
         """LongLive's KV re-cache after a prompt cut (module doc, step 2; engine.recache)."""

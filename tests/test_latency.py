@@ -121,3 +121,56 @@ def test_run_loop_measures_control_to_sink_latency_and_applies_the_live_headroom
     status = loop.status()
     assert status["control_latency_p50_ms"] == p["p50_ms"] and "control_latency_p99_ms" in status
     loop.pacer.stop()
+
+
+class LateGen(Gen):
+    """Takes its control frames late, like engine.generator (frames arrive during the step)."""
+
+    def __init__(self, history):
+        super().__init__()
+        self.history, self.provider, self.used = history, None, None
+
+    def set_late_video(self, provider):
+        self.provider = provider
+
+    def step(self, request):
+        for _ in range(2):  # frames that arrive while the engine encodes text / re-caches
+            self.history.poll_once()
+        self.used = self.provider(3)
+        return super().step(request)
+
+
+def test_run_loop_hands_the_engine_the_newest_control_frames_late():
+    history = FrameHistory(Source(), depth=8, start=False)
+    for _ in range(5):
+        history.poll_once()
+    gen = LateGen(history)
+    loop = RunLoop(gen, ParamStore(), lambda f: None, control=history, pacer_options={"start": False})
+    rec = loop.run_once()
+    early = [int(f[0, 0, 0]) for f in rec.request.video]
+    late = [int(f[0, 0, 0]) for f in gen.used]
+    assert early == [3, 4, 5] and late == [5, 6, 7]
+    assert loop._arrived == history.window(3).arrived  # latency is measured from the late frames
+    loop.pacer.stop()
+    RunLoop(gen, ParamStore(), lambda f: None, pacer_options={"start": False}).pacer.stop()
+    assert gen.provider is None  # a loop without a control input switches it off
+
+
+def test_stream_generator_encodes_the_late_frames():
+    import torch
+
+    from vacelive.engine.generator import StreamGenerator
+    from vacelive.engine.request import ChunkRequest, Prompt
+
+    rng = np.random.default_rng(0)
+    early = rng.integers(0, 255, (9, 48, 64, 4), dtype=np.uint8)
+    late = rng.integers(0, 255, (9, 48, 64, 4), dtype=np.uint8)
+
+    def run(video, provider=None):
+        gen = StreamGenerator.random("tiny", width=64, height=48, codec="tae", seed=1)
+        gen.set_late_video(provider)
+        return gen.step(ChunkRequest(prompts=[Prompt("x")], video=video, seed=2)).frames
+
+    got = run(early, provider=lambda n: late[:n])
+    assert torch.equal(got, run(late))
+    assert not torch.equal(got, run(early))

@@ -66,6 +66,12 @@ class GeneratorWrapper:
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
+    def set_late_video(self, provider: Any) -> None:
+        """Forwarded to an engine that takes its control frames late (engine.generator)."""
+        hook = getattr(self.inner, "set_late_video", None)
+        if hook is not None:
+            hook(provider)
+
     def reset(self) -> None:
         self.inner.reset()
 

@@ -182,6 +182,9 @@ class RunLoop:
         self.latency = LatencyTracker()
         self.tap.listeners.append(self.latency.sent)
         self._arrived: tuple = ()  # arrival stamps of the control window of the chunk being built
+        late = getattr(generator, "set_late_video", None)
+        if late is not None:  # a local engine re-reads the newest frames right before its VACE encode
+            late(self._late_video if control is not None else None)
         self.refs = RefsInput(ref)
         self.v2v_input = V2VInput(input_video)
         self.extension = ExtensionInput()
@@ -311,6 +314,15 @@ class RunLoop:
                 continue
             return True
         return False
+
+    def _late_video(self, n: int) -> Any:
+        """The newest n control frames now (called by a local engine inside step(), right
+        before its VACE encode); their arrival stamps replace the request's."""
+        window = self.control.window(n, still_as_one=True) if self.control is not None else None
+        if window is None:
+            return None
+        self._arrived = tuple(getattr(window, "arrived", ()) or ())
+        return window.frames
 
     def _frames_needed(self) -> int:
         try:
