@@ -54,6 +54,7 @@ class ShardSpec:
     hint_reuse: bool = False
     timeout_s: float = DEFAULT_TIMEOUT_S
     placement: Placement | None = None
+    header_group: bool | None = None  # headers over their own gloo group (None: with NCCL)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -106,9 +107,13 @@ def init_group(spec: ShardSpec, rank: int, world: int, init_method: str, local_r
     device = spec.rank_device(rank if local_rank is None else local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(spec.backend, init_method=init_method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=spec.timeout_s))
-    return Link(rank, world, device)
+    timeout = datetime.timedelta(seconds=spec.timeout_s)
+    dist.init_process_group(spec.backend, init_method=init_method, rank=rank, world_size=world, timeout=timeout)
+    # headers over gloo (CPU sockets) also under NCCL: waiting there for a dead peer fails with a
+    # bounded, catchable error instead of blocking inside an NCCL kernel
+    separate = spec.backend == "nccl" if spec.header_group is None else spec.header_group
+    headers = dist.new_group(backend="gloo", timeout=timeout) if separate else None
+    return Link(rank, world, device, header_group=headers)
 
 
 def check_recipe(name: str) -> None:

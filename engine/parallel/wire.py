@@ -1,5 +1,5 @@
 """Point-to-point messages between pipeline ranks over torch.distributed (gloo on CPU, NCCL on
-GPU): a small picklable header, then its tensors, each with a blocking send/recv.
+GPU): a small picklable header (always over gloo), then its tensors, each with a blocking send/recv.
 
 Every receive is bounded by the process group's timeout (init_process_group(timeout=...)); a
 peer that exits closes its sockets and the receive fails at once (gloo: "Connection closed by
@@ -24,10 +24,11 @@ class Link:
     """This rank's channel to its pipeline neighbours. `device`: where received tensors live
     (cuda:k with NCCL, cpu with gloo)."""
 
-    def __init__(self, rank: int, world: int, device: torch.device, group=None):
+    def __init__(self, rank: int, world: int, device: torch.device, group=None, header_group=None):
         self.rank, self.world = rank, world
         self.device = torch.device(device)
         self.group = group
+        self.header_group = header_group  # a gloo group for the headers (None: `group`)
 
     @property
     def next(self) -> int:
@@ -41,7 +42,7 @@ class Link:
         meta = dict(header)
         meta["_tensors"] = [(tuple(t.shape), str(t.dtype)) for t in tensors]
         try:
-            dist.send_object_list([meta], dst=dst, group=self.group, device=self._object_device)
+            dist.send_object_list([meta], dst=dst, group=self._headers, device=self._object_device)
             for t in tensors:
                 dist.send(t.contiguous(), dst=dst, group=self.group)
         except Exception as exc:  # noqa: BLE001 - any transport failure means the peer is gone
@@ -51,7 +52,7 @@ class Link:
     def recv(self, src: int) -> tuple[dict[str, Any], list[torch.Tensor]]:
         box: list[Any] = [None]
         try:
-            dist.recv_object_list(box, src=src, group=self.group, device=self._object_device)
+            dist.recv_object_list(box, src=src, group=self._headers, device=self._object_device)
             meta = box[0]
             tensors = []
             for shape, dtype in meta.pop("_tensors"):
@@ -64,8 +65,12 @@ class Link:
         return meta, tensors
 
     @property
+    def _headers(self):
+        return self.header_group if self.header_group is not None else self.group
+
+    @property
     def _object_device(self):
-        return self.device if self.device.type == "cuda" else None
+        return self.device if self.device.type == "cuda" and self.header_group is None else None
 
 
 def _short(exc: BaseException, limit: int = 240) -> str:
