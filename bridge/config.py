@@ -152,9 +152,12 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
                        "(one of five DiT forwards), reuse = the last denoising pass's (about 20 %% less "
                        "DiT work, approximate; docs/PERFORMANCE.md)")
     g.add_argument("--gpus", type=int, default=1, metavar="N",
-                   help="split the DiT blocks over N GPUs of this host (pipeline ranks, NCCL; with "
-                   "--device cpu: N processes over gloo). Exact: the same stream as one GPU; it "
-                   "spreads memory, not time (docs/parallel.md)")
+                   help="run the DiT on N GPUs of this host (ranks over NCCL; with --device cpu: N "
+                   "processes over gloo); see --parallel-mode and docs/parallel.md")
+    g.add_argument("--parallel-mode", choices=("pipeline", "sequence"), default="pipeline",
+                   help="with --gpus > 1: pipeline = DiT blocks split over the GPUs (memory, several "
+                   "hosts); sequence = every GPU runs every block on a share of the tokens (Ulysses: "
+                   "lower chunk latency on one NVLink host). Both give the one-GPU stream")
     g.add_argument("--parallel-timeout", type=float, default=60.0, metavar="S",
                    help="with --gpus > 1: seconds a rank may stay silent before the stream stops "
                    "with an error (the output holds the last frame)")

@@ -135,6 +135,8 @@ def test_serve_gpus_builds_the_pipelined_generator_and_refuses_what_it_cannot_ru
         build_local_generator(parse(*base, "--compile"))
     with pytest.raises(ConfigError, match="own cache rule"):
         build_local_generator(parse(*base, "--pipeline", "reward-forcing"))
+    with pytest.raises(ConfigError, match="num_heads"):  # the tiny DiT has 2 heads
+        build_local_generator(parse(*base[:-4], "--gpus", "3", "--parallel-mode", "sequence"))
     gen = build_local_generator(parse(*base))
     try:
         res = gen.step(ChunkRequest(prompts=[Prompt("a red cat")]))
@@ -142,3 +144,51 @@ def test_serve_gpus_builds_the_pipelined_generator_and_refuses_what_it_cannot_ru
         assert gen.describe()["parallel"]["ranks"] == 2
     finally:
         gen.close()
+
+
+# Sequence parallelism (Ulysses): 6 heads and 6 tokens per frame split over 2 and 3 ranks.
+SEQ_CFG = tiny_config(dim=192, num_heads=6, num_layers=3, vace_layers=(0, 2))
+SW, SH = 48, 32  # 3 x 2 tokens per frame
+
+
+def seq_reference():
+    gen = StreamGenerator.random("tiny", width=SW, height=SH, codec="tae", seed=0, vace=True, cfg=SEQ_CFG)
+    return gen
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sequence_parallel_stream_equals_single_process(world):
+    ref = seq_reference()
+    want = [ref.step(r).frames.clone() for r in seq_requests(ref)]
+    spec = replace(SPEC, cfg=SEQ_CFG, width=SW, height=SH, mode="sequence")
+    stream = start_local(spec, world)
+    try:
+        got = [stream.step(r).frames.clone() for r in seq_requests(stream)]
+        assert stream.describe()["parallel"]["mode"] == "sequence"
+        assert stream.counters["recaches"] == ref.counters["recaches"] == 1
+    finally:
+        stream.close()
+    assert all(p.exitcode == 0 for p in stream.processes)
+    for i, (a, b) in enumerate(zip(got, want)):
+        # same math, matmuls over fewer rows: equal up to fp32 round-off (uint8 frames: at most 1 level)
+        assert (a.int() - b.int()).abs().max() <= 1, f"chunk {i} differs"
+
+
+def seq_requests(gen, chunks: int = 6):
+    phase = 0
+    for i in range(chunks):
+        n = gen.next_chunk_frames
+        x = np.arange(SW, dtype=np.float32)[None, None, :]
+        t = np.arange(phase, phase + n, dtype=np.float32)[:, None, None]
+        ramp = ((x * 8 + t * 16) % 256) * np.ones((1, SH, 1), np.float32)
+        video = np.empty((n, SH, SW, 4), np.uint8)
+        video[..., :3] = ramp[..., None].astype(np.uint8)
+        video[..., 3] = 255
+        yield ChunkRequest(prompts=[Prompt("a red cat" if i < 3 else "a blue dog")], video=video, seed=7,
+                           hint_reuse=i >= 4)
+        phase += n
+
+
+def test_sequence_parallel_refuses_a_split_it_cannot_make():
+    with pytest.raises(ValueError, match="num_heads"):
+        start_local(replace(SPEC, cfg=SEQ_CFG, width=SW, height=SH, mode="sequence"), 4)

@@ -20,24 +20,26 @@ def wants_parallel(cfg: argparse.Namespace) -> bool:
 
 
 def shard_spec(cfg: argparse.Namespace, dtype: str) -> Any:
-    from vacelive.engine.parallel.launch import ShardSpec, check_recipe
+    from vacelive.engine.parallel.launch import ShardSpec, check_spec, torchrun_env
 
-    try:
-        check_recipe(cfg.pipeline)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
     if cfg.compile or str(cfg.fp8) not in ("off", "False", "None", ""):
         raise ConfigError("--gpus > 1 runs the eager bf16 path for now: drop --compile / --fp8")
     if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
         raise ConfigError(f"--gpus > 1 needs --device cuda (NCCL) or cpu (gloo), not {cfg.device}")
     if float(cfg.parallel_timeout) <= 0:
         raise ConfigError("--parallel-timeout must be > 0 seconds")
-    return ShardSpec(recipe=cfg.pipeline, width=cfg.width, height=cfg.height,
-                     device="cpu" if cfg.device == "cpu" else "cuda", dtype=dtype,
+    spec = ShardSpec(mode=getattr(cfg, "parallel_mode", None) or "pipeline", recipe=cfg.pipeline,
+                     width=cfg.width, height=cfg.height, device="cpu" if cfg.device == "cpu" else "cuda", dtype=dtype,
                      random_size=cfg.random_weights, codec=cfg.codec, models=cfg.models,
                      text_encoder=cfg.text_encoder, text_placement=cfg.text_placement, rope=cfg.rope,
                      recache=getattr(cfg, "recache", None) or "exact", sdpa=cfg.sdpa,
                      timeout_s=float(cfg.parallel_timeout))
+    job = torchrun_env()
+    try:
+        check_spec(spec, job[1] if job is not None else int(cfg.gpus))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return spec
 
 
 def build_parallel_generator(cfg: argparse.Namespace, dtype: str) -> Any:

@@ -25,6 +25,10 @@ from vacelive.engine.parallel.partition import Placement, plan_placement
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
+# pipeline: the DiT blocks split over the ranks (memory / several hosts; engine.parallel.root);
+# sequence: every rank runs every block on a share of the chunk's tokens (latency on one host;
+# engine.parallel.ulysses). Both give the single-process stream (docs/parallel.md).
+PARALLEL_MODES = ("pipeline", "sequence")
 # Rank 0's own work besides its blocks (embed, head, codec decode, conditioner, text), in main-block
 # passes per chunk; a measured figure belongs here once a multi-GPU run exists.
 ROOT_EXTRA = 2.0
@@ -55,6 +59,7 @@ class ShardSpec:
     timeout_s: float = DEFAULT_TIMEOUT_S
     placement: Placement | None = None
     header_group: bool | None = None  # headers over their own gloo group (None: with NCCL)
+    mode: str = "pipeline"  # PARALLEL_MODES: blocks over ranks, or tokens over ranks (Ulysses)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -116,6 +121,17 @@ def init_group(spec: ShardSpec, rank: int, world: int, init_method: str, local_r
     return Link(rank, world, device, header_group=headers)
 
 
+def check_spec(spec: "ShardSpec", world: int) -> None:
+    """ValueError for what `world` ranks of this spec cannot run (before any rank starts)."""
+    check_recipe(spec.recipe)
+    if spec.mode not in PARALLEL_MODES:
+        raise ValueError(f"parallel mode must be one of {PARALLEL_MODES}, got {spec.mode!r}")
+    if spec.mode == "sequence":
+        from vacelive.engine.parallel.ulysses import check_split
+
+        check_split(spec.model_config(), spec.width, spec.height, world)
+
+
 def check_recipe(name: str) -> None:
     """ValueError for a pipeline whose cache rule lives outside the plain sink + window cache
     (engine.policies: RewardForcing's EMA sink, Krea's recompute, MemFlow's bank)."""
@@ -165,7 +181,12 @@ def run_worker(spec: ShardSpec, rank: int, world: int, init_method: str, local_r
     link = init_group(spec, rank, world, init_method, local_rank)
     try:
         model = load_dit(spec, link.device)
-        worker = Worker(model, spec.placement, link)
+        if spec.mode == "sequence":
+            from vacelive.engine.parallel.ulysses import SeqComm, SeqWorker
+
+            worker = SeqWorker(model, link, SeqComm(rank, world))
+        else:
+            worker = Worker(model, spec.placement, link)
         del model
         worker.serve()
         return 0
@@ -189,8 +210,8 @@ class ParallelStream:
     silent rank fails the chunk with a PipelineDead error, and every later chunk fails at once with
     the same error (no more waiting): the run loop holds the last frame and reports it."""
 
-    def __init__(self, generator, model, world: int, processes=()):
-        self.generator, self.model, self.world = generator, model, world
+    def __init__(self, generator, model, world: int, processes=(), mode: str = "pipeline"):
+        self.generator, self.model, self.world, self.mode = generator, model, world, mode
         self.processes = list(processes)
         self.dead: str | None = None
 
@@ -212,8 +233,9 @@ class ParallelStream:
 
     def describe(self) -> dict[str, Any]:
         d = self.generator.describe()
-        d["parallel"] = {"ranks": self.world, "mode": "exact", "placement": self.model.placement.describe(),
-                         "dead": self.dead}
+        placement = self.model.placement
+        d["parallel"] = {"ranks": self.world, "mode": self.mode,
+                         "placement": placement.describe() if placement is not None else None, "dead": self.dead}
         return d
 
     def close(self, timeout: float = 10.0) -> None:
@@ -260,18 +282,23 @@ def build_rank0(spec: ShardSpec, link, world: int, processes=()) -> ParallelStre
                                   dtype=dtype, width=spec.width, height=spec.height, progress=False)
         pose = pose_from_models(parts.model, spec.models or default_models(), width=spec.width, height=spec.height,
                                 frames_per_chunk=_max_chunk_latents(rec), device=link.device, dtype=dtype)
-    model = pipelined(parts.model, spec.placement, link)
+    if spec.mode == "sequence":
+        from vacelive.engine.parallel.ulysses import SeqComm, UlyssesModel
+
+        model = UlyssesModel(parts.model, link, SeqComm(0, world))
+    else:
+        model = pipelined(parts.model, spec.placement, link)
     gen = StreamGenerator(model, parts.codec, parts.text_encoder, recipe=rec, width=spec.width, height=spec.height,
                           conditioner=parts.conditioner, loras=None, rope=spec.rope, sdpa=spec.sdpa, pose=pose,
                           recache=spec.recache)
-    return ParallelStream(gen, model, world, processes)
+    return ParallelStream(gen, model, world, processes, spec.mode)
 
 
 def start_local(spec: ShardSpec, world: int, init_method: str | None = None) -> ParallelStream:
     """Rank 0 in this process, ranks 1..world-1 spawned on this host."""
     import torch.multiprocessing as mp
 
-    check_recipe(spec.recipe)
+    check_spec(spec, world)
     if spec.placement is None or spec.placement.world != world:
         spec = spec.with_placement(world)
     init_method = init_method or f"tcp://127.0.0.1:{free_port()}"
@@ -291,7 +318,7 @@ def start_local(spec: ShardSpec, world: int, init_method: str | None = None) -> 
 
 def start_rank0(spec: ShardSpec, init_method: str, world: int, local_rank: int | None = None) -> ParallelStream:
     """Rank 0 of a job whose other ranks were started elsewhere (torchrun, a second host)."""
-    check_recipe(spec.recipe)
+    check_spec(spec, world)
     if spec.placement is None or spec.placement.world != world:
         spec = spec.with_placement(world)
     link = init_group(spec, 0, world, init_method, local_rank)
