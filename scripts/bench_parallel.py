@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark the pipelined DiT (engine.parallel, mode "exact") on 1, 2, 4 GPUs of one host:
+"""Benchmark the parallel DiT (engine.parallel: --modes pipeline = blocks over the GPUs, sequence =
+Ulysses token shards) on 1, 2, 4 GPUs of one host:
 random full-size Wan2.1-1.3B + VACE weights, a synthetic moving depth map as VACE control (depth
 mode of scripts/bench_stream.py), 4 steps, LongLive recipe.
 
@@ -8,9 +9,9 @@ median and p90 per-chunk latency (ChunkResult wall), the first chunk after start
 scaling efficiency against 1 GPU (fps_N / (N * fps_1)), per-rank placement, peak memory of rank
 0, and how far the output is from the 1-GPU stream (same weights, seed, inputs; 8-bit levels).
 
-    python scripts/bench_parallel.py --out $OUT/parallel.json                 # 832x480 + 576x320 on 1,2,4 GPUs
+    python scripts/bench_parallel.py --out $OUT/parallel.json                 # 832x480 + 576x320 on 1,2,4 GPUs, both modes
     python scripts/bench_parallel.py --gpus 1,2 --res 576x320 --chunks 12
-    python scripts/bench_parallel.py --smoke                                  # CPU, gloo, tiny model, 1 and 2 ranks
+    python scripts/bench_parallel.py --smoke                                  # CPU, gloo, tiny model, 1 and 2 ranks, both modes
 
 Ranks are processes on this host (torch.multiprocessing spawn, NCCL). Nothing here is timed by
 the test suite; the smoke path only checks that the script runs and the numbers are well formed.
@@ -95,6 +96,7 @@ def run(world: int, spec: ShardSpec, args) -> tuple[dict, list[np.ndarray]]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpus", default="1,2,4", help="comma list of rank counts")
+    p.add_argument("--modes", default="pipeline,sequence", help="comma list of pipeline,sequence")
     p.add_argument("--res", default="832x480,576x320", help="comma list of WxH")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--chunks", type=int, default=10, help="measured chunks per case")
@@ -121,20 +123,24 @@ def main(argv=None) -> int:
         sizes = [parse_res(r) for r in args.res.split(",") if r.strip()]
         base = ShardSpec(random_size="full", codec=args.codec, device="cuda", dtype="bfloat16",
                          timeout_s=args.timeout, sdpa=args.sdpa)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     meta = {"torch": torch.__version__, "gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "mode": "exact",
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "recipe": base.recipe, "codec": base.codec, "control": "depth (synthetic, VACE)"}
     rows = []
     for width, height in sizes:
         spec = ShardSpec(**{**base.__dict__, "width": width, "height": height})
         ref_fps, ref_frames = None, None
-        for world in worlds:
+        cases = [(1, "single")] * (1 in worlds) + [(w, m) for w in worlds if w > 1 for m in modes]
+        for world, mode in cases:
             try:
-                row, frames = run(world, spec, args)
+                row, frames = run(world, ShardSpec(**{**spec.__dict__, "mode": mode if world > 1 else "pipeline"}), args)
             except Exception as exc:  # noqa: BLE001 - one failed case must not lose the others
                 traceback.print_exc()
-                rows.append({"ranks": world, "width": width, "height": height, "error": f"{type(exc).__name__}: {exc}"})
+                rows.append({"ranks": world, "mode": mode, "width": width, "height": height,
+                             "error": f"{type(exc).__name__}: {exc}"})
                 continue
+            row["mode"] = mode
             if world == 1:
                 ref_fps, ref_frames = row["fps"], frames
             if ref_fps:
@@ -157,14 +163,14 @@ def main(argv=None) -> int:
 def markdown(result: dict) -> str:
     m = result["meta"]
     lines = [f"bench_parallel: {m['gpu']} x{m['gpus_visible']}, torch {m['torch']}, {m['recipe']}, codec {m['codec']}, "
-             f"{m['control']}, mode {m['mode']}", "",
-             "| WxH | ranks | fps | speed-up | efficiency | chunk ms (median / p90) | first chunk ms | max diff vs 1 |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{m['control']}", "",
+             "| WxH | ranks | mode | fps | speed-up | efficiency | chunk ms (median / p90) | first chunk ms | max diff vs 1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['width']}x{r['height']} | {r['ranks']} | error: {r['error']} |||||| ")
+            lines.append(f"| {r['width']}x{r['height']} | {r['ranks']} | {r['mode']} | error: {r['error']} |||||| ")
             continue
-        lines.append(f"| {r['width']}x{r['height']} | {r['ranks']} | {r['fps']:.1f} | {r.get('speedup', 1):.2f} | "
+        lines.append(f"| {r['width']}x{r['height']} | {r['ranks']} | {r['mode']} | {r['fps']:.1f} | {r.get('speedup', 1):.2f} | "
                      f"{r.get('scaling_efficiency', 1):.2f} | {r['latency_ms_median']:.0f} / {r['latency_ms_p90']:.0f} | "
                      f"{r['first_chunk_ms']:.0f} | {r.get('diff_max', 0):.0f} |")
     return "\n".join(lines) + "\n"
