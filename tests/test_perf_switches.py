@@ -194,3 +194,19 @@ def test_clean_pass_reuse_changes_the_stream_but_not_the_first_chunk():
     _, _, reuse = _two_chunks("reuse")
     assert torch.equal(exact[0], reuse[0])  # nothing cached yet when the first chunk is made
     assert not torch.equal(exact[1], reuse[1])
+
+
+def test_sdpa_selector_keeps_the_first_candidate_on_a_near_tie():
+    calls = []
+    costs = {"CUDNN_ATTENTION": 1.02, "MATH": 1.0}
+
+    def timer(fn, reps, device, name):
+        calls.append(name)
+        return costs[name]
+    sel = SdpaSelector(candidates=("CUDNN_ATTENTION", "MATH"), devices=("cpu",), timer=timer)
+    q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+    sel._measure(sel.key(q, k, None), q, k, v, None)
+    assert sel.describe()[0]["kernel"] == "cudnn"  # 2 % apart: noise, keep the first
+    costs["MATH"] = 0.9
+    sel._measure(sel.key(q, k2 := torch.randn(1, 2, 9, 16), None), q, k2, k2, None)
+    assert sel.describe()[1]["kernel"] == "math"

@@ -6,8 +6,10 @@ the matmul saves (the whole stream measured 12-15 % slower with FP8 there on H20
 start-up every distinct block Linear shape (in, out) is timed at every row count (tokens per
 call) the stream can reach, bf16 against FP8, on random inputs of that size; FP8 is kept only
 for the (shape, row count) pairs where it won by `margin`, every other call runs the bf16
-weight as before. When the blocks are compiled, the FP8 candidate is timed compiled too (its
-quantisation then fuses into one pass, as in the compiled blocks); otherwise eagerly.
+weight as before. When the blocks are compiled, both candidates are timed compiled behind a
+producer kernel (fp32 -> bf16 cast), as in the blocks, where the activation quantisation fuses
+into the kernel that makes the Linear's input; otherwise eagerly (where FP8's separate
+quantisation passes rarely pay: an H200 at 832x480 measured FP8 slower for every shape).
 """
 from __future__ import annotations
 
@@ -43,26 +45,39 @@ def choose_fp8_rows(model: nn.Module, rows: Iterable[int], *, compiled: bool = F
     with torch.no_grad():
         for shape, linear in shapes.items():
             fp8 = Fp8Linear(linear)
-            fp8_call = fp8
+            dtype = linear.weight.dtype
+
+            def bf16_eager(x):
+                return nn.functional.linear(x, linear.weight, linear.bias)
+
+            bf16_call, fp8_call = bf16_eager, fp8
             if compiled:
+                # In the compiled blocks the activation quantisation fuses into the kernel that
+                # makes the Linear's input (modulation / GELU: fp32 math cast to bf16), so both
+                # candidates are timed compiled with such a producer in front.
                 try:
-                    fp8_call = torch.compile(fp8.forward, dynamic=True)
-                except Exception as exc:  # no compiler here: the eager FP8 path is the candidate
-                    log.warning("fp8 auto: cannot compile the FP8 candidate (%s); timing it eagerly", exc)
+                    bf16_call = torch.compile(lambda xf: bf16_eager(xf.to(dtype)), dynamic=True)
+                    fp8_call = torch.compile(lambda xf: fp8(xf.to(dtype)), dynamic=True)
+                except Exception as exc:  # no compiler here: eager candidates
+                    log.warning("fp8 auto: cannot compile the candidates (%s); timing them eagerly", exc)
+                    bf16_call, fp8_call = bf16_eager, fp8
             wins = set()
             for m in rows:
-                x = torch.randn(m, shape[0], device=linear.weight.device, dtype=linear.weight.dtype)
+                in_dtype = torch.float32 if fp8_call is not fp8 else dtype
+                x = torch.randn(m, shape[0], device=linear.weight.device, dtype=in_dtype)
                 try:
                     tag = f"{shape[0]}x{shape[1]}:{m}"
-                    t_bf16 = timer(lambda: nn.functional.linear(x, linear.weight, linear.bias), reps, x.device, f"bf16:{tag}")
                     try:
+                        t_bf16 = timer(lambda: bf16_call(x), reps, x.device, f"bf16:{tag}")
                         t_fp8 = timer(lambda: fp8_call(x), reps, x.device, f"fp8:{tag}")
                     except Exception as exc:
                         if fp8_call is fp8:
                             raise
-                        log.warning("fp8 auto: the compiled FP8 candidate failed (%s: %s); timing it eagerly",
+                        log.warning("fp8 auto: the compiled candidates failed (%s: %s); timing them eagerly",
                                     type(exc).__name__, exc)
-                        fp8_call = fp8
+                        bf16_call, fp8_call = bf16_eager, fp8
+                        x = x.to(dtype)
+                        t_bf16 = timer(lambda: bf16_call(x), reps, x.device, f"bf16:{tag}")
                         t_fp8 = timer(lambda: fp8_call(x), reps, x.device, f"fp8:{tag}")
                 except RuntimeError as exc:  # FP8 kernel refuses the shape: bf16
                     log.warning("fp8 auto: %s x %s failed in FP8 (%s); bf16", m, shape, exc)
@@ -73,7 +88,7 @@ def choose_fp8_rows(model: nn.Module, rows: Iterable[int], *, compiled: bool = F
                 report.append({"in": shape[0], "out": shape[1], "rows": m, "bf16_ms": round(t_bf16, 4),
                                "fp8_ms": round(t_fp8, 4), "fp8": use})
             chosen[shape] = frozenset(wins)
-            del fp8, fp8_call
+            del fp8, fp8_call, bf16_call
     for shape, wins in chosen.items():
         log.info("fp8 auto: Linear %d->%d runs FP8 at %s of %d row counts", shape[0], shape[1],
                  sorted(wins) if wins else "none", len(rows))
