@@ -161,6 +161,10 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--parallel-timeout", type=float, default=60.0, metavar="S",
                    help="with --gpus > 1: seconds a rank may stay silent before the stream stops "
                    "with an error (the output holds the last frame)")
+    speed.add_argument("--kv-window", type=int, default=None, metavar="FRAMES",
+                       help="latent frames of the KV attention window, sink included (default: the "
+                       "pipeline's, LongLive 12); fewer = less attention per forward, shorter memory "
+                       "(approximate; docs/PERFORMANCE.md)")
     g.add_argument("--random-weights", choices=("tiny", "full"), default=None,
                    help="no weight files: a random-weight model (tiny: CPU rehearsal of the whole "
                    "rig; full: full-size shapes for GPU timing). Output is abstract noise-art")

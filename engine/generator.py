@@ -114,6 +114,7 @@ class StreamGenerator:
         pose=None,
         recache: str = "exact",
         clean_pass: str = "exact",
+        kv_window: int | None = None,
     ):
         """model: CausalWanModel or VaceWanModel; codec: engine.codecs.Codec; text_encoder: anything
         with `.encode(list[str]) -> [B, L, text_dim]` (engine.text.TextEncoder); conditioner:
@@ -125,8 +126,16 @@ class StreamGenerator:
         recache: what a prompt cut re-caches (engine.recache.RECACHE_MODES): "exact" (LongLive's
         window) or "newest" (the newest chunk's frames only; no hitch on a cut).
         clean_pass: CLEAN_PASS_MODES ("reuse" skips the clean K/V pass; pipelines with their own
-        cache rule (Krea, MemFlow) always run theirs)."""
+        cache rule (Krea, MemFlow) always run theirs).
+        kv_window: latent frames of the KV window, sink included (None: the recipe's, LongLive 12);
+        fewer = less attention per forward and a shorter memory (approximate)."""
         self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+        if kv_window is not None:  # a shorter attention window: less attention work, approximate
+            cache = self.recipe.cache
+            if cache.recompute_frames or not cache.sink_frames < int(kv_window) <= cache.local_frames:
+                raise ValueError(f"kv_window must be in {cache.sink_frames + 1}..{cache.local_frames} latent "
+                                 f"frames for {self.recipe.name} (and the pipeline must keep a KV window)")
+            self.recipe = replace(self.recipe, cache=replace(cache, local_frames=int(kv_window)))
         if rope not in ROPE_SETTINGS:
             raise ValueError(f"rope must be one of {ROPE_SETTINGS}, got {rope!r}")
         if width % 16 or height % 16 or width <= 0 or height <= 0:
@@ -222,7 +231,8 @@ class StreamGenerator:
                     device="cuda", dtype: torch.dtype = torch.bfloat16, loras: Sequence = (), rope: str = "auto",
                     compile: bool = False, fp8: bool = False, sdpa: str = "auto",
                     progress: bool = True, pose_weights: str | None = None,
-                    pose_proj: str | None = None, recache: str = "exact", clean_pass: str = "exact") -> "StreamGenerator":
+                    pose_proj: str | None = None, recache: str = "exact", clean_pass: str = "exact",
+                    kv_window: int | None = None) -> "StreamGenerator":
         """Load the recipe's real weights from the models folder (engine.models_dir). Raises
         MissingWeightsError listing every missing file before loading anything. Pose tokens:
         UniAnimate-DiT's pose CNNs from `pose_weights` or the models folder (engine.pose.build),
@@ -240,14 +250,14 @@ class StreamGenerator:
                                 weights=pose_weights, proj=pose_proj)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=rec, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
-                   pose=pose, recache=recache, clean_pass=clean_pass)
+                   pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window)
 
     @classmethod
     def random(cls, size: str = "tiny", width: int = 832, height: int = 480, codec: str = "wan",
                device="cpu", dtype: torch.dtype | None = None, seed: int = 0, vace: bool = True, *,
                recipe: str = "longlive", text_encoder_size: str = "tiny", rope: str = "auto",
                compile: bool = False, fp8: bool = False, sdpa: str = "auto", cfg=None,
-               recache: str = "exact", clean_pass: str = "exact") -> "StreamGenerator":
+               recache: str = "exact", clean_pass: str = "exact", kv_window: int | None = None) -> "StreamGenerator":
         """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
         (the recipe's full-size DiT: Wan2.1-1.3B, or 14B for krea-realtime, + full codec; GPU
         benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
@@ -266,7 +276,7 @@ class StreamGenerator:
                            device=param.device, dtype=param.dtype, seed=seed + 3)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=recipe, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
-                   pose=pose, recache=recache, clean_pass=clean_pass)
+                   pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window)
 
     # ---- speed switches -----------------------------------------------------------------------
     @property

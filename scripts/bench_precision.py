@@ -13,9 +13,10 @@ VACE weights) and each variant below, one table row with:
   kernels chosen     --sdpa auto's per-shape kernel and --fp8 auto's FP8 Linears (in the JSON)
 
 Variants (exact = eager, bf16 Linears, PyTorch's default attention kernel, hints every step, a
-clean K/V pass): sdpa-auto, sdpa-cudnn, fp8-on, fp8-auto, hint-reuse, clean-reuse, and the
-compiled fast paths fast (compile + fp8 on + hint reuse + sdpa auto), fast-auto (fp8 auto instead
-of on) and fast-auto-reuse (+ clean pass reuse). Rows that would start after --budget seconds are
+clean K/V pass, the recipe's KV window): sdpa-auto, sdpa-cudnn, fp8-on, fp8-auto, hint-reuse,
+clean-reuse, window-9 (a 9-frame KV window instead of 12), and the compiled fast paths fast
+(compile + fp8 on + hint reuse + sdpa auto), fast-reuse (+ clean pass reuse), fast-auto (fp8 auto
+instead of on), fast-auto-reuse and fast-auto-reuse-w9 (+ the 9-frame window). Rows that would start after --budget seconds are
 listed as skipped; the JSON is rewritten after every row.
 
     python scripts/bench_precision.py --res 832x480 --out prec.json
@@ -45,18 +46,21 @@ from vacelive.engine.dit.fp8 import relative_error  # noqa: E402
 from vacelive.engine.factory import make_conditioner, random_dit, random_text_encoder  # noqa: E402
 from vacelive.engine.generator import StreamGenerator  # noqa: E402
 
-# name: (compile, fp8, sdpa, hint_reuse, clean_pass)
 VARIANTS = {  # in the default run order: the reference, the fast paths, then one switch at a time
-    "exact": (False, "off", "default", False, "exact"),
-    "fast-auto": (True, "auto", "auto", True, "exact"),
-    "fast-auto-reuse": (True, "auto", "auto", True, "reuse"),
-    "fast": (True, "on", "auto", True, "exact"),
-    "sdpa-auto": (False, "off", "auto", False, "exact"),
-    "fp8-auto": (False, "auto", "default", False, "exact"),
-    "fp8-on": (False, "on", "default", False, "exact"),
-    "clean-reuse": (False, "off", "default", False, "reuse"),
-    "hint-reuse": (False, "off", "default", True, "exact"),
-    "sdpa-cudnn": (False, "off", "cudnn", False, "exact"),
+    # name: (compile, fp8, sdpa, hint_reuse, clean_pass, kv_window)
+    "exact": (False, "off", "default", False, "exact", None),
+    "fast-auto": (True, "auto", "auto", True, "exact", None),
+    "fast-auto-reuse": (True, "auto", "auto", True, "reuse", None),
+    "fast-auto-reuse-w9": (True, "auto", "auto", True, "reuse", 9),
+    "fast": (True, "on", "auto", True, "exact", None),
+    "fast-reuse": (True, "on", "auto", True, "reuse", None),
+    "sdpa-auto": (False, "off", "auto", False, "exact", None),
+    "fp8-auto": (False, "auto", "default", False, "exact", None),
+    "fp8-on": (False, "on", "default", False, "exact", None),
+    "clean-reuse": (False, "off", "default", False, "reuse", None),
+    "window-9": (False, "off", "default", False, "exact", 9),
+    "hint-reuse": (False, "off", "default", True, "exact", None),
+    "sdpa-cudnn": (False, "off", "cudnn", False, "exact", None),
 }
 
 
@@ -70,7 +74,7 @@ def forward_error(gen: StreamGenerator, x, t, text_state, ref) -> dict:
 
 
 def configure(gen: StreamGenerator, variant: str, compile_options: dict) -> None:
-    compiled, fp8, sdpa, _, clean = VARIANTS[variant]
+    compiled, fp8, sdpa, _, clean, _ = VARIANTS[variant]
     gen.set_fp8("off")
     gen.set_compile(False)
     gen.set_compile(compiled, **(compile_options if compiled else {}))
@@ -87,7 +91,17 @@ def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink
     conditioner = make_conditioner(model, codec, width=w, height=h, device=device, dtype=dtype)
     video = bs.depth_video(w, h)
     host = bs.HostCopy(device)
-    gen = StreamGenerator(model, codec, text, width=w, height=h, conditioner=conditioner)
+    gens: dict = {}
+
+    def generator(window):
+        for key, other in gens.items():  # the model's FP8 swap and compile belong to one at a time
+            if key != window:
+                other.set_fp8("off")
+                other.set_compile(False)
+        if window not in gens:
+            gens[window] = StreamGenerator(model, codec, text, width=w, height=h, conditioner=conditioner,
+                                           kv_window=window)
+        return gens[window]
     g = torch.Generator(device="cpu").manual_seed(7)
     x = torch.randn(1, model.cfg.in_dim, 3, h // 8, w // 8, generator=g).to(device)
     t = torch.full((), 500.0, device=device)
@@ -96,8 +110,8 @@ def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink
     exact_frames = exact_flow = None
     for variant in args.variants:
         row = {"resolution": f"{w}x{h}", "mode": "depth", "codec": "tae", "steps": args.steps, "variant": variant}
-        compiled, fp8, sdpa, reuse, clean = VARIANTS[variant]
-        row.update(compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse, clean_pass=clean)
+        compiled, fp8, sdpa, reuse, clean, window = VARIANTS[variant]
+        row.update(compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse, clean_pass=clean, kv_window=window)
         if time.perf_counter() - t_start > args.budget:
             row["skipped"] = f"budget {args.budget:.0f} s spent"
             rows.append(row)
@@ -105,6 +119,7 @@ def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink
             continue
         t0 = time.perf_counter()
         try:
+            gen = generator(window)
             configure(gen, variant, args.compile_options)
             with torch.no_grad():
                 text_state = model.prepare_text(emb)
@@ -129,8 +144,9 @@ def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink
         rows.append(row)
         print(format_row(row), flush=True)
         sink(rows)
-    gen.set_fp8("off")
-    gen.set_compile(False)
+    for gen in gens.values():
+        gen.set_fp8("off")
+        gen.set_compile(False)
     return rows
 
 

@@ -210,3 +210,17 @@ def test_sdpa_selector_keeps_the_first_candidate_on_a_near_tie():
     costs["MATH"] = 0.9
     sel._measure(sel.key(q, k2 := torch.randn(1, 2, 9, 16), None), q, k2, k2, None)
     assert sel.describe()[1]["kernel"] == "math"
+
+
+def test_kv_window_shortens_the_cache_window_and_is_checked():
+    import pytest
+
+    gen = StreamGenerator.random("tiny", width=64, height=48, codec="tae", vace=False, kv_window=6)
+    assert gen.policy.window == 6 and gen.policy.sink == 3 and gen.describe()["window"] == 6
+    assert gen.history.capacity >= 6
+    frames = [gen.step(ChunkRequest(prompts=[Prompt("a")])).frames for _ in range(4)]  # past the window
+    assert all(f.shape[0] in (9, 12) for f in frames)
+    assert StreamGenerator.random("tiny", width=64, height=48, codec="tae", vace=False).policy.window == 12
+    for bad in (3, 13):
+        with pytest.raises(ValueError, match="kv_window"):
+            StreamGenerator.random("tiny", width=64, height=48, codec="tae", vace=False, kv_window=bad)

@@ -93,7 +93,8 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
         return build_parallel_generator(cfg, str(dtype).removeprefix("torch."))
     speed = dict(rope=cfg.rope, compile=bool(cfg.compile), fp8={"on": True, "off": False}.get(str(cfg.fp8), cfg.fp8), sdpa=cfg.sdpa,
                  recache=getattr(cfg, "recache", None) or "exact",
-                 clean_pass=getattr(cfg, "clean_pass", None) or "exact")
+                 clean_pass=getattr(cfg, "clean_pass", None) or "exact",
+                 kv_window=getattr(cfg, "kv_window", None))
     vace = vace_available()
     if not vace:
         log.warning("VACE conditioning is not in this build: text-only generation (control video, "
