@@ -117,7 +117,28 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
         raise ConfigError(str(exc)) from None
     if speed["compile"]:
         warm_up(gen)
+    elif speed["sdpa"] == "auto" and str(cfg.device).startswith("cuda"):
+        # one eager pass over every reachable shape: --sdpa auto times its kernels now, not in the show
+        try:
+            gen.warm_up(real_chunks=0)
+        except Exception as exc:
+            log.warning("start-up pass failed (%s: %s): attention kernels are timed when first used",
+                        type(exc).__name__, exc)
+    log_speed_choices(gen)
     return gen
+
+
+def log_speed_choices(gen: Any) -> None:
+    """The start-up log's record of what --sdpa auto and --fp8 auto chose on this GPU."""
+    d = gen.describe()
+    kernels = d.get("sdpa_kernels") or []
+    if kernels:
+        log.info("sdpa auto: %s", "; ".join(f"q {r['q'][2]} k {r['k'][2]} -> {r['kernel']}" for r in kernels))
+    if d.get("fp8_mode") == "auto":
+        report = getattr(gen, "fp8_report", None) or []
+        chosen = sorted({(r["in"], r["out"], r["rows"]) for r in report if r["fp8"]})
+        log.info("fp8 auto: %d block Linears in FP8; FP8 at (in, out, tokens) %s", d.get("fp8_linears", 0),
+                 chosen or "none (bf16 was as fast or faster everywhere)")
 
 
 def warm_up(gen: Any) -> None:
