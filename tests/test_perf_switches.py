@@ -224,3 +224,14 @@ def test_kv_window_shortens_the_cache_window_and_is_checked():
     for bad in (3, 13):
         with pytest.raises(ValueError, match="kv_window"):
             StreamGenerator.random("tiny", width=64, height=48, codec="tae", vace=False, kv_window=bad)
+
+
+def test_start_up_log_names_the_auto_choices(caplog):
+    import logging
+
+    from vacelive.bridge.run.generators import log_speed_choices
+
+    gen = StreamGenerator.random("tiny", width=64, height=48, codec="tae", vace=False, fp8="auto")
+    with caplog.at_level(logging.INFO, logger="vacelive"):
+        log_speed_choices(gen)
+    assert any("fp8 auto:" in r.getMessage() for r in caplog.records)
