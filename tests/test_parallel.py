@@ -60,8 +60,7 @@ def reference():
 @pytest.mark.parametrize("world", [2, 3])
 def test_pipelined_stream_equals_single_process(reference, world):
     frames, recaches = reference
-    # 3 ranks also send the headers over their own gloo group (what NCCL runs use)
-    stream = start_local(replace(SPEC, header_group=world == 3), world)
+    stream = start_local(SPEC, world)
     try:
         got = run(stream)
         assert stream.counters["recaches"] == recaches == 1
@@ -193,3 +192,29 @@ def seq_requests(gen, chunks: int = 6):
 def test_sequence_parallel_refuses_a_split_it_cannot_make():
     with pytest.raises(ValueError, match="num_heads"):
         start_local(replace(SPEC, cfg=SEQ_CFG, width=SW, height=SH, mode="sequence"), 4)
+
+
+def test_idle_workers_wait_and_a_silent_rank_fails_the_chunk_within_the_timeout():
+    """A pause longer than the timeout between chunks is fine (workers wait for rank 0 as long as
+    it takes); a rank that stops answering (SIGSTOP: alive, sockets open) fails the chunk after
+    the timeout instead of hanging the show."""
+    import os
+    import signal
+    import time
+
+    stream = start_local(replace(SPEC, timeout_s=4.0), 2)
+    worker = stream.processes[0]
+    try:
+        reqs = requests(stream, 4)
+        stream.step(next(reqs))
+        time.sleep(5.0)  # the show pauses longer than the timeout
+        stream.step(next(reqs))
+        os.kill(worker.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(PipelineDead, match="rank 1"):
+            stream.step(next(reqs))
+        assert time.monotonic() - t0 < 60  # bounded (4 s here), never a hang
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+        worker.kill()
+        stream.close(timeout=1)

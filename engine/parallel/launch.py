@@ -25,6 +25,7 @@ from vacelive.engine.parallel.partition import Placement, plan_placement
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
+START_WAIT_S = 600.0  # the rendezvous: every rank started and joined
 # pipeline: the DiT blocks split over the ranks (memory / several hosts; engine.parallel.root);
 # sequence: every rank runs every block on a share of the chunk's tokens (latency on one host;
 # engine.parallel.ulysses). Both give the single-process stream (docs/parallel.md).
@@ -58,7 +59,6 @@ class ShardSpec:
     hint_reuse: bool = False
     timeout_s: float = DEFAULT_TIMEOUT_S
     placement: Placement | None = None
-    header_group: bool | None = None  # headers over their own gloo group (None: with NCCL)
     mode: str = "pipeline"  # PARALLEL_MODES: blocks over ranks, or tokens over ranks (Ulysses)
     extra: dict = field(default_factory=dict)
 
@@ -112,13 +112,19 @@ def init_group(spec: ShardSpec, rank: int, world: int, init_method: str, local_r
     device = spec.rank_device(rank if local_rank is None else local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        # an NCCL operation that times out (a peer died mid-transfer) aborts the communicators
+        # instead of tearing the process down: rank 0 is the bridge, the show goes on holding its
+        # last frame (ProcessGroupNCCL.hpp: 2 = CleanUpOnly; the default 3 kills the process)
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
     timeout = datetime.timedelta(seconds=spec.timeout_s)
-    dist.init_process_group(spec.backend, init_method=init_method, rank=rank, world_size=world, timeout=timeout)
-    # headers over gloo (CPU sockets) also under NCCL: waiting there for a dead peer fails with a
-    # bounded, catchable error instead of blocking inside an NCCL kernel
-    separate = spec.backend == "nccl" if spec.header_group is None else spec.header_group
-    headers = dist.new_group(backend="gloo", timeout=timeout) if separate else None
-    return Link(rank, world, device, header_group=headers)
+    # the rendezvous waits for every rank to start (spawn, import torch, CUDA init: can be slow)
+    dist.init_process_group(spec.backend, init_method=init_method, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=max(spec.timeout_s, START_WAIT_S)))
+    tensors = dist.new_group(backend=spec.backend, timeout=timeout)
+    # headers over gloo (CPU sockets, also beside NCCL): a dead peer fails a bounded, catchable
+    # wait instead of blocking inside an NCCL kernel
+    headers = dist.new_group(backend="gloo", timeout=timeout) if spec.backend != "gloo" else tensors
+    return Link(rank, world, device, group=tensors, header_group=headers)
 
 
 def check_spec(spec: "ShardSpec", world: int) -> None:
@@ -184,7 +190,7 @@ def run_worker(spec: ShardSpec, rank: int, world: int, init_method: str, local_r
         if spec.mode == "sequence":
             from vacelive.engine.parallel.ulysses import SeqComm, SeqWorker
 
-            worker = SeqWorker(model, link, SeqComm(rank, world))
+            worker = SeqWorker(model, link, SeqComm(rank, world, link.group))
         else:
             worker = Worker(model, spec.placement, link)
         del model
@@ -210,10 +216,16 @@ class ParallelStream:
     silent rank fails the chunk with a PipelineDead error, and every later chunk fails at once with
     the same error (no more waiting): the run loop holds the last frame and reports it."""
 
-    def __init__(self, generator, model, world: int, processes=(), mode: str = "pipeline"):
+    def __init__(self, generator, model, world: int, processes=(), mode: str = "pipeline", timeout_s: float = 60.0):
+        from vacelive.engine.parallel.wire import KeepAlive
+
         self.generator, self.model, self.world, self.mode = generator, model, world, mode
         self.processes = list(processes)
         self.dead: str | None = None
+        link = model.link
+        # pipeline: pings travel down the chain; sequence: rank 0 talks to every rank
+        targets = [link.next] if mode == "pipeline" else list(range(1, world))
+        self.keepalive = KeepAlive(link, targets, interval=timeout_s / 4)
 
     def __getattr__(self, name):
         return getattr(self.__dict__["generator"], name)
@@ -221,15 +233,24 @@ class ParallelStream:
     def step(self, request):
         from vacelive.engine.parallel.wire import PipelineDead
 
+        if self.dead is None and self.keepalive.error is not None:
+            self._die(self.keepalive.error)
         if self.dead is not None:
             raise PipelineDead(self.dead)
         try:
             return self.generator.step(request)
         except PipelineDead as exc:
-            self.dead = (f"the multi-GPU pipeline stopped: {exc}; restart `vacelive serve` "
-                         f"(the output holds the last frame)")
-            log.error("%s", self.dead)
-            raise PipelineDead(self.dead) from exc
+            self._die(exc)
+
+    def _die(self, exc):
+        from vacelive.engine.parallel.wire import PipelineDead
+
+        self.dead = (f"the multi-GPU pipeline stopped: {exc}; restart `vacelive serve` "
+                     f"(the output holds the last frame)")
+        log.error("%s", self.dead)
+        self.keepalive.stop()
+        _abort_group()
+        raise PipelineDead(self.dead) from exc
 
     def describe(self) -> dict[str, Any]:
         d = self.generator.describe()
@@ -242,6 +263,7 @@ class ParallelStream:
         """Stop the workers and leave the process group."""
         import torch.distributed as dist
 
+        self.keepalive.stop()
         if self.dead is None:
             try:
                 self.model.close()
@@ -252,7 +274,24 @@ class ParallelStream:
             if p.is_alive():
                 p.terminate()
         if dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception as exc:  # noqa: BLE001 - an aborted group may refuse
+                log.warning("process group teardown: %s", exc)
+
+
+def _abort_group() -> None:
+    """Abort the process group's communicators (NCCL operations still queued towards a dead
+    rank would otherwise wait out the timeout); best effort, private torch API."""
+    import torch.distributed as dist
+
+    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+    if abort is None or not dist.is_initialized() or dist.get_backend() != "nccl":
+        return
+    try:
+        abort()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not abort the NCCL communicators: %s", exc)
 
 
 def build_rank0(spec: ShardSpec, link, world: int, processes=()) -> ParallelStream:
@@ -285,13 +324,13 @@ def build_rank0(spec: ShardSpec, link, world: int, processes=()) -> ParallelStre
     if spec.mode == "sequence":
         from vacelive.engine.parallel.ulysses import SeqComm, UlyssesModel
 
-        model = UlyssesModel(parts.model, link, SeqComm(0, world))
+        model = UlyssesModel(parts.model, link, SeqComm(0, world, link.group))
     else:
         model = pipelined(parts.model, spec.placement, link)
     gen = StreamGenerator(model, parts.codec, parts.text_encoder, recipe=rec, width=spec.width, height=spec.height,
                           conditioner=parts.conditioner, loras=None, rope=spec.rope, sdpa=spec.sdpa, pose=pose,
                           recache=spec.recache)
-    return ParallelStream(gen, model, world, processes, spec.mode)
+    return ParallelStream(gen, model, world, processes, spec.mode, spec.timeout_s)
 
 
 def start_local(spec: ShardSpec, world: int, init_method: str | None = None) -> ParallelStream:

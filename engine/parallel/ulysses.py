@@ -279,6 +279,8 @@ class SeqWorker:
             op = meta["op"]
             if op == "stop":
                 return
+            if op == "ping":  # rank 0 is idle (KeepAlive)
+                continue
             with torch.no_grad():
                 if op == "cache":
                     runner.new_cache(meta["policy"], batch=meta["batch"], latent_hw=meta["latent_hw"],

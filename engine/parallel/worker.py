@@ -7,6 +7,7 @@ Operations (rank 0 sends them; every rank handles them in order and forwards the
   hints    run this rank's VACE blocks on the hint stream, keep their hints
   forward  run this rank's blocks on the residual stream; the last rank returns it to rank 0
            (not for a context pass: the clean pass and the re-cache only write K/V)
+  ping     rank 0 is idle (KeepAlive): forward it, nothing else
   stop     forward the stop and exit
 A failed operation is answered with an "error" message carrying its sequence number (forwarded to
 rank 0, which raises it for that chunk); the worker keeps serving.
@@ -46,6 +47,10 @@ class Worker:
                 return
             if op == "error":
                 self._pass_error(meta)
+                continue
+            if op == "ping":  # rank 0 is idle: keep every wait along the chain alive
+                if not self.last:
+                    link.send(link.next, meta)
                 continue
             try:
                 with torch.no_grad():
