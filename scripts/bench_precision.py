@@ -77,6 +77,11 @@ def configure(gen: StreamGenerator, variant: str, compile_options: dict) -> None
     compiled, fp8, sdpa, _, clean, _ = VARIANTS[variant]
     gen.set_fp8("off")
     gen.set_compile(False)
+    if compiled:
+        # TorchDynamo keeps every earlier variant's graphs per code object; past its accumulated
+        # limit later variants would silently run eagerly (seen on an H200: a "fast" row at eager
+        # speed), so each compiled variant starts from empty caches.
+        torch._dynamo.reset()
     gen.set_compile(compiled, **(compile_options if compiled else {}))
     gen.sdpa = sdpa
     gen.clean_pass = clean
