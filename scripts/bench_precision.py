@@ -54,6 +54,8 @@ VARIANTS = {  # in the default run order: the reference, the fast paths, then on
     "fast-auto-reuse-w9": (True, "auto", "auto", True, "reuse", 9),
     "fast": (True, "on", "auto", True, "exact", None),
     "fast-reuse": (True, "on", "auto", True, "reuse", None),
+    "fast-bf16": (True, "off", "auto", True, "exact", None),  # the bar --fp8 auto must not fall under
+    "fast-bf16-reuse": (True, "off", "auto", True, "reuse", None),
     "sdpa-auto": (False, "off", "auto", False, "exact", None),
     "fp8-auto": (False, "auto", "default", False, "exact", None),
     "fp8-on": (False, "on", "default", False, "exact", None),
