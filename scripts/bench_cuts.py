@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -51,6 +50,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_stream import depth_video  # noqa: E402
 
 from vacelive.bridge.run.generators import GeneratorWrapper  # noqa: E402
 from vacelive.bridge.run.loop import RunLoop  # noqa: E402
@@ -62,22 +64,6 @@ from vacelive.engine.request import ChunkRequest, Prompt  # noqa: E402
 SETTLE_CHUNKS = 3  # chunks before a live phase is measured (as scripts/bench_pacer_live.py)
 PROMPTS = ("a neon city street at night, rain, reflections, slow camera move",
            "a quiet forest lake at dawn, mist over the water")
-
-
-def depth_video(width: int, height: int, frames: int = 48) -> np.ndarray:
-    """A sphere orbiting over a tilted floor as a depth map (near = bright), uint8 RGBA."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    floor = 0.25 + 0.5 * y / height
-    out = np.empty((frames, height, width, 4), dtype=np.uint8)
-    for i in range(frames):
-        a = 2 * math.pi * i / frames
-        cx, cy, r = width * (0.5 + 0.3 * math.cos(a)), height * (0.55 + 0.2 * math.sin(a)), 0.22 * height
-        d2 = ((x - cx) ** 2 + (y - cy) ** 2) / r**2
-        sphere = np.where(d2 < 1, 0.6 + 0.4 * np.sqrt(np.clip(1 - d2, 0, 1)), 0)
-        depth = (np.maximum(floor, sphere) * 255).astype(np.uint8)
-        out[i, ..., :3] = depth[..., None]
-        out[i, ..., 3] = 255
-    return out
 
 
 class DepthControl(GeneratorWrapper):
