@@ -93,7 +93,7 @@ def warm_up(gen, real_chunks: int = 2) -> dict[str, Any]:
     from vacelive.engine.dit.compile import compile_count
     from vacelive.engine.request import ChunkRequest, Prompt
 
-    model, kv = gen.model, gen.kv
+    model = gen.model
     cfg = model.cfg
     shapes = reachable_shapes(gen.recipe, rope=gen.rope, recache=gen.recache,
                               vace=hasattr(model, "compute_hints"))

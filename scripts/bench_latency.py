@@ -23,7 +23,6 @@ import argparse
 import json
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -42,7 +41,6 @@ from vacelive.engine.codecs import random_codec  # noqa: E402
 from vacelive.engine.config import WAN_1_3B, tiny_config  # noqa: E402
 from vacelive.engine.factory import make_conditioner, random_dit, random_text_encoder  # noqa: E402
 from vacelive.engine.generator import StreamGenerator  # noqa: E402
-from vacelive.engine.request import ChunkRequest, Prompt  # noqa: E402
 
 
 class SimulatedCamera(FrameSource):

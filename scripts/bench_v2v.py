@@ -29,7 +29,6 @@ import gc
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 import traceback

@@ -8,7 +8,6 @@ from vacelive.engine.models_dir import (
     ENV_VAR,
     DownloadError,
     MissingWeightsError,
-    check,
     download,
     models_dir,
     require,

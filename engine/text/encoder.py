@@ -25,7 +25,7 @@ import torch
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from vacelive.engine.checkpoint import CheckpointError, CheckpointReader, progress_bar
-from vacelive.engine.text.umt5_keys import HF_SHARED, HF_TIED, to_hf_names, umt5_xxl_config
+from vacelive.engine.text.umt5_keys import HF_TIED, to_hf_names, umt5_xxl_config
 
 log = logging.getLogger(__name__)
 
