@@ -15,12 +15,18 @@ frame of each burst. The pacer buffers chunks and emits one frame per tick on it
 * ticks are scheduled on an absolute timeline (next_due += interval), so sleep overshoot does not
   accumulate; after a stall longer than `max_lateness` the timeline re-anchors instead of
   bursting to catch up.
+* the GIL: a thread that wakes from sleep waits for the interpreter lock until the running thread
+  releases it or the switch interval (`sys.setswitchinterval`, 5 ms by default) forces a switch.
+  The generator thread holds it while it launches kernels, so at 5 ms every tick could be up to
+  5 ms late. While a pacer runs, the process's switch interval is at most `gil_switch_interval`
+  (0.5 ms); the previous value comes back when the last pacer stops.
 
 `clock` and `sleep` are injectable; ManualClock below makes tests deterministic.
 """
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -65,6 +71,7 @@ class Pacer:
         max_lateness: float = 0.1,
         idle_poll: float = 0.005,
         jitter_window: int = 1024,
+        gil_switch_interval: float | None = 0.0005,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         start: bool = True,
@@ -82,6 +89,7 @@ class Pacer:
         self.stall_factor = stall_factor
         self.max_lateness = max_lateness
         self.idle_poll = idle_poll
+        self.gil_switch_interval = gil_switch_interval
         self._clock, self._sleep = clock, sleep
 
         self._lock = threading.Lock()
@@ -152,6 +160,7 @@ class Pacer:
     def start(self) -> None:
         if self._thread is None:
             self._stop.clear()
+            _SwitchInterval.acquire(self.gil_switch_interval)
             self._thread = threading.Thread(target=self._run, name="pacer", daemon=True)
             self._thread.start()
 
@@ -229,6 +238,7 @@ class Pacer:
         if self._thread is not None:
             self._thread.join(timeout=timeout)
             self._thread = None
+            _SwitchInterval.release(self.gil_switch_interval)
 
     close = stop
 
@@ -237,6 +247,38 @@ class Pacer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _SwitchInterval:
+    """The process's GIL switch interval while pacers run: the smallest one asked for, the
+    original value back when the last running pacer stops (module docstring)."""
+
+    _lock = threading.Lock()
+    _held: list[float] = []
+    _original: float | None = None
+
+    @classmethod
+    def acquire(cls, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        with cls._lock:
+            if not cls._held:
+                cls._original = sys.getswitchinterval()
+            cls._held.append(float(seconds))
+            sys.setswitchinterval(min(min(cls._held), cls._original))
+
+    @classmethod
+    def release(cls, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        with cls._lock:
+            if float(seconds) in cls._held:
+                cls._held.remove(float(seconds))
+            if cls._held:
+                sys.setswitchinterval(min(min(cls._held), cls._original))
+            elif cls._original is not None:
+                sys.setswitchinterval(cls._original)
+                cls._original = None
 
 
 class ManualClock:

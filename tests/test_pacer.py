@@ -147,3 +147,25 @@ def test_pacer_runs_on_real_time():
         while len(got) < 5 and time.monotonic() < deadline:
             time.sleep(0.005)
     assert [int(f[0, 0, 0]) for f in got[:5]] == [0, 1, 2, 3, 4]
+
+
+def test_running_pacers_lower_the_gil_switch_interval_and_the_last_one_restores_it():
+    """The pacer thread must get the GIL within ~0.5 ms of its tick, not the default 5 ms."""
+    import sys
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        a = Pacer(lambda f: None, target_fps=30.0, gil_switch_interval=0.001)
+        b = Pacer(lambda f: None, target_fps=30.0, gil_switch_interval=0.0005)
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+        b.stop()
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        a.stop()
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        a.stop()  # stopping twice releases nothing twice
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        with Pacer(lambda f: None, target_fps=30.0, gil_switch_interval=None):
+            assert sys.getswitchinterval() == pytest.approx(0.005)  # None: left alone
+    finally:
+        sys.setswitchinterval(before)
