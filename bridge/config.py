@@ -165,6 +165,14 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
                        help="latent frames of the KV attention window, sink included (default: the "
                        "pipeline's, LongLive 12); fewer = less attention per forward, shorter memory "
                        "(approximate; docs/PERFORMANCE.md)")
+    speed.add_argument("--chunk-latents", type=int, default=None, metavar="FRAMES",
+                       help="latent frames per chunk after the first (default: the pipeline's, LongLive "
+                       "3 = 12 video frames); 1 = 4-frame chunks: each frame leaves sooner after its "
+                       "control frames, lower throughput (approximate; docs/PERFORMANCE.md)")
+    speed.add_argument("--first-chunk-latents", type=int, default=None, metavar="FRAMES",
+                       help="latent frames of a stream's first chunk (default: the pipeline's); 1 = the "
+                       "first frame alone, on screen in a fraction of a chunk's time after a start or "
+                       "reset (approximate; docs/PERFORMANCE.md)")
     g.add_argument("--random-weights", choices=("tiny", "full"), default=None,
                    help="no weight files: a random-weight model (tiny: CPU rehearsal of the whole "
                    "rig; full: full-size shapes for GPU timing). Output is abstract noise-art")

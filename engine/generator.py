@@ -68,7 +68,7 @@ from vacelive.engine.codecs import pixel_frames
 from vacelive.engine.codecs.base import WAN_LATENT_MEAN, WAN_LATENT_STD, LatentNormalizer
 from vacelive.engine.dit.attention import SDPA_BACKENDS, sdpa_context
 from vacelive.engine.dit.compile import compile_count
-from vacelive.engine.pipelines import Recipe, get_recipe
+from vacelive.engine.pipelines import Recipe, get_recipe, shaped_recipe
 from vacelive.engine.pose.timeline import chunk_pixel_range
 from vacelive.engine.policies import cache_policy, stream_policy
 from vacelive.engine.recache import RECACHE_MODES, recache_span
@@ -94,6 +94,10 @@ BATCH = 1
 class StreamGenerator:
     """A live stream of one causal Wan2.1 pipeline (implements engine.request.Generator)."""
 
+    # The clean K/V pass of a chunk runs at the start of the next step (flush): the chunk's
+    # frames leave one DiT forward earlier, bit-identical. False: inline, before the decode.
+    defer_clean_pass = True
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -115,6 +119,8 @@ class StreamGenerator:
         recache: str = "exact",
         clean_pass: str = "exact",
         kv_window: int | None = None,
+        chunk_latents: int | None = None,
+        first_chunk_latents: int | None = None,
     ):
         """model: CausalWanModel or VaceWanModel; codec: engine.codecs.Codec; text_encoder: anything
         with `.encode(list[str]) -> [B, L, text_dim]` (engine.text.TextEncoder); conditioner:
@@ -127,15 +133,10 @@ class StreamGenerator:
         window) or "newest" (the newest chunk's frames only; no hitch on a cut).
         clean_pass: CLEAN_PASS_MODES ("reuse" skips the clean K/V pass; pipelines with their own
         cache rule (Krea, MemFlow) always run theirs).
-        kv_window: latent frames of the KV window, sink included (None: the recipe's, LongLive 12);
-        fewer = less attention per forward and a shorter memory (approximate)."""
-        self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-        if kv_window is not None:  # a shorter attention window: less attention work, approximate
-            cache = self.recipe.cache
-            if cache.recompute_frames or not cache.sink_frames < int(kv_window) <= cache.local_frames:
-                raise ValueError(f"kv_window must be in {cache.sink_frames + 1}..{cache.local_frames} latent "
-                                 f"frames for {self.recipe.name} (and the pipeline must keep a KV window)")
-            self.recipe = replace(self.recipe, cache=replace(cache, local_frames=int(kv_window)))
+        kv_window, chunk_latents, first_chunk_latents: the stream-shape switches of
+        engine.pipelines.shaped_recipe (None: the recipe's; each approximate)."""
+        self.recipe = shaped_recipe(get_recipe(recipe) if isinstance(recipe, str) else recipe, kv_window=kv_window,
+                                    chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents)
         if rope not in ROPE_SETTINGS:
             raise ValueError(f"rope must be one of {ROPE_SETTINGS}, got {rope!r}")
         if width % 16 or height % 16 or width <= 0 or height <= 0:
@@ -223,6 +224,7 @@ class StreamGenerator:
         self._warned_no_vace = False
         self._warned_no_pose = False
         self._warming_up = False  # engine.warmup is running: its compiles are expected
+        self._pending_clean = None  # the last chunk's clean K/V pass, deferred to the next step (flush)
 
     # ---- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -232,7 +234,8 @@ class StreamGenerator:
                     compile: bool = False, fp8: bool = False, sdpa: str = "auto",
                     progress: bool = True, pose_weights: str | None = None,
                     pose_proj: str | None = None, recache: str = "exact", clean_pass: str = "exact",
-                    kv_window: int | None = None) -> "StreamGenerator":
+                    kv_window: int | None = None, chunk_latents: int | None = None,
+                    first_chunk_latents: int | None = None) -> "StreamGenerator":
         """Load the recipe's real weights from the models folder (engine.models_dir). Raises
         MissingWeightsError listing every missing file before loading anything. Pose tokens:
         UniAnimate-DiT's pose CNNs from `pose_weights` or the models folder (engine.pose.build),
@@ -250,14 +253,16 @@ class StreamGenerator:
                                 weights=pose_weights, proj=pose_proj)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=rec, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
-                   pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window)
+                   pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window,
+                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents)
 
     @classmethod
     def random(cls, size: str = "tiny", width: int = 832, height: int = 480, codec: str = "wan",
                device="cpu", dtype: torch.dtype | None = None, seed: int = 0, vace: bool = True, *,
                recipe: str = "longlive", text_encoder_size: str = "tiny", rope: str = "auto",
                compile: bool = False, fp8: bool = False, sdpa: str = "auto", cfg=None,
-               recache: str = "exact", clean_pass: str = "exact", kv_window: int | None = None) -> "StreamGenerator":
+               recache: str = "exact", clean_pass: str = "exact", kv_window: int | None = None,
+               chunk_latents: int | None = None, first_chunk_latents: int | None = None) -> "StreamGenerator":
         """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
         (the recipe's full-size DiT: Wan2.1-1.3B, or 14B for krea-realtime, + full codec; GPU
         benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
@@ -276,7 +281,8 @@ class StreamGenerator:
                            device=param.device, dtype=param.dtype, seed=seed + 3)
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=recipe, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
-                   pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window)
+                   pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window,
+                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents)
 
     # ---- speed switches -----------------------------------------------------------------------
     @property
@@ -342,16 +348,18 @@ class StreamGenerator:
             self.fp8_mode = "off"
 
     def _measure_fp8(self):
-        """--fp8 auto: time bf16 against FP8 for every block Linear shape at every token count this
-        stream's forwards have (engine.warmup.reachable_shapes)."""
+        """--fp8 auto: time one whole block bf16 against FP8 (compiled like the model's blocks when
+        they are compiled) at every token count this stream's forwards have
+        (engine.warmup.reachable_shapes); engine.dit.fp8_auto."""
         from vacelive.engine.dit.fp8_auto import choose_fp8_rows
         from vacelive.engine.warmup import reachable_shapes
 
         _, ph, pw = self.model.cfg.patch_size
-        frame_tokens = (self.height // 8 // ph) * (self.width // 8 // pw)
+        grid_hw = (self.height // 8 // ph, self.width // 8 // pw)
         frames = {s.frames for s in reachable_shapes(self.recipe, rope=self.rope, recache=self.recache,
                                                      vace=hasattr(self.model, "compute_hints"))}
-        return choose_fp8_rows(self.model, [f * frame_tokens for f in frames], compiled=self.compiled)
+        options = self._restore_compile.compile_kwargs if self.compiled else None
+        return choose_fp8_rows(self.model, frames, grid_hw, compile_options=options)
 
     # ---- Generator protocol -------------------------------------------------------------------
     @property
@@ -367,6 +375,7 @@ class StreamGenerator:
     def reset(self) -> None:
         """Hard reset: KV cache, re-cache history, decoder stream, conditioner and prompt state
         (the embedding LRU is kept) start over; frame counter 0."""
+        self._pending_clean = None
         self.kv.reset(0)
         self.kv.set_rope_mode(self._start_rope)  # empty cache: nothing to rotate
         self.history.reset()
@@ -440,7 +449,14 @@ class StreamGenerator:
         with torch.no_grad(), sdpa_context(self.sdpa):
             clock.start()
             if request.reset:
-                self.reset()
+                self.reset()  # drops the last chunk's deferred clean pass
+            elif self._pending_clean is not None:
+                try:
+                    self.flush()
+                except BaseException:  # its slots keep the last denoising pass's K/V
+                    self.counters["failed_steps"] += 1
+                    raise
+                clock.mark("dit")
             steps, scale, seed = self._live_parameters(request, notices)
             saved = self._snapshot()
             try:
@@ -453,6 +469,7 @@ class StreamGenerator:
                     return self._skipped(v2v.similarity, notices, clock, wall0)
                 frames, x0 = self._generate(request, steps, scale, seed, notices, clock, v2v.chunk)
             except BaseException:
+                self._pending_clean = None  # a failed chunk's clean pass must never run
                 self._restore(saved)
                 self.counters["failed_steps"] += 1
                 raise
@@ -558,12 +575,14 @@ class StreamGenerator:
         # at the last step's timestep, with VACE) into the same frame-indexed slots; keep them.
         reuse = self.clean_pass == "reuse" and self.stream is None and len(plan) > 0
         if (self.stream is None or self.stream.clean_pass) and not reuse:  # Krea has none
-            if self.stream is not None:
-                self.stream.before_pass("clean")
-            # the flow of a context pass is never read: a pipelined DiT (engine.parallel) does
-            # not wait for its last rank here, so that rank's share overlaps the decode below
-            getattr(model, "context_pass", model)(x0, plan.context_tensor, self.text, kv, start, add_condition=cond)
-            clock.mark("dit")
+            clean = (x0, plan.context_tensor, self.text, start, cond)
+            if self.stream is None and self.defer_clean_pass:
+                self._pending_clean = clean  # runs first thing in the next step (step())
+            else:  # MemFlow's memory bank reads the clean K/V right after the chunk
+                if self.stream is not None:
+                    self.stream.before_pass("clean")
+                self._clean_pass(*clean)
+                clock.mark("dit")
 
         decoded = self.decoder.decode(x0)
         if self.stream is not None:
@@ -572,6 +591,21 @@ class StreamGenerator:
         frames = frames_to_rgba(decoded)
         clock.mark("output")
         return frames, x0
+
+    def _clean_pass(self, x0, context_t, text, start: int, cond) -> None:
+        # the flow of a context pass is never read: a pipelined DiT (engine.parallel) does not
+        # wait for its last rank here, so that rank's share overlaps what follows
+        getattr(self.model, "context_pass", self.model)(x0, context_t, text, self.kv, start, add_condition=cond)
+
+    def flush(self) -> None:
+        """Run the deferred clean K/V pass of the last chunk now (step() does it first thing).
+        The chunk's frames never depend on it; only the next chunk's attention does. Deferring it
+        lets a chunk's frames leave one DiT forward earlier, with bit-identical results (the same
+        kernels in the same order on the KV cache; the decode is independent of it)."""
+        pending, self._pending_clean = self._pending_clean, None
+        if pending is not None:
+            with torch.no_grad(), sdpa_context(self.sdpa):
+                self._clean_pass(*pending)
 
     def set_late_video(self, provider) -> None:
         """provider(n) -> the newest n control frames now (or None): called right before the

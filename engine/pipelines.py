@@ -11,7 +11,7 @@ Models-folder layout: every file lives at `<models>/<repo name>/<path in the rep
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from vacelive.engine.config import CONFIGS, ScheduleConfig, WanConfig
@@ -348,3 +348,36 @@ def get_recipe(name: str) -> Recipe:
         raise ValueError(f"pipeline {name!r} is planned but not implemented yet: {PLANNED_RECIPES[key]}")
     planned = f" (planned: {', '.join(PLANNED_RECIPES)})" if PLANNED_RECIPES else ""
     raise ValueError(f"unknown pipeline {name!r}; available: {', '.join(RECIPES)}{planned}")
+
+
+def shaped_recipe(recipe: Recipe, *, kv_window: int | None = None, chunk_latents: int | None = None,
+                  first_chunk_latents: int | None = None) -> Recipe:
+    """The recipe with the stream-shape switches applied. Each is an approximation of the
+    pipeline as trained (docs/PERFORMANCE.md measures its speed and stream difference):
+    kv_window: latent frames of the KV window, sink included (fewer: less attention per forward,
+      a shorter memory); chunk_latents: latent frames of every chunk after the first (1 = 4-frame
+      chunks: frames leave sooner after their control frames, lower throughput);
+      first_chunk_latents: of a stream's first chunk (1 = the first frame alone, out in a fraction
+      of a chunk's time). Chunk lengths stay within the recipe's own (buffers and the pose
+      window are sized from it)."""
+    cache = recipe.cache
+    if kv_window is not None:
+        if cache.recompute_frames or not cache.sink_frames < int(kv_window) <= cache.local_frames:
+            raise ValueError(f"kv_window must be in {cache.sink_frames + 1}..{cache.local_frames} latent "
+                             f"frames for {recipe.name} (and the pipeline must keep a KV window)")
+        recipe = replace(recipe, cache=replace(cache, local_frames=int(kv_window)))
+    longest = max(recipe.chunk_latents(True), recipe.chunk_latents(False))
+    for name, value in (("chunk_latents", chunk_latents), ("first_chunk_latents", first_chunk_latents)):
+        if value is None:
+            continue
+        if cache.recompute_frames:
+            raise ValueError(f"{name}: {recipe.name} rebuilds its cache from fixed-size chunks; keep its chunk length")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= longest:
+            raise ValueError(f"{name} must be an integer in 1..{longest} latent frames for {recipe.name}, got {value!r}")
+    if first_chunk_latents is not None and first_chunk_latents <= recipe.v2v_first_chunk_overlap:
+        raise ValueError(f"first_chunk_latents must be > {recipe.v2v_first_chunk_overlap} for {recipe.name} "
+                         f"(its second video-to-video chunk re-makes that many of the first chunk's frames)")
+    if chunk_latents is not None or first_chunk_latents is not None:
+        recipe = replace(recipe, frames_per_chunk=chunk_latents or recipe.frames_per_chunk,
+                         first_chunk_frames=first_chunk_latents or recipe.chunk_latents(True))
+    return recipe

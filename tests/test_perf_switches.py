@@ -2,12 +2,12 @@
 depends on how fast this machine is)."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from vacelive.engine.config import tiny_config
 from vacelive.engine.dit.fp8 import Fp8Linear, Fp8Linears
-from vacelive.engine.dit.fp8_auto import choose_fp8_rows
 from vacelive.engine.dit.model import CausalWanModel
 from vacelive.engine.dit.sdpa_select import SdpaSelector, use_selector
 from vacelive.engine.dit.attention import attend
@@ -65,34 +65,11 @@ def test_sdpa_selector_leaves_out_kernels_that_refuse_the_shape():
     assert row["kernel"] == "math" and set(row["ms"]) == {"math"}
 
 
-# ---- --fp8 auto -------------------------------------------------------------------------------
+# ---- --fp8 auto (the block-level choice: tests/test_fp8_auto.py) -------------------------------
 def _tiny_model():
     torch.manual_seed(0)
     cfg = tiny_config(dim=64, ffn_dim=128, num_layers=2)
     return CausalWanModel(cfg).eval()
-
-
-def test_fp8_auto_chooses_per_shape_and_row_count_by_the_timer():
-    model = _tiny_model()
-    seen = []
-
-    def timer(fn, reps, device, name):
-        fn()  # each candidate really runs at that size
-        seen.append(name)
-        kind, shape, rows = name.split(":")
-        # the rule under test: FP8 wins only for the FFN up-projection (64 -> 128) at >= 32 rows;
-        # 64 -> 64 at 48 rows is faster by less than the 2 % margin
-        if kind == "bf16":
-            return 1.0
-        if shape == "64x128" and int(rows) >= 32:
-            return 0.5
-        return 0.99 if (shape, rows) == ("64x64", "48") else 2.0
-
-    chosen, report = choose_fp8_rows(model, [16, 32, 48, 32], timer=timer)
-    assert chosen[(64, 128)] == frozenset({32, 48})
-    assert chosen[(64, 64)] == frozenset() and chosen[(128, 64)] == frozenset()
-    assert len(report) == 3 * 3 and len(seen) == 2 * 3 * 3
-    assert {r["rows"] for r in report if r["fp8"]} == {32, 48}
 
 
 def test_fp8_linears_with_rows_run_fp8_only_at_the_chosen_row_counts():
@@ -111,20 +88,6 @@ def test_fp8_linears_with_rows_run_fp8_only_at_the_chosen_row_counts():
     torch.testing.assert_close(swapped(x16), F.linear(x16, ffn0.weight, ffn0.bias), rtol=0, atol=0)  # bf16 path
     handle.restore()
     assert model.blocks[0].ffn[0] is ffn0
-
-
-def test_generator_fp8_auto_measures_and_reports():
-    gen = StreamGenerator.random("tiny", width=64, height=48, codec="tae", vace=False, fp8="auto")
-    d = gen.describe()
-    assert d["fp8_mode"] == "auto" and d["sdpa"] == "auto"
-    tokens = (48 // 16) * (64 // 16)
-    rows = {r["rows"] for r in gen.fp8_report}
-    assert 3 * tokens in rows  # a 3-latent-frame chunk
-    assert all(r % tokens == 0 for r in rows)
-    assert {(r["in"], r["out"]) for r in gen.fp8_report} == {(64, 64), (64, 128), (128, 64)}
-    gen.step(ChunkRequest(prompts=[Prompt("a")]))
-    gen.set_fp8("off")
-    assert gen.describe()["fp8_mode"] == "off" and gen.describe()["fp8_linears"] == 0
 
 
 # ---- --clean-pass reuse -----------------------------------------------------------------------
@@ -174,6 +137,8 @@ def test_clean_pass_reuse_caches_the_last_denoising_pass_keys():
 def test_clean_pass_exact_is_the_default_and_caches_the_clean_latents():
     gen, calls, frames = _two_chunks("exact")
     steps = gen.schedule.max_steps
+    assert len(calls) == 2 * steps + 1  # the second chunk's clean pass waits for the next step
+    gen.flush()
     assert len(calls) == 2 * (steps + 1)
     clean, nxt = calls[steps], calls[steps + 1]
     assert float(clean["t"].max()) == 0.0
@@ -187,6 +152,31 @@ def test_clean_pass_exact_is_the_default_and_caches_the_clean_latents():
     assert gen2.clean_pass == "exact"
     again = [gen2.step(ChunkRequest(prompts=[Prompt("a red fox")], seed=5)).frames for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(frames, again))
+
+
+def test_deferred_clean_pass_is_bit_identical_to_the_inline_one():
+    """The clean pass runs at the start of the next step (frames leave a forward earlier): the
+    stream, a prompt cut's re-cache, a reset and a failed chunk give the inline path's frames."""
+    def run(defer):
+        gen = StreamGenerator.random("tiny", width=64, height=48, codec="tae", vace=False, seed=3)
+        gen.defer_clean_pass = defer
+        fox, owl = [Prompt("a red fox")], [Prompt("an owl")]
+        out = []
+        for i in range(7):
+            prompts = owl if i in (2, 3) else fox  # cuts before chunks 2 and 4
+            if i == 5 and defer:
+                assert gen._pending_clean is not None
+                broken = gen.decoder.decode
+                gen.decoder.decode = lambda x: (_ for _ in ()).throw(RuntimeError("decode failed"))
+                with pytest.raises(RuntimeError):
+                    gen.step(ChunkRequest(prompts=prompts, seed=5))
+                gen.decoder.decode = broken
+                assert gen._pending_clean is None  # the failed chunk's clean pass never runs
+            out.append(gen.step(ChunkRequest(prompts=prompts, seed=5, reset=(i == 6))).frames)
+        return out
+
+    inline, deferred = run(False), run(True)
+    assert all(torch.equal(a, b) for a, b in zip(inline, deferred))
 
 
 def test_clean_pass_reuse_changes_the_stream_but_not_the_first_chunk():

@@ -94,7 +94,8 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
     speed = dict(rope=cfg.rope, compile=bool(cfg.compile), fp8={"on": True, "off": False}.get(str(cfg.fp8), cfg.fp8), sdpa=cfg.sdpa,
                  recache=getattr(cfg, "recache", None) or "exact",
                  clean_pass=getattr(cfg, "clean_pass", None) or "exact",
-                 kv_window=getattr(cfg, "kv_window", None))
+                 kv_window=getattr(cfg, "kv_window", None), chunk_latents=getattr(cfg, "chunk_latents", None),
+                 first_chunk_latents=getattr(cfg, "first_chunk_latents", None))
     vace = vace_available()
     if not vace:
         log.warning("VACE conditioning is not in this build: text-only generation (control video, "
@@ -136,9 +137,11 @@ def log_speed_choices(gen: Any) -> None:
         log.info("sdpa auto: %s", "; ".join(f"q {r['q'][2]} k {r['k'][2]} -> {r['kernel']}" for r in kernels))
     if d.get("fp8_mode") == "auto":
         report = getattr(gen, "fp8_report", None) or []
-        chosen = sorted({(r["in"], r["out"], r["rows"]) for r in report if r["fp8"]})
-        log.info("fp8 auto: %d block Linears in FP8; FP8 at (in, out, tokens) %s", d.get("fp8_linears", 0),
-                 chosen or "none (bf16 was as fast or faster everywhere)")
+        chosen = sorted({r["rows"] for r in report if r.get("fp8")})
+        timed = "; ".join(f"{r['rows']}: bf16 {r.get('bf16_ms')} / fp8 {r.get('fp8_ms')} ms" for r in report)
+        log.info("fp8 auto: %d block Linears in FP8, at tokens per forward %s (whole-block timings %s)",
+                 d.get("fp8_linears", 0), chosen or "none (the bf16 block was as fast or faster everywhere)",
+                 timed or "none")
 
 
 def warm_up(gen: Any) -> None:

@@ -24,6 +24,13 @@ def shard_spec(cfg: argparse.Namespace, dtype: str) -> Any:
 
     if cfg.compile or str(cfg.fp8) not in ("off", "False", "None", ""):
         raise ConfigError("--gpus > 1 runs the eager bf16 path for now: drop --compile / --fp8")
+    shaped = [flag for flag, on in (("--clean-pass reuse", (getattr(cfg, "clean_pass", None) or "exact") != "exact"),
+                                    ("--kv-window", getattr(cfg, "kv_window", None) is not None),
+                                    ("--chunk-latents", getattr(cfg, "chunk_latents", None) is not None),
+                                    ("--first-chunk-latents", getattr(cfg, "first_chunk_latents", None) is not None))
+              if on]
+    if shaped:
+        raise ConfigError(f"--gpus > 1 runs the pipeline's own chunk and cache shapes: drop {', '.join(shaped)}")
     if cfg.device != "cpu" and not str(cfg.device).startswith("cuda"):
         raise ConfigError(f"--gpus > 1 needs --device cuda (NCCL) or cpu (gloo), not {cfg.device}")
     if float(cfg.parallel_timeout) <= 0:
