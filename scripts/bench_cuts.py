@@ -52,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_stream import depth_video  # noqa: E402
+from bench_stream import add_shape_args, depth_video, shape_kwargs  # noqa: E402
 
 from vacelive.bridge.run.generators import GeneratorWrapper  # noqa: E402
 from vacelive.bridge.run.loop import RunLoop  # noqa: E402
@@ -235,7 +235,7 @@ def flat_chunks(gen, wrapped, count: int, cut_every_chunks: int = 0, sync=None) 
 
 def build(args, device, dtype):
     common = dict(width=args.width, height=args.height, codec=args.codec, device=device, dtype=dtype,
-                  vace=args.mode == "depth", recipe="longlive", recache=args.recache)
+                  vace=args.mode == "depth", recipe="longlive", recache=args.recache, **shape_kwargs(args))
     if args.smoke:
         from vacelive.engine.config import tiny_config
 
@@ -253,6 +253,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--recache", default="newest", choices=("exact", "newest"),
                    help="what a cut re-caches (engine.recache)")
+    add_shape_args(p)
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--no-fp8", dest="fp8", action="store_false")
     p.add_argument("--no-hint-reuse", dest="hint_reuse", action="store_false")
@@ -291,7 +292,7 @@ def main(argv=None) -> int:
                          "mode": args.mode, "steps": args.steps, "recache": args.recache, "compile": args.compile,
                          "fp8": args.fp8, "hint_reuse": args.hint_reuse and args.mode == "depth",
                          "model": "tiny (smoke)" if args.smoke else "wan2.1-1.3b + VACE (random weights)",
-                         "jump_to": args.jump_to, "long_chunks": args.long_chunks}}
+                         "jump_to": args.jump_to, "long_chunks": args.long_chunks, **shape_kwargs(args)}}
 
     def save(phase: str, value) -> None:
         out[phase] = value

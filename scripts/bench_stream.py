@@ -69,6 +69,22 @@ def onoff(text: str) -> list[bool]:
     return out
 
 
+def add_shape_args(p) -> None:
+    """The generator's work-per-chunk switches as bench flags (engine.pipelines.shaped_recipe,
+    `--clean-pass`; all approximate except the defaults)."""
+    p.add_argument("--clean-pass", choices=("exact", "reuse"), default="exact",
+                   help="the generator's clean_pass (reuse: one DiT forward fewer per chunk)")
+    p.add_argument("--chunk-latents", type=int, default=None, help="latent frames per chunk after the first")
+    p.add_argument("--first-chunk-latents", type=int, default=None, help="latent frames of the first chunk")
+    p.add_argument("--kv-window", type=int, default=None, help="latent frames of the KV window")
+
+
+def shape_kwargs(args) -> dict:
+    """StreamGenerator keyword arguments of add_shape_args' flags."""
+    return {"clean_pass": args.clean_pass, "chunk_latents": args.chunk_latents,
+            "first_chunk_latents": args.first_chunk_latents, "kv_window": args.kv_window}
+
+
 def depth_video(width: int, height: int, frames: int = 48) -> np.ndarray:
     """A synthetic moving depth map (near = bright): a sphere orbiting over a tilted floor, as uint8
     RGBA host frames [frames, H, W, 4] (one period, looped)."""
