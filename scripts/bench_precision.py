@@ -10,7 +10,8 @@ VACE weights) and each variant below, one table row with:
                      input: max absolute difference and relative L2 error of the flow
   psnr / diff_max    the variant's output stream over the measured chunks against the exact
                      stream (same weights, seed, control video), 8-bit RGB
-  kernels chosen     --sdpa auto's per-shape kernel and --fp8 auto's FP8 Linears (in the JSON)
+  kernels chosen     --sdpa auto's per-shape kernel and --fp8 auto's whole-block bf16/FP8 timings
+                     per token count, with the choice (in the JSON)
 
 Variants (exact = eager, bf16 Linears, PyTorch's default attention kernel, hints every step, a
 clean K/V pass, the recipe's KV window): sdpa-auto, sdpa-cudnn, fp8-on, fp8-auto, hint-reuse,
@@ -150,6 +151,10 @@ def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(format_row(row), flush=True)
+        if row.get("fp8_auto"):  # what --fp8 auto timed and chose, per token count of a forward
+            print("    fp8 auto, one block bf16/fp8 ms: " + ", ".join(
+                f"{r['rows']}: {r.get('bf16_ms')}/{r.get('fp8_ms')}{' FP8' if r.get('fp8') else ''}"
+                for r in row["fp8_auto"]), flush=True)
         sink(rows)
     for gen in gens.values():
         gen.set_fp8("off")

@@ -58,19 +58,24 @@ def call_signature(args: tuple) -> tuple:
     return tuple(out)
 
 
+def allow_many_graphs(limit: int = 512) -> None:
+    """Blocks are distinct module instances, and every shape is its own graph: allow enough cache
+    entries per function that none falls back to eager because of the cache size."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
+
+
 class CompiledBlocks:
     """The compiled pure parts of every block of one model, with a closed set of signatures once
     a warm-up has sealed it. Calling the object restores the eager methods."""
 
     def __init__(self, model: nn.Module, **compile_kwargs):
-        import torch._dynamo.config as dynamo_config
-
-        # Blocks are distinct module instances, and every shape is its own entry: allow enough
-        # entries that none falls back to eager because of the cache size.
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(dynamo_config, name):
-                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 512))
+        allow_many_graphs()
         self.blocks = [m for m in model.modules() if all(hasattr(m, n) for n in COMPILED_METHODS)]
+        self.compile_kwargs = dict(compile_kwargs)  # what else compiles block methods uses the same (fp8_auto)
         self.allowed: set[tuple] | None = None  # None: not sealed, every call is compiled
         self.eager_calls = 0
         self._warming = False

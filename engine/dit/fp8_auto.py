@@ -1,15 +1,22 @@
-"""`--fp8 auto`: FP8 only for the Linear shapes where it measured faster than bf16.
+"""`--fp8 auto`: FP8 block Linears only at the token counts where a whole block measured faster.
 
 FP8 (engine.dit.fp8) halves the matmul time but adds a per-token activation quantisation; for
-small token counts (576x320: 2160 tokens per 3-frame chunk) the extra passes can cost more than
-the matmul saves (the whole stream measured 12-15 % slower with FP8 there on H200s). So at
-start-up every distinct block Linear shape (in, out) is timed at every row count (tokens per
-call) the stream can reach, bf16 against FP8, on random inputs of that size; FP8 is kept only
-for the (shape, row count) pairs where it won by `margin`, every other call runs the bf16
-weight as before. When the blocks are compiled, both candidates are timed compiled behind a
-producer kernel (fp32 -> bf16 cast), as in the blocks, where the activation quantisation fuses
-into the kernel that makes the Linear's input; otherwise eagerly (where FP8's separate
-quantisation passes rarely pay: an H200 at 832x480 measured FP8 slower for every shape).
+small token counts the extra work can cost more than the matmul saves. What a Linear costs
+alone does not predict what it costs inside a compiled block graph (where the quantisation
+fuses, or fails to fuse, with its neighbours): timing the Linears one by one chose FP8 at
+576x320 and the compiled stream then ran slower than compiled bf16.
+
+So the unit timed is the unit that runs: one main block of the model (engine.dit.block.WanBlock:
+`modulations` -> `pre_attention` -> self-attention over the block's own keys -> `post_attention`
+with a random 512-token text K/V) at every token count the stream's forwards have (latent frames
+x frame tokens), once with all its block Linears (fp8.BLOCK_LINEARS) in FP8 and once in bf16.
+With compiled blocks both run through torch.compile of the block's methods with the options the
+model's blocks were compiled with (engine.dit.compile; attention stays eager between them, as
+in the stream); otherwise eagerly. FP8 is kept for a token count only when the FP8 block was
+faster than the bf16 block by `margin`; every block Linear then runs FP8 at exactly those token
+counts and bf16 at all others (Fp8Linears(rows_by_shape=...)). A timing that fails (a kernel
+that refuses the shape, a compile error) keeps bf16 for that token count. The attention over
+the KV cache is the same in both candidates, so leaving it out shifts both timings alike.
 """
 from __future__ import annotations
 
@@ -19,80 +26,114 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from vacelive.engine.dit.attention import attend
+from vacelive.engine.dit.compile import COMPILED_METHODS, allow_many_graphs
 from vacelive.engine.dit.fp8 import BLOCK_LINEARS, Fp8Linear, _block_linears
 from vacelive.engine.dit.sdpa_select import time_ms
 
 log = logging.getLogger(__name__)
 
 
-def stream_row_counts(frame_tokens: int, max_frames: int) -> list[int]:
-    """Row counts of the block Linears of a stream: frame_tokens x every frame count from 1 to
-    max_frames (chunks, first chunks, re-caches, VACE hint blocks with reference frames)."""
-    return [frame_tokens * n for n in range(1, max_frames + 1)]
+def representative_block(model: nn.Module) -> nn.Module:
+    """The first main block (the VACE blocks share its class and shapes)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is not None and len(blocks):
+        return blocks[0]
+    for module in model.modules():
+        if all(hasattr(module, n) for n in COMPILED_METHODS):
+            return module
+    raise ValueError("the model has no DiT block to time")
 
 
-def choose_fp8_rows(model: nn.Module, rows: Iterable[int], *, compiled: bool = False, reps: int = 5,
-                    margin: float = 0.02, timer=time_ms, names=BLOCK_LINEARS
+class _BlockRun:
+    """One block's forward at one token count on random inputs, as the stream calls it, through
+    `methods` (the block's eager methods or torch.compile of them)."""
+
+    def __init__(self, model: nn.Module, block: nn.Module, methods: dict, frames: int, grid_hw: tuple[int, int],
+                 text_tokens: int):
+        cfg = model.cfg
+        dev = block.modulation.device
+        dtype = block.compute_dtype
+        h, w = grid_hw
+        self.block, self.methods = block, methods
+        self.x = torch.randn(1, frames * h * w, cfg.dim, device=dev)  # fp32 residual stream
+        self.e0 = torch.randn(1, frames, 6, cfg.dim, device=dev) * 0.1
+        self.q_freqs = model.rope.token_freqs(range(frames), h, w).to(dev)
+        heads = (1, text_tokens, cfg.num_heads, cfg.dim // cfg.num_heads)
+        self.text_k = torch.randn(heads, device=dev, dtype=dtype)
+        self.text_v = torch.randn(heads, device=dev, dtype=dtype)
+
+    def __call__(self) -> torch.Tensor:
+        m = self.methods
+        mods = m["modulations"](self.e0)
+        q, k, v = m["pre_attention"](self.x, mods, self.q_freqs, True)
+        y = attend(q, k, v)
+        return m["post_attention"](self.x, y, mods, self.text_k, self.text_v)
+
+
+def choose_fp8_rows(model: nn.Module, frames: Iterable[int], grid_hw: tuple[int, int], *,
+                    compile_options: dict | None = None, reps: int = 10, margin: float = 0.03,
+                    timer=None, names=BLOCK_LINEARS, text_tokens: int | None = None
                     ) -> tuple[dict[tuple[int, int], frozenset[int]], list[dict[str, Any]]]:
-    """({(in, out): row counts where FP8 was faster by `margin`}, one report row per timing).
-    timer(fn, reps, device, name) -> ms, name "bf16:<in>x<out>:<rows>" or "fp8:..." (tests inject one)."""
-    shapes: dict[tuple[int, int], nn.Linear] = {}
-    for _, _, linear in _block_linears(model, names):
-        shapes.setdefault((linear.in_features, linear.out_features), linear)
-    chosen: dict[tuple[int, int], frozenset[int]] = {}
+    """Time one block bf16 against FP8 for every latent frame count in `frames` on a token grid
+    `grid_hw` (h, w after patching); returns ({(in, out): token counts where FP8 is kept} for
+    every block Linear shape of the model, one report row per token count).
+    compile_options: None times the eager block; a dict times torch.compile(method, **options)
+    of its COMPILED_METHODS (the options the model's blocks were compiled with).
+    timer(fn, reps, device, name) -> ms with name "bf16:block:<tokens>" / "fp8:block:<tokens>"
+    (default sdpa_select.time_ms; tests inject one)."""
+    timer = timer or time_ms
+    block = representative_block(model)
+    h, w = grid_hw
+    text_tokens = text_tokens or getattr(model.cfg, "text_len", 512)
+    compiled = compile_options is not None
+    shapes = sorted({(lin.in_features, lin.out_features) for _, _, lin in _block_linears(model, names)})
+    swaps = _block_linears(block, names)
+    eager = {n: getattr(type(block), n).__get__(block, type(block)) for n in COMPILED_METHODS}
     report: list[dict[str, Any]] = []
-    rows = sorted(set(int(r) for r in rows))
+    wins: set[int] = set()
+    try:
+        fp8_mods = [Fp8Linear(lin) for _, _, lin in swaps]
+    except (ValueError, RuntimeError) as exc:  # a Linear FP8 cannot run: bf16 everywhere
+        log.warning("fp8 auto: the block Linears cannot run in FP8 (%s); bf16", exc)
+        return {s: frozenset() for s in shapes}, report
+    methods = eager
+    if compiled:
+        # The model's blocks compile the same code objects; graphs made here are ordinary cache
+        # entries of those functions (the start-up warm-up compiles and seals the final set).
+        allow_many_graphs()
+        methods = {n: torch.compile(fn, **compile_options) for n, fn in eager.items()}
+
+    def use_fp8(on: bool) -> None:
+        for (parent, attr, lin), fp8 in zip(swaps, fp8_mods):
+            setattr(parent, attr, fp8 if on else lin)
+
     with torch.no_grad():
-        for shape, linear in shapes.items():
-            fp8 = Fp8Linear(linear)
-            dtype = linear.weight.dtype
-
-            def bf16_eager(x):
-                return nn.functional.linear(x, linear.weight, linear.bias)
-
-            bf16_call, fp8_call = bf16_eager, fp8
-            if compiled:
-                # In the compiled blocks the activation quantisation fuses into the kernel that
-                # makes the Linear's input (modulation / GELU: fp32 math cast to bf16), so both
-                # candidates are timed compiled with such a producer in front.
+        for f in sorted(set(int(n) for n in frames)):
+            rows = f * h * w
+            row: dict[str, Any] = {"unit": "block", "frames": f, "rows": rows, "compiled": compiled,
+                                   "bf16_ms": None, "fp8_ms": None, "fp8": False}
+            report.append(row)
+            try:
+                run = _BlockRun(model, block, methods, f, grid_hw, text_tokens)
+                row["bf16_ms"] = round(timer(run, reps, run.x.device, f"bf16:block:{rows}"), 4)
+                use_fp8(True)
                 try:
-                    bf16_call = torch.compile(lambda xf: bf16_eager(xf.to(dtype)), dynamic=True)
-                    fp8_call = torch.compile(lambda xf: fp8(xf.to(dtype)), dynamic=True)
-                except Exception as exc:  # no compiler here: eager candidates
-                    log.warning("fp8 auto: cannot compile the candidates (%s); timing them eagerly", exc)
-                    bf16_call, fp8_call = bf16_eager, fp8
-            wins = set()
-            for m in rows:
-                in_dtype = torch.float32 if fp8_call is not fp8 else dtype
-                x = torch.randn(m, shape[0], device=linear.weight.device, dtype=in_dtype)
-                try:
-                    tag = f"{shape[0]}x{shape[1]}:{m}"
-                    try:
-                        t_bf16 = timer(lambda: bf16_call(x), reps, x.device, f"bf16:{tag}")
-                        t_fp8 = timer(lambda: fp8_call(x), reps, x.device, f"fp8:{tag}")
-                    except Exception as exc:
-                        if fp8_call is fp8:
-                            raise
-                        log.warning("fp8 auto: the compiled candidates failed (%s: %s); timing them eagerly",
-                                    type(exc).__name__, exc)
-                        bf16_call, fp8_call = bf16_eager, fp8
-                        x = x.to(dtype)
-                        t_bf16 = timer(lambda: bf16_call(x), reps, x.device, f"bf16:{tag}")
-                        t_fp8 = timer(lambda: fp8_call(x), reps, x.device, f"fp8:{tag}")
-                except RuntimeError as exc:  # FP8 kernel refuses the shape: bf16
-                    log.warning("fp8 auto: %s x %s failed in FP8 (%s); bf16", m, shape, exc)
-                    continue
-                use = t_fp8 < t_bf16 * (1 - margin)
-                if use:
-                    wins.add(m)
-                report.append({"in": shape[0], "out": shape[1], "rows": m, "bf16_ms": round(t_bf16, 4),
-                               "fp8_ms": round(t_fp8, 4), "fp8": use})
-            chosen[shape] = frozenset(wins)
-            del fp8, fp8_call, bf16_call
-    for shape, wins in chosen.items():
-        log.info("fp8 auto: Linear %d->%d runs FP8 at %s of %d row counts", shape[0], shape[1],
-                 sorted(wins) if wins else "none", len(rows))
-    return chosen, report
+                    row["fp8_ms"] = round(timer(run, reps, run.x.device, f"fp8:block:{rows}"), 4)
+                finally:
+                    use_fp8(False)
+            except Exception as exc:  # a kernel that refuses the shape, a compile error: bf16 here
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                log.warning("fp8 auto: timing the block at %d tokens failed (%s); bf16 there", rows, row["error"])
+                continue
+            row["fp8"] = row["fp8_ms"] < row["bf16_ms"] * (1 - margin)
+            if row["fp8"]:
+                wins.add(rows)
+    log.info("fp8 auto: %s block timings: FP8 at %s of %d token counts (%s)", "compiled" if compiled else "eager",
+             sorted(wins) if wins else "none", len(report),
+             ", ".join(f"{r['rows']}: bf16 {r['bf16_ms']} / fp8 {r['fp8_ms']} ms" for r in report))
+    chosen = frozenset(wins)
+    return {s: chosen for s in shapes}, report
 
 
-__all__ = ["choose_fp8_rows", "stream_row_counts"]
+__all__ = ["choose_fp8_rows", "representative_block"]
