@@ -165,6 +165,10 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
                        help="latent frames of the KV attention window, sink included (default: the "
                        "pipeline's, LongLive 12); fewer = less attention per forward, shorter memory "
                        "(approximate; docs/PERFORMANCE.md)")
+    speed.add_argument("--cuda-graphs", action="store_true",
+                       help="replay each chunk's DiT forwards as CUDA graphs (exact; far less host work "
+                       "per chunk: pays most with short chunks and small resolutions; CUDA only, "
+                       "LongLive / Self-Forcing / StreamDiffusionV2 caches; docs/PERFORMANCE.md)")
     speed.add_argument("--chunk-latents", type=int, default=None, metavar="FRAMES",
                        help="latent frames per chunk after the first (default: the pipeline's, LongLive "
                        "3 = 12 video frames); 1 = 4-frame chunks: each frame leaves sooner after its "

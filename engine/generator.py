@@ -121,6 +121,7 @@ class StreamGenerator:
         kv_window: int | None = None,
         chunk_latents: int | None = None,
         first_chunk_latents: int | None = None,
+        cuda_graphs: bool = False,
     ):
         """model: CausalWanModel or VaceWanModel; codec: engine.codecs.Codec; text_encoder: anything
         with `.encode(list[str]) -> [B, L, text_dim]` (engine.text.TextEncoder); conditioner:
@@ -134,7 +135,8 @@ class StreamGenerator:
         clean_pass: CLEAN_PASS_MODES ("reuse" skips the clean K/V pass; pipelines with their own
         cache rule (Krea, MemFlow) always run theirs).
         kv_window, chunk_latents, first_chunk_latents: the stream-shape switches of
-        engine.pipelines.shaped_recipe (None: the recipe's; each approximate)."""
+        engine.pipelines.shaped_recipe (None: the recipe's; each approximate).
+        cuda_graphs: replay whole DiT forwards as CUDA graphs (engine.dit.graphs; exact)."""
         self.recipe = shaped_recipe(get_recipe(recipe) if isinstance(recipe, str) else recipe, kv_window=kv_window,
                                     chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents)
         if rope not in ROPE_SETTINGS:
@@ -210,12 +212,15 @@ class StreamGenerator:
         self.fp8_mode = "off"
         self._late_video = None  # set_late_video: the newest control frames, read before the VACE encode
         self.fp8_report: list[dict[str, Any]] = []  # --fp8 auto: the bf16/FP8 timings per shape
+        self.graphs = None  # engine.dit.graphs.ForwardGraphs when CUDA graphs are on
+        self.graphs_off_reason: str | None = None
         self.set_compile(compile)
         # A model larger than 1.3B (Krea 14B) frees its bf16 block Linears under FP8 (compact):
         # keeping both copies would cost more memory than bf16 alone.
         self.set_fp8(fp8, compact=cfg.dim > 1536)
         if compile_codec:
             codec.use_compile(True)
+        self.set_cuda_graphs(cuda_graphs)
 
         self.counters = {"chunks": 0, "recaches": 0, "rope_switches": 0, "resets": 0, "failed_steps": 0,
                          "skipped": 0, "recompiles": 0}
@@ -235,7 +240,7 @@ class StreamGenerator:
                     progress: bool = True, pose_weights: str | None = None,
                     pose_proj: str | None = None, recache: str = "exact", clean_pass: str = "exact",
                     kv_window: int | None = None, chunk_latents: int | None = None,
-                    first_chunk_latents: int | None = None) -> "StreamGenerator":
+                    first_chunk_latents: int | None = None, cuda_graphs: bool = False) -> "StreamGenerator":
         """Load the recipe's real weights from the models folder (engine.models_dir). Raises
         MissingWeightsError listing every missing file before loading anything. Pose tokens:
         UniAnimate-DiT's pose CNNs from `pose_weights` or the models folder (engine.pose.build),
@@ -254,7 +259,7 @@ class StreamGenerator:
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=rec, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
                    pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window,
-                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents)
+                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents, cuda_graphs=cuda_graphs)
 
     @classmethod
     def random(cls, size: str = "tiny", width: int = 832, height: int = 480, codec: str = "wan",
@@ -262,7 +267,8 @@ class StreamGenerator:
                recipe: str = "longlive", text_encoder_size: str = "tiny", rope: str = "auto",
                compile: bool = False, fp8: bool = False, sdpa: str = "auto", cfg=None,
                recache: str = "exact", clean_pass: str = "exact", kv_window: int | None = None,
-               chunk_latents: int | None = None, first_chunk_latents: int | None = None) -> "StreamGenerator":
+               chunk_latents: int | None = None, first_chunk_latents: int | None = None,
+               cuda_graphs: bool = False) -> "StreamGenerator":
         """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
         (the recipe's full-size DiT: Wan2.1-1.3B, or 14B for krea-realtime, + full codec; GPU
         benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
@@ -282,7 +288,7 @@ class StreamGenerator:
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=recipe, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
                    pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window,
-                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents)
+                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents, cuda_graphs=cuda_graphs)
 
     # ---- speed switches -----------------------------------------------------------------------
     @property
@@ -303,6 +309,35 @@ class StreamGenerator:
         elif not enabled and self._restore_compile is not None:
             self._restore_compile()
             self._restore_compile = None
+        if self.graphs is not None:
+            self.graphs.clear()  # the graphs captured the other code
+
+    def set_cuda_graphs(self, enabled: bool, capture=None) -> None:
+        """Replay the chunk's DiT forwards (denoising and clean passes) as CUDA graphs
+        (engine.dit.graphs: bit-identical, less host work). Where they cannot run (no CUDA, a
+        pipeline whose cache applies per-chunk Python state, a DiT over several GPUs) they stay
+        off with the reason in `graphs_off_reason` and a warning. `capture`: tests only."""
+        from vacelive.engine.dit.graphs import ForwardGraphs
+
+        self.graphs, self.graphs_off_reason = None, None
+        if not enabled:
+            return
+        reason = None if capture is not None else ForwardGraphs.supported(self.model, self.kv)
+        if reason is None and self.stream is not None:
+            reason = f"{self.recipe.name} rebuilds or extends its cache per chunk (not graphable)"
+        if reason is not None:
+            self.graphs_off_reason = reason
+            log.warning("CUDA graphs stay off: %s", reason)
+            return
+        self.graphs = ForwardGraphs(self.model, self.kv, capture=capture)
+
+    def _forward(self, x, t, start: int, *, hints=None, context_scale: float = 1.0, add_condition=None):
+        """One DiT forward of the chunk through the KV cache (graphed when CUDA graphs are on)."""
+        if self.graphs is not None:
+            return self.graphs(x, t, self.text, start, hints=hints, context_scale=context_scale,
+                               add_condition=add_condition)
+        return self.model(x, t, self.text, self.kv, start, hints=hints, context_scale=context_scale,
+                          add_condition=add_condition)
 
     def warm_up(self, real_chunks: int = 2) -> dict[str, Any]:
         """Compile (or just run once, when eager) every forward shape and RoPE mode this stream can
@@ -346,6 +381,8 @@ class StreamGenerator:
             self._fp8 = None
         if mode == "off":
             self.fp8_mode = "off"
+        if self.graphs is not None:
+            self.graphs.clear()  # the graphs captured the other Linears
 
     def _measure_fp8(self):
         """--fp8 auto: time one whole block bf16 against FP8 (compiled like the model's blocks when
@@ -423,6 +460,7 @@ class StreamGenerator:
             "sdpa_kernels": self._sdpa_kernels(),
             "recache": self.recache,
             "clean_pass": self.clean_pass,
+            "cuda_graphs": self.graphs.describe() if self.graphs is not None else self.graphs_off_reason or "off",
             "recompiles": self.counters["recompiles"],
             "loras": dict(self.loras.scales) if self.loras is not None else {},
             "kv_cache_mb": round(self.kv.nbytes / 2**20, 1),
@@ -560,9 +598,9 @@ class StreamGenerator:
                 if hints is None or not request.hint_reuse:
                     hints = model.compute_hints(x, t, self.text, add_condition=cond, **vace)
                     clock.mark("hints")
-                flow = model(x, t, self.text, kv, start, hints=hints, context_scale=scale, add_condition=cond)
+                flow = self._forward(x, t, start, hints=hints, context_scale=scale, add_condition=cond)
             else:
-                flow = model(x, t, self.text, kv, start, add_condition=cond)
+                flow = self._forward(x, t, start, add_condition=cond)
             x0_from_flow(x, flow, plan.sigmas[i], out=x0)
             sigma_next = plan.sigma_next(i)
             if sigma_next is not None:
@@ -593,6 +631,9 @@ class StreamGenerator:
         return frames, x0
 
     def _clean_pass(self, x0, context_t, text, start: int, cond) -> None:
+        if self.graphs is not None:
+            self.graphs(x0, context_t, text, start, add_condition=cond)
+            return
         # the flow of a context pass is never read: a pipelined DiT (engine.parallel) does not
         # wait for its last rank here, so that rank's share overlaps what follows
         getattr(self.model, "context_pass", self.model)(x0, context_t, text, self.kv, start, add_condition=cond)

@@ -36,6 +36,7 @@ re-cache ms; recompiles (TorchDynamo compilations during chunks) and eager fall-
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -52,7 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_stream import add_shape_args, depth_video, shape_kwargs  # noqa: E402
+from bench_stream import add_stream_args, depth_video, stream_kwargs  # noqa: E402
 
 from vacelive.bridge.run.generators import GeneratorWrapper  # noqa: E402
 from vacelive.bridge.run.loop import RunLoop  # noqa: E402
@@ -128,7 +129,38 @@ def chunk_stats(records) -> dict:
     }
 
 
-def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args, tag: str) -> dict:
+class GcPauses:
+    """Python garbage-collector pauses while it is open (gc.callbacks): a collection holds the
+    GIL, so the pacer thread cannot tick during it."""
+
+    def __init__(self):
+        self.pauses: list[tuple[int, float]] = []  # (generation, ms)
+        self._t0 = 0.0
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], (time.perf_counter() - self._t0) * 1e3))
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict:
+        out = {}
+        for g in (0, 1, 2):
+            ms = [m for gen, m in self.pauses if gen == g]
+            out[f"gen{g}"] = {"count": len(ms), "max_ms": round(max(ms, default=0.0), 2),
+                              "total_ms": round(sum(ms), 1)}
+        return out
+
+
+def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args, tag: str,
+               headroom: float | None = None) -> dict:
     """The run loop with paced output for `seconds`, a prompt cut every `cut_every` s."""
     sink_impl = None
     if not args.smoke and sys.platform.startswith("linux"):
@@ -138,6 +170,8 @@ def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args,
     sink = TimedSink(sink_impl)
     store = ParamStore(initial={"output_fps": fps, "prompt": PROMPTS[0], "steps": args.steps,
                                 "video_enabled": False})
+    if headroom is not None:
+        store.set("pacer_headroom", headroom)
     records = []
     loop = RunLoop(wrapped, store, sink)
     loop.add_observer(records.append)
@@ -162,8 +196,10 @@ def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args,
         t0 = time.perf_counter()
         n0, stats0 = len(records), loop.pacer.stats
         thread = threading.Thread(target=cutter, daemon=True)
-        thread.start()
-        time.sleep(seconds)
+        with GcPauses() as gc_pauses:
+            thread.start()
+            switch_interval = sys.getswitchinterval()  # while the pacer runs
+            time.sleep(seconds)
         t1 = time.perf_counter()
         stop.set()
         stats1 = loop.pacer.stats
@@ -188,11 +224,39 @@ def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args,
         "jitter_ms": {"p50": pct(jit, 50) * 1e3, "p99": pct(jit, 99) * 1e3},
         "stalls": int((iv > 1.5 * intended).sum()),
         "held": stats1.repeated - stats0.repeated, "dropped": stats1.dropped - stats0.dropped,
+        "pacer_tick_jitter_ms": {"p50": stats1.jitter_p50_ms, "p99": stats1.jitter_p99_ms},
+        "largest_intervals_ms": sorted((round(v * 1e3, 1) for v in iv), reverse=True)[:12],
+        "gc": gc_pauses.summary(), "gil_switch_interval_ms": switch_interval * 1e3,
         **chunk_stats(run),
         "recompiles": after["recompiles"] - before["recompiles"],
         "eager_calls": after["eager_calls"] - before["eager_calls"],
         "frame_at_end": gen.frame, "rope_mode": gen.kv.rope_mode,
     }
+
+
+def follow_variant(gen, wrapped, variant: str, args, tag: str) -> dict:
+    """One follow phase (after a reset) under the settings of `variant` (--follow-variants)."""
+    from vacelive.bridge import pacer as pacer_module
+
+    settings = dict(item.partition("=")[::2] for item in variant.split("+"))
+    headroom = float(settings["headroom"]) if "headroom" in settings else None
+    acquire = pacer_module._SwitchInterval.acquire
+    if "gil" in settings:  # the interval every pacer of this phase asks for (0: none)
+        ms = float(settings["gil"])
+        pacer_module._SwitchInterval.acquire = classmethod(
+            lambda cls, seconds: acquire(ms / 1e3 if ms > 0 else None)).__get__(None, pacer_module._SwitchInterval)
+    if "freeze" in settings:
+        gc.collect()
+        gc.freeze()
+    try:
+        gen.reset()
+        out = live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, tag, headroom=headroom)
+    finally:
+        pacer_module._SwitchInterval.acquire = acquire
+        if "freeze" in settings:
+            gc.unfreeze()
+    out["variant"] = settings
+    return out
 
 
 def jump(gen, to_frame: int) -> None:
@@ -235,7 +299,7 @@ def flat_chunks(gen, wrapped, count: int, cut_every_chunks: int = 0, sync=None) 
 
 def build(args, device, dtype):
     common = dict(width=args.width, height=args.height, codec=args.codec, device=device, dtype=dtype,
-                  vace=args.mode == "depth", recipe="longlive", recache=args.recache, **shape_kwargs(args))
+                  vace=args.mode == "depth", recipe="longlive", recache=args.recache, **stream_kwargs(args))
     if args.smoke:
         from vacelive.engine.config import tiny_config
 
@@ -253,7 +317,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--recache", default="newest", choices=("exact", "newest"),
                    help="what a cut re-caches (engine.recache)")
-    add_shape_args(p)
+    add_stream_args(p)
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--no-fp8", dest="fp8", action="store_false")
     p.add_argument("--no-hint-reuse", dest="hint_reuse", action="store_false")
@@ -266,6 +330,11 @@ def main(argv=None) -> int:
     p.add_argument("--jump-to", type=int, default=0, help="latent frame to jump to before the long run "
                    "(0: none; see the docstring)")
     p.add_argument("--compare-exact", action="store_true", help="also time cuts with recache exact")
+    p.add_argument("--follow-variants", default="",
+                   help="extra follow phases after the others, comma list of "
+                   "'+'-joined settings: headroom=F (frames), gil=MS (the pacer's GIL switch interval; "
+                   "0 = leave the interpreter's), freeze (gc.freeze() first), e.g. "
+                   "'gil=0,freeze,headroom=4+freeze'")
     p.add_argument("--phases", default="fixed,long,fixed_after,follow_after,follow",
                    help="live/long phases to run, of fixed,long,fixed_after,follow_after,follow")
     p.add_argument("--budget", type=float, default=0.0, help="seconds; later phases are skipped past it")
@@ -292,7 +361,7 @@ def main(argv=None) -> int:
                          "mode": args.mode, "steps": args.steps, "recache": args.recache, "compile": args.compile,
                          "fp8": args.fp8, "hint_reuse": args.hint_reuse and args.mode == "depth",
                          "model": "tiny (smoke)" if args.smoke else "wan2.1-1.3b + VACE (random weights)",
-                         "jump_to": args.jump_to, "long_chunks": args.long_chunks, **shape_kwargs(args)}}
+                         "jump_to": args.jump_to, "long_chunks": args.long_chunks, **stream_kwargs(args)}}
 
     def save(phase: str, value) -> None:
         out[phase] = value
@@ -375,6 +444,11 @@ def main(argv=None) -> int:
     if not over_budget("follow"):
         gen.reset()
         save("follow", live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, "b"))
+    for i, variant in enumerate(v for v in args.follow_variants.split(",") if v.strip()):
+        if args.budget and time.perf_counter() - t_start > args.budget:
+            save(f"follow_variant_{variant}", {"skipped": f"past the {args.budget:g} s budget"})
+            continue
+        save(f"follow_variant_{variant}", follow_variant(gen, wrapped, variant, args, f"v{i}"))
     if args.compare_exact and not over_budget("exact"):
         other = "exact" if args.recache == "newest" else "newest"
         gen.recache = other

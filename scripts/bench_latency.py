@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--res", default="832x480,576x320")
     p.add_argument("--pipelines", default="longlive")
     p.add_argument("--variant", choices=("fast", "exact"), default="fast")
-    bs.add_shape_args(p)
+    bs.add_stream_args(p)
     p.add_argument("--pacing", default="follow,fixed", help="comma list of follow,fixed")
     p.add_argument("--headroom", type=float, default=3.0, help="pacer_headroom (frames) in follow mode")
     p.add_argument("--seconds", type=float, default=12.0, help="measured seconds per run")
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     text = random_text_encoder(cfg.text_dim, size="tiny", seq_len=cfg.text_len, device=device, dtype=dtype)
     codec = random_codec("tae", small=size == "tiny", device=device, dtype=dtype)
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "variant": args.variant, **bs.shape_kwargs(args), "steps": args.steps, "codec": "tae",
+           "torch": torch.__version__, "variant": args.variant, **bs.stream_kwargs(args), "steps": args.steps, "codec": "tae",
            "camera_fps": args.camera_fps, "seconds": args.seconds, "mode": "depth",
            "config": "tiny (smoke)" if args.smoke else "wan2.1-1.3b + VACE (random weights)"}
     rows: list[dict] = []
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
                 conditioner = make_conditioner(model, codec, width=w, height=h, device=device, dtype=dtype)
                 gen = StreamGenerator(model, codec, text, width=w, height=h, conditioner=conditioner,
                                       recipe=pipeline, sdpa="auto" if fast else "default",
-                                      **bs.shape_kwargs(args))
+                                      **bs.stream_kwargs(args))
                 if fast:
                     gen.set_compile(True, **compile_options)
                     gen.set_fp8("auto" if device.type == "cuda" else "off")

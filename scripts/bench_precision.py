@@ -65,6 +65,13 @@ VARIANTS = {  # in the default run order: the reference, the fast paths, then on
     "hint-reuse": (False, "off", "default", True, "exact", None),
     "sdpa-cudnn": (False, "off", "cudnn", False, "exact", None),
 }
+GRAPHS = "-graphs"  # any variant name + "-graphs": the same with --cuda-graphs (engine.dit.graphs)
+
+
+def spec(variant: str) -> tuple:
+    """(compile, fp8, sdpa, hint_reuse, clean_pass, kv_window, cuda_graphs) of a variant name."""
+    graphs = variant.endswith(GRAPHS)
+    return VARIANTS[variant.removesuffix(GRAPHS)] + (graphs,)
 
 
 def forward_error(gen: StreamGenerator, x, t, text_state, ref) -> dict:
@@ -77,7 +84,7 @@ def forward_error(gen: StreamGenerator, x, t, text_state, ref) -> dict:
 
 
 def configure(gen: StreamGenerator, variant: str, compile_options: dict) -> None:
-    compiled, fp8, sdpa, _, clean, _ = VARIANTS[variant]
+    compiled, fp8, sdpa, _, clean, _, graphs = spec(variant)
     gen.set_fp8("off")
     gen.set_compile(False)
     if compiled:
@@ -92,6 +99,7 @@ def configure(gen: StreamGenerator, variant: str, compile_options: dict) -> None
         gen.set_fp8(fp8)
     except ValueError as exc:  # no FP8 matmuls on this device
         raise RuntimeError(str(exc)) from exc
+    gen.set_cuda_graphs(graphs)
 
 
 def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink) -> list[dict]:
@@ -118,8 +126,9 @@ def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink
     exact_frames = exact_flow = None
     for variant in args.variants:
         row = {"resolution": f"{w}x{h}", "mode": "depth", "codec": "tae", "steps": args.steps, "variant": variant}
-        compiled, fp8, sdpa, reuse, clean, window = VARIANTS[variant]
-        row.update(compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse, clean_pass=clean, kv_window=window)
+        compiled, fp8, sdpa, reuse, clean, window, graphs = spec(variant)
+        row.update(compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse, clean_pass=clean, kv_window=window,
+                   cuda_graphs=graphs)
         if time.perf_counter() - t_start > args.budget:
             row["skipped"] = f"budget {args.budget:.0f} s spent"
             rows.append(row)
@@ -142,6 +151,7 @@ def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink
             else:
                 row.update(bs.frame_difference(host.measured, exact_frames))
             row["fp8_linears"] = gen._fp8.count if gen._fp8 is not None else 0
+            row["graphs"] = gen.describe()["cuda_graphs"]
             if fp8 == "auto":
                 row["fp8_auto"] = gen.fp8_report
         except Exception as exc:  # one failing variant must not end the run
@@ -182,7 +192,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--res", default="832x480,576x320")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {','.join(VARIANTS)} "
-                   "(the first is the reference: keep exact first)")
+                   f"(the first is the reference: keep exact first), each also as NAME{GRAPHS}")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--chunks", type=int, default=6, help="measured chunks per variant (the stream PSNR's N)")
     p.add_argument("--warmup", type=int, default=2)
@@ -194,7 +204,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     args.compile_options = {}
-    bad = [v for v in args.variants if v not in VARIANTS]
+    bad = [v for v in args.variants if v.removesuffix(GRAPHS) not in VARIANTS]
     if bad:
         raise SystemExit(f"unknown variants {bad}; choose from {list(VARIANTS)}")
     if args.smoke:

@@ -69,20 +69,23 @@ def onoff(text: str) -> list[bool]:
     return out
 
 
-def add_shape_args(p) -> None:
-    """The generator's work-per-chunk switches as bench flags (engine.pipelines.shaped_recipe,
-    `--clean-pass`; all approximate except the defaults)."""
+def add_stream_args(p) -> None:
+    """The generator's per-chunk work switches as bench flags: the stream shape
+    (engine.pipelines.shaped_recipe) and `--clean-pass` (approximate unless default), and
+    `--cuda-graphs` (exact)."""
     p.add_argument("--clean-pass", choices=("exact", "reuse"), default="exact",
                    help="the generator's clean_pass (reuse: one DiT forward fewer per chunk)")
     p.add_argument("--chunk-latents", type=int, default=None, help="latent frames per chunk after the first")
     p.add_argument("--first-chunk-latents", type=int, default=None, help="latent frames of the first chunk")
     p.add_argument("--kv-window", type=int, default=None, help="latent frames of the KV window")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the DiT forwards as CUDA graphs")
 
 
-def shape_kwargs(args) -> dict:
-    """StreamGenerator keyword arguments of add_shape_args' flags."""
+def stream_kwargs(args) -> dict:
+    """StreamGenerator keyword arguments of add_stream_args' flags."""
     return {"clean_pass": args.clean_pass, "chunk_latents": args.chunk_latents,
-            "first_chunk_latents": args.first_chunk_latents, "kv_window": args.kv_window}
+            "first_chunk_latents": args.first_chunk_latents, "kv_window": args.kv_window,
+            "cuda_graphs": args.cuda_graphs}
 
 
 def depth_video(width: int, height: int, frames: int = 48) -> np.ndarray:

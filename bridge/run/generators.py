@@ -95,7 +95,8 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
                  recache=getattr(cfg, "recache", None) or "exact",
                  clean_pass=getattr(cfg, "clean_pass", None) or "exact",
                  kv_window=getattr(cfg, "kv_window", None), chunk_latents=getattr(cfg, "chunk_latents", None),
-                 first_chunk_latents=getattr(cfg, "first_chunk_latents", None))
+                 first_chunk_latents=getattr(cfg, "first_chunk_latents", None),
+                 cuda_graphs=bool(getattr(cfg, "cuda_graphs", False)))
     vace = vace_available()
     if not vace:
         log.warning("VACE conditioning is not in this build: text-only generation (control video, "

@@ -27,7 +27,8 @@ def shard_spec(cfg: argparse.Namespace, dtype: str) -> Any:
     shaped = [flag for flag, on in (("--clean-pass reuse", (getattr(cfg, "clean_pass", None) or "exact") != "exact"),
                                     ("--kv-window", getattr(cfg, "kv_window", None) is not None),
                                     ("--chunk-latents", getattr(cfg, "chunk_latents", None) is not None),
-                                    ("--first-chunk-latents", getattr(cfg, "first_chunk_latents", None) is not None))
+                                    ("--first-chunk-latents", getattr(cfg, "first_chunk_latents", None) is not None),
+                                    ("--cuda-graphs", bool(getattr(cfg, "cuda_graphs", False))))
               if on]
     if shaped:
         raise ConfigError(f"--gpus > 1 runs the pipeline's own chunk and cache shapes: drop {', '.join(shaped)}")

@@ -126,12 +126,15 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
     def bump_weights_version(self) -> None:
         self.weights_version += 1
 
-    def embed_video(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    def check_latents(self, x: torch.Tensor) -> None:
         if x.dim() != 5 or x.shape[1] != self.cfg.in_dim:
             raise ValueError(f"latents must be [B, {self.cfg.in_dim}, F, H/8, W/8], got {tuple(x.shape)}")
         pt, ph, pw = self.cfg.patch_size
         if x.shape[2] % pt or x.shape[3] % ph or x.shape[4] % pw:
             raise ValueError(f"latent size {tuple(x.shape[2:])} is not a multiple of the patch {self.cfg.patch_size}")
+
+    def embed_video(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        self.check_latents(x)
         u = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         grid = tuple(u.shape[2:])
         return u.flatten(2).transpose(1, 2).contiguous().float(), grid
@@ -150,19 +153,23 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
 
     def embed_time(self, t, batch: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """t: [B, F] per-frame timesteps (also accepts [B], a 0-d tensor or a float)."""
-        device = self.patch_embedding.weight.device
-        t = torch.as_tensor(t, dtype=torch.float32, device=device)
+        t = self.timesteps(t, batch, frames)
+        tp = self.time_projection[1]
+        e = self.time_embedding_fp32(self.sinusoid(t.reshape(-1)))
+        e0 = F.linear(F.silu(e), tp.weight.float(), tp.bias.float())
+        dim = self.cfg.dim
+        return e.view(batch, frames, 1, dim), e0.view(batch, frames, 6, dim)
+
+    def timesteps(self, t, batch: int, frames: int) -> torch.Tensor:
+        """t as [B, F] fp32 on the model's device (from [B, F], [B], a 0-d tensor or a float)."""
+        t = torch.as_tensor(t, dtype=torch.float32, device=self.patch_embedding.weight.device)
         if t.dim() == 0:
             t = t.expand(batch, frames)
         elif t.dim() == 1:
             t = t[:, None].expand(batch, frames)
         if tuple(t.shape) != (batch, frames):
             raise ValueError(f"timesteps must be [B, F] = [{batch}, {frames}], got {tuple(t.shape)}")
-        tp = self.time_projection[1]
-        e = self.time_embedding_fp32(self.sinusoid(t.reshape(-1)))
-        e0 = F.linear(F.silu(e), tp.weight.float(), tp.bias.float())
-        dim = self.cfg.dim
-        return e.view(batch, frames, 1, dim), e0.view(batch, frames, 6, dim)
+        return t
 
     def time_embedding_fp32(self, emb: torch.Tensor) -> torch.Tensor:
         l0, l2 = self.time_embedding[0], self.time_embedding[2]
@@ -231,10 +238,7 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
         """
         if vace_context is not None or hints is not None:
             raise ValueError("this base model has no VACE blocks: wrap it with VaceWanModel to use vace_context/hints")
-        tokens, grid = self.embed_video(x)
-        tokens = self.add_token_condition(tokens, add_condition)
-        batch, frames = x.shape[0], grid[0]
-        e, e0 = self.embed_time(t, batch, frames)
+        batch, grid = x.shape[0], self.token_grid(x)
         text.sync(self.weights_version)
         if text.context.shape[0] != batch:
             raise ValueError(f"text batch {text.context.shape[0]} != latent batch {batch}")
@@ -244,6 +248,24 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
             attn = kv.begin(start_frame, grid, batch)
         else:
             attn = self.local_attention(grid, start_frame, attn_mask)
+        flow = self.forward_with(x, t, text, attn, block_residuals, context_scale, add_condition)
+        if kv is not None:
+            kv.commit(attn)
+        return flow
+
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """(frames, h, w) of the patch tokens of latents x [B, C, F, H/8, W/8]."""
+        self.check_latents(x)
+        pt, ph, pw = self.cfg.patch_size
+        return x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw
+
+    def forward_with(self, x, t, text, attn, block_residuals=None, context_scale: float = 1.0,
+                     add_condition=None) -> torch.Tensor:
+        """The forward's tensor work for a given attention context (no cache bookkeeping, no
+        Python state changes): what engine.dit.graphs captures as one CUDA graph."""
+        tokens, grid = self.embed_video(x)
+        tokens = self.add_token_condition(tokens, add_condition)
+        e, e0 = self.embed_time(t, x.shape[0], grid[0])
         residuals = block_residuals or {}
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, e0, text, attn, i)
@@ -251,8 +273,6 @@ class CausalWanModel(Fp32ParamsMixin, nn.Module):
             if r is not None:
                 tokens = torch.add(tokens, r, alpha=context_scale)
         out = self.head(tokens, e)
-        if kv is not None:
-            kv.commit(attn)
         return self.unpatchify(out, grid)
 
     def unpatchify(self, u: torch.Tensor, grid) -> torch.Tensor:

@@ -1,0 +1,231 @@
+"""CUDA graphs of whole DiT forwards through the KV cache (`--cuda-graphs`).
+
+Why: one forward of the 1.3B model is ~800 kernel launches and ~90 compiled-region calls. An
+H200 host spends ~250 ms of Python and launch work per 5-forward chunk whatever the chunk's size
+(docs/PERFORMANCE.md, the profile in section 12.5), so with short chunks (576x320, 1-latent
+chunks) the GPU waits for the host. A graph replays a captured forward with one launch.
+
+A graph bakes in every tensor address and every Python value its forward read. So each graph is
+specialised on its `GraphKey` (the KV plan's slot writes and reads, the frame count, the RoPE
+mode, which optional inputs are present, the weights version) and reads everything else from
+static buffers, filled before each replay:
+  latents x, the per-frame timesteps, the chunk's RoPE rotations (and the attended keys' in
+  window-relative mode), each block's text K/V, the VACE hints (multiplied by context_scale
+  there, so a live scale never needs a new graph) and the pose condition.
+The graph writes the chunk's K/V straight into the KV cache slots of its plan, as the normal
+forward does; the cache's Python bookkeeping (begin/commit) runs outside the graph, unchanged.
+
+The first forward of a key runs normally (its result is that call's result; it also makes
+every lazy choice: kernels, SDPA selections, compiled graphs), then the same forward is captured
+(torch.cuda.graph records on its own stream; nothing runs). Later forwards of the key replay. All graphs share one memory pool: replays
+are sequential on one stream and each graph's output is read before the next replay.
+
+Only the plain KVCache is graphed; pipelines whose cache applies per-chunk Python state (Reward
+Forcing's sink merges, Krea's bias, MemFlow's bank) and a model split over GPUs take the normal
+path. A capture that fails (an operation that cannot be captured) is logged once and that key
+takes the normal path from then on: the show goes on.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from vacelive.engine.dit.kv_cache import CachedAttention, KVCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GraphKey:
+    writes: tuple  # ChunkPlan.writes: the slots the graph writes
+    attend: tuple  # ChunkPlan.attend: the slot runs it reads
+    frames: int
+    rotate_keys: bool  # absolute RoPE (keys rotated on write) vs window-relative (rotated on read)
+    hints: bool
+    condition: bool
+    weights_version: int
+    dtype: torch.dtype
+
+
+class StaticText:
+    """Each block's cross-attention K/V in fixed buffers: what a graph reads instead of a
+    TextState (same `kv(cross_attn)` interface). `load` copies a prompt's K/V in."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.source: Any = None  # the TextState last loaded (kept alive: its id stays unique)
+        self.version = -1
+        self.context = None
+
+    def load(self, text, cross_attns, version: int) -> None:
+        if text is self.source and version == self.version:
+            return
+        for ca in cross_attns:
+            k, v = text.kv(ca)
+            buf = self.buffers.get(ca)
+            if buf is None or buf[0].shape != k.shape or buf[0].dtype != k.dtype:
+                self.buffers[ca] = (k.clone(), v.clone())
+            else:
+                buf[0].copy_(k)
+                buf[1].copy_(v)
+        self.source, self.version, self.context = text, version, text.context
+
+    def kv(self, cross_attn):
+        return self.buffers[cross_attn]
+
+    def sync(self, version: int) -> None:
+        pass
+
+
+class _Inputs:
+    """The static input tensors of every graph of one shape (frames, RoPE mode, optional inputs):
+    graphs replay one at a time and each is filled right before it, so they can share them."""
+
+    def __init__(self, attn: CachedAttention, x, t, hints, condition):
+        self.x = x.clone()
+        self.t = t.contiguous().clone()
+        self.q = attn.q_freqs.clone()
+        self.k = None if attn.k_freqs is None else attn.k_freqs.clone()
+        self.hints = None if hints is None else [h.clone() for h in hints]
+        self.condition = None if condition is None else condition.clone()
+        self.hint_source: Any = None  # the hints last copied in (kept alive: its id stays unique)
+        self.hint_scale: float | None = None
+
+    def fill(self, attn: CachedAttention, x, t, hints, scale: float, condition) -> None:
+        self.x.copy_(x)
+        self.t.copy_(t)
+        self.q.copy_(attn.q_freqs)
+        if self.k is not None:
+            self.k.copy_(attn.k_freqs)
+        if hints is not None and (hints is not self.hint_source or scale != self.hint_scale):
+            for dst, h in zip(self.hints, hints):  # with hint reuse: once per chunk
+                torch.mul(h, scale, out=dst)
+            self.hint_source, self.hint_scale = hints, scale
+        if condition is not None:
+            self.condition.copy_(condition)
+
+
+class _Graph:
+    """One captured forward: its inputs, its attention context over them, its replay and output."""
+
+    def __init__(self, inputs: _Inputs, attn: CachedAttention):
+        self.inputs = inputs
+        self.attn = CachedAttention(attn.cache, attn.plan, inputs.q, inputs.k)
+        self.replay: Callable[[], Any] | None = None
+        self.out: torch.Tensor | None = None
+
+
+class ForwardGraphs:
+    """Graphed forwards of one model and one KV cache (module docstring).
+
+    `capture` is injectable so CPU tests can check everything but the CUDA graph itself:
+    capture(fn) -> (replay callable, static output); by default fn is recorded in a
+    torch.cuda.CUDAGraph."""
+
+    def __init__(self, model, kv: KVCache, *, capture: Callable | None = None):
+        self.model, self.kv = model, kv
+        self.base = getattr(model, "base", model)
+        self.vace_layers = tuple(getattr(model, "vace_layers", ()))
+        self.cross_attns = [b.cross_attn for b in self.base.blocks]
+        self.text = StaticText()
+        self._capture = capture or self._cuda_capture
+        self._pool = None
+        self.graphs: dict[GraphKey, _Graph | None] = {}  # None: capture failed, normal path
+        self.inputs: dict[tuple, _Inputs] = {}
+        self._version: int | None = None
+        self.captures = self.replays = self.fallbacks = 0
+
+    @staticmethod
+    def supported(model, kv) -> str | None:
+        """None when forwards of this model and cache can be graphed, else why not."""
+        if not torch.cuda.is_available():
+            return "CUDA graphs need a CUDA device"
+        if type(kv) is not KVCache or kv.attention_class is not CachedAttention:
+            return "this pipeline's KV cache applies per-chunk Python state (not graphable)"
+        if hasattr(model, "context_pass"):
+            return "a DiT split over several GPUs is not graphed"
+        if kv.storage.device.type != "cuda":
+            return "the KV cache is not on a CUDA device"
+        return None
+
+    def clear(self) -> None:
+        """Forget every graph (weights, compile or FP8 switches changed what a forward runs)."""
+        self.graphs.clear()
+        self.inputs.clear()
+        self.text = StaticText()
+        self._pool = None
+
+    # ---- the forward ----------------------------------------------------------------------------
+    def __call__(self, x, t, text, start: int, *, hints=None, context_scale: float = 1.0,
+                 add_condition=None) -> torch.Tensor:
+        """The flow of model(x, t, text, kv, start, hints=..., context_scale=..., add_condition=...)."""
+        base, kv = self.base, self.kv
+        use_hints = hints is not None and context_scale != 0 and bool(self.vace_layers)
+        if use_hints and len(hints) != len(self.vace_layers):
+            raise ValueError(f"got {len(hints)} hints for {len(self.vace_layers)} VACE blocks")
+        grid = base.token_grid(x)
+        batch = x.shape[0]
+        if base.weights_version != self._version:  # new weights: every graph is stale
+            self.clear()
+            self._version = base.weights_version
+        text.sync(base.weights_version)
+        t = base.timesteps(t, batch, grid[0])
+        attn = kv.begin(start, grid, batch)
+        key = GraphKey(attn.plan.writes, attn.plan.attend, grid[0], attn.rotate_keys, use_hints,
+                       add_condition is not None, base.weights_version, x.dtype)
+        entry = self.graphs.get(key, False)
+        if entry is None:  # capture failed once: the normal path
+            self.fallbacks += 1
+            return self.model(x, t, text, kv, start, hints=hints, context_scale=context_scale,
+                              add_condition=add_condition)
+        hints = hints if use_hints else None
+        self.text.load(text, self.cross_attns, base.weights_version)
+        shape = (grid[0], attn.rotate_keys, use_hints, add_condition is not None, x.dtype)
+        inputs = self.inputs.get(shape)
+        if inputs is None:
+            inputs = self.inputs[shape] = _Inputs(attn, x, t, hints, add_condition)
+        inputs.fill(attn, x, t, hints, context_scale, add_condition)
+        if entry is False:
+            return self._first(key, _Graph(inputs, attn), attn)
+        entry.replay()
+        kv.commit(attn)
+        self.replays += 1
+        return entry.out
+
+    def _body(self, g: _Graph) -> torch.Tensor:
+        i = g.inputs
+        residuals = None if i.hints is None else dict(zip(self.vace_layers, i.hints))
+        return self.base.forward_with(i.x, i.t, self.text, g.attn, residuals, 1.0, i.condition)
+
+    def _first(self, key: GraphKey, g: _Graph, attn) -> torch.Tensor:
+        out = self._body(g)  # the real forward of this call (writes the cache slots)
+        self.kv.commit(attn)
+        try:
+            g.replay, g.out = self._capture(lambda: self._body(g))
+            self.graphs[key] = g
+            self.captures += 1
+        except Exception as exc:  # an operation that cannot be captured: normal path for this key
+            self.graphs[key] = None
+            log.warning("CUDA graphs: could not capture a %d-frame forward (%s: %s); it runs without a graph",
+                        key.frames, type(exc).__name__, str(exc).splitlines()[0][:200])
+        return out
+
+    # ---- CUDA -----------------------------------------------------------------------------------
+    def _cuda_capture(self, fn: Callable[[], torch.Tensor]):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = fn()
+        return graph.replay, out
+
+    def describe(self) -> dict[str, int]:
+        return {"graphs": sum(g is not None for g in self.graphs.values()), "captures": self.captures,
+                "replays": self.replays, "fallbacks": self.fallbacks,
+                "failed": sum(g is None for g in self.graphs.values())}
+
+
+__all__ = ["ForwardGraphs", "GraphKey", "StaticText"]

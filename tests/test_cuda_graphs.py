@@ -1,0 +1,127 @@
+"""CUDA graphs of whole DiT forwards (engine.dit.graphs): a graphed stream is the normal stream
+bit for bit. On CPU the capture is replaced by a stand-in that re-runs the captured function on
+the static buffers, which checks everything the graphs rely on but the CUDA graph itself:
+the keys (a wrong slot plan would write and read the wrong cache slots), the static inputs
+(latents, timesteps, RoPE rotations, text K/V, pre-scaled hints, pose tokens), the cache
+bookkeeping and the fall-backs. The gpu test captures real CUDA graphs."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from vacelive.engine.config import tiny_config
+from vacelive.engine.generator import StreamGenerator
+from vacelive.engine.request import ChunkRequest, Prompt
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+W = H = 32
+
+
+def rerun_capture(fn):
+    """CPU stand-in for a CUDA graph: replaying re-runs fn over the same static buffers."""
+    out = fn()
+
+    def replay():
+        out.copy_(fn())
+
+    return replay, out
+
+
+def make(graphs, device="cpu", table=24, **kw):
+    cfg = tiny_config(num_layers=2).with_(rope_max_positions=table)
+    gen = StreamGenerator.random("tiny", width=W, height=H, codec="tae", cfg=cfg, device=device, seed=1, **kw)
+    if graphs == "rerun":
+        gen.set_cuda_graphs(True, capture=rerun_capture)
+    elif graphs:
+        gen.set_cuda_graphs(True)
+    return gen
+
+
+def requests(n=14):
+    video = np.random.default_rng(0).integers(0, 255, (12, H, W, 4), dtype=np.uint8)
+    out = []
+    for c in range(n):
+        out.append(dict(prompts=[Prompt("ab"[c // 5 % 2])], steps=2, video=video, hint_reuse=c % 2 == 0,
+                        context_scale=(1.0, 0.5, 0.0)[c % 3], pose_strength=0.8 if c in (3, 4) else 0.0,
+                        pose_source="rendered", reset=c == 11))
+    return out
+
+
+def stream(gen, reqs):
+    frames = []
+    for r in reqs:
+        r = dict(r)
+        r["video"] = r["video"][:gen.next_chunk_frames]
+        frames.append(gen.step(ChunkRequest(**r)).frames.clone())
+    return frames
+
+
+def test_a_graphed_stream_is_the_normal_stream_bit_for_bit():
+    reqs = requests()  # cuts, hint reuse, scales 1 / 0.5 / 0, pose tokens, past the 24-frame RoPE table, a reset
+    plain, graphed = make(False), make("rerun")
+    a, b = stream(plain, reqs), stream(graphed, reqs)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert plain.kv.rope_mode == graphed.kv.rope_mode == "absolute"  # after the reset
+    d = graphed.describe()["cuda_graphs"]
+    assert d["captures"] >= 6 and d["replays"] > d["captures"] and d["fallbacks"] == 0
+    # steady state: three ring positions x (denoising with hints, without, clean pass) at most
+    assert d["graphs"] <= 3 * 3 + 12  # plus the window-filling and post-switch plans
+
+
+def test_the_rope_switch_and_one_latent_chunks_are_graphed_too():
+    reqs = [dict(prompts=[Prompt("a")], steps=1) for _ in range(30)]
+    plain = make(False, chunk_latents=1)
+    graphed = make("rerun", chunk_latents=1)
+    a, b = stream(plain, [dict(r, video=np.zeros((12, H, W, 4), np.uint8)) for r in reqs]), \
+        stream(graphed, [dict(r, video=np.zeros((12, H, W, 4), np.uint8)) for r in reqs])
+    assert graphed.kv.rope_mode == "relative"  # 3 + 29 latent frames: past the 24-frame table
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_new_weights_drop_every_graph():
+    gen = make("rerun", vace=False)
+    for _ in range(5):
+        gen.step(ChunkRequest(prompts=[Prompt("a")], steps=1))
+    assert gen.graphs.graphs
+    gen.model.bump_weights_version()  # a LoRA re-merge does this
+    gen.step(ChunkRequest(prompts=[Prompt("a")], steps=1))
+    assert gen.graphs.describe()["graphs"] == len(gen.graphs.graphs) <= 2  # recaptured from scratch
+
+
+def test_a_forward_that_cannot_be_captured_runs_without_a_graph(caplog):
+    def refuse(fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    plain, gen = make(False, vace=False), make(False, vace=False)
+    gen.set_cuda_graphs(True, capture=refuse)
+    reqs = [dict(prompts=[Prompt("a")], steps=1, video=np.zeros((12, H, W, 4), np.uint8)) for _ in range(6)]
+    with caplog.at_level(logging.WARNING):
+        assert all(torch.equal(x, y) for x, y in zip(stream(plain, reqs), stream(gen, reqs)))
+    d = gen.describe()["cuda_graphs"]
+    assert d["captures"] == 0 and d["failed"] >= 1 and d["fallbacks"] >= 1
+    assert "could not capture" in caplog.text
+
+
+def test_cuda_graphs_stay_off_where_they_cannot_run(caplog):
+    with caplog.at_level(logging.WARNING):
+        gen = make(True)  # no CUDA here (or, with CUDA, a CPU cache)
+    assert gen.graphs is None and "CUDA" in gen.describe()["cuda_graphs"]
+    rf = make(False, recipe="memflow")
+    rf.set_cuda_graphs(True, capture=rerun_capture)
+    assert rf.graphs is None and "memflow" in rf.graphs_off_reason
+    assert make(False).describe()["cuda_graphs"] == "off"
+
+
+@pytest.mark.gpu
+def test_real_cuda_graphs_replay_the_normal_stream():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    reqs = requests()
+    plain, graphed = make(False, device="cuda"), make(True, device="cuda")
+    a, b = stream(plain, reqs), stream(graphed, reqs)
+    d = graphed.describe()["cuda_graphs"]
+    assert d["replays"] > 0 and d["failed"] == 0, d
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
