@@ -211,7 +211,7 @@ class StreamGenerator:
         self._fp8 = None
         self.fp8_mode = "off"
         self._late_video = None  # set_late_video: the newest control frames, read before the VACE encode
-        self.fp8_report: list[dict[str, Any]] = []  # --fp8 auto: the bf16/FP8 timings per shape
+        self.fp8_report: list[dict[str, Any]] = []  # --fp8 auto: the bf16/FP8 block timings per token count
         self.graphs = None  # engine.dit.graphs.ForwardGraphs when CUDA graphs are on
         self.graphs_off_reason: str | None = None
         self.set_compile(compile)
@@ -353,7 +353,7 @@ class StreamGenerator:
     def set_fp8(self, enabled: bool | str, compact: bool = False) -> None:
         """e4m3 block Linears (engine.dit.fp8: quantised once, reversible), or restore bf16.
         enabled: True/"on" (every block Linear), False/"off", or "auto" (engine.dit.fp8_auto: FP8
-        only for the Linear shapes and token counts where it measured faster than bf16 here; on a
+        only at the token counts where a whole block measured faster than in bf16 here; on a
         device without FP8 matmuls "auto" stays bf16).
         compact: free the bf16 weights of the swapped Linears (one-way; what lets Krea 14B + VACE
         fit a 40 GB budget): FP8 can then not be turned off nor merged LoRAs rescaled; with

@@ -1,7 +1,7 @@
 """Stream-shape switches (engine.pipelines.shaped_recipe): shorter chunks for lower latency, a
 one-frame first chunk for a fast first frame, a shorter KV window; checked values, the stream's
 frame accounting and cache window, the start-up warm-up covering the new shapes, the CLI flags
-and the multi-GPU refusal."""
+and the multi-GPU refusal (of these and of --cuda-graphs)."""
 from __future__ import annotations
 
 import argparse
@@ -102,7 +102,7 @@ def test_cli_flags_reach_the_generator_and_multi_gpu_refuses_them():
     cfg.gpus, cfg.device, cfg.pipeline = 2, "cpu", "longlive"
     with pytest.raises(ConfigError, match="drop --chunk-latents, --first-chunk-latents"):
         shard_spec(cfg, "float32")
-    cfg = _serve_args("--clean-pass", "reuse")
+    cfg = _serve_args("--clean-pass", "reuse", "--cuda-graphs")
     cfg.gpus, cfg.device, cfg.pipeline = 2, "cpu", "longlive"
-    with pytest.raises(ConfigError, match="drop --clean-pass reuse"):
+    with pytest.raises(ConfigError, match="drop --clean-pass reuse, --cuda-graphs"):
         shard_spec(cfg, "float32")

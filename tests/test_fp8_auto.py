@@ -67,10 +67,10 @@ def test_fp8_is_kept_exactly_at_the_token_counts_where_the_whole_block_won():
     seen = []
     # 12 tokens: FP8 block slower; 24: faster; 36: faster by less than the 3 % margin
     timer = _fake_timer({12: 1.5, 24: 0.5, 36: 0.985}, seen)
-    chosen, report = choose_fp8_rows(model, [3, 1, 2, 2], GRID, timer=timer)
+    chosen, report = choose_fp8_rows(model, [3, 1, 2, 2], GRID, timer=timer, rounds=2)
     assert chosen == {s: frozenset({24}) for s in SHAPES}
-    assert [s[0] for s in seen] == ["bf16:block:12", "fp8:block:12", "bf16:block:24", "fp8:block:24",
-                                    "bf16:block:36", "fp8:block:36"]
+    assert [s[0] for s in seen] == ["bf16:block:12", "fp8:block:12"] * 2 + ["bf16:block:24", "fp8:block:24"] * 2 + \
+        ["bf16:block:36", "fp8:block:36"] * 2  # alternating rounds
     for name, types, shape in seen:  # bf16 timings run nn.Linear, FP8 timings all 8 Linears in FP8
         want = nn.Linear if name.startswith("bf16") else Fp8Linear
         assert types == [want] * len(BLOCK_LINEARS)
@@ -83,6 +83,13 @@ def test_fp8_is_kept_exactly_at_the_token_counts_where_the_whole_block_won():
     ]
     chosen, _ = choose_fp8_rows(model, [1, 2, 3], GRID, margin=0.0, timer=_fake_timer({12: 1.5, 24: 0.5, 36: 0.985}, []))
     assert chosen[(64, 128)] == frozenset({24, 36})
+
+
+def test_each_candidate_keeps_its_fastest_round():
+    costs = {"bf16": iter([2.0, 1.0, 1.5]), "fp8": iter([0.9, 1.2, 1.1])}  # a slow first round (cold clocks)
+    chosen, report = choose_fp8_rows(_tiny_model(), [1], GRID, rounds=3,
+                                     timer=lambda fn, reps, dev, name: next(costs[name.split(":")[0]]))
+    assert (report[0]["bf16_ms"], report[0]["fp8_ms"], report[0]["fp8"]) == (1.0, 0.9, True)
 
 
 def test_a_failed_timing_keeps_bf16_there_and_says_so(caplog):
