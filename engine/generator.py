@@ -94,9 +94,13 @@ BATCH = 1
 class StreamGenerator:
     """A live stream of one causal Wan2.1 pipeline (implements engine.request.Generator)."""
 
-    # The clean K/V pass of a chunk runs at the start of the next step (flush): the chunk's
-    # frames leave one DiT forward earlier, bit-identical. False: inline, before the decode.
-    defer_clean_pass = True
+    # When a chunk's clean K/V pass runs: at the start of the next step (flush), so that the
+    # chunk's frames leave one DiT forward earlier (bit-identical), or inline before its decode.
+    # The first chunk after a reset always defers it (the first frame is out sooner). Later
+    # chunks run it inline by default: deferred, its kernel launches overlapped the pacer's
+    # output copies and the follow-mode interval jitter p99 rose from 4 to 11 ms on an H200
+    # (docs/PERFORMANCE.md 12.5).
+    defer_clean_pass = False
 
     def __init__(
         self,
@@ -614,7 +618,7 @@ class StreamGenerator:
         reuse = self.clean_pass == "reuse" and self.stream is None and len(plan) > 0
         if (self.stream is None or self.stream.clean_pass) and not reuse:  # Krea has none
             clean = (x0, plan.context_tensor, self.text, start, cond)
-            if self.stream is None and self.defer_clean_pass:
+            if self.stream is None and (self.defer_clean_pass or self.chunk_index == 0):
                 self._pending_clean = clean  # runs first thing in the next step (step())
             else:  # MemFlow's memory bank reads the clean K/V right after the chunk
                 if self.stream is not None:
@@ -642,7 +646,8 @@ class StreamGenerator:
         """Run the deferred clean K/V pass of the last chunk now (step() does it first thing).
         The chunk's frames never depend on it; only the next chunk's attention does. Deferring it
         lets a chunk's frames leave one DiT forward earlier, with bit-identical results (the same
-        kernels in the same order on the KV cache; the decode is independent of it)."""
+        kernels in the same order on the KV cache; the decode is independent of it); see
+        defer_clean_pass for when it is deferred."""
         pending, self._pending_clean = self._pending_clean, None
         if pending is not None:
             with torch.no_grad(), sdpa_context(self.sdpa):

@@ -85,16 +85,23 @@ class DepthControl(GeneratorWrapper):
 
 
 class TimedSink:
+    """Stamps each frame when the sink has taken it, and how long the send took (the pacer
+    thread's own work per tick: the device-to-host copy and the shared-memory write)."""
+
     def __init__(self, sink) -> None:
         self.sink = sink
         self.times: list[float] = []
+        self.send_ms: list[float] = []
 
     def send(self, frame) -> None:
+        t0 = time.perf_counter()
         if self.sink is not None:
             self.sink.send(frame)
         elif hasattr(frame, "cpu"):
             frame.cpu()
-        self.times.append(time.perf_counter())
+        t1 = time.perf_counter()
+        self.times.append(t1)
+        self.send_ms.append((t1 - t0) * 1e3)
 
 
 def pct(values, q) -> float:
@@ -209,7 +216,9 @@ def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args,
         loop.stop()
         if sink_impl is not None:
             sink_impl.close()
-    times = np.array([t for t in sink.times if t0 <= t <= t1])
+    inside = [i for i, t in enumerate(sink.times) if t0 <= t <= t1]
+    times = np.array([sink.times[i] for i in inside])
+    send_ms = np.array([sink.send_ms[i] for i in inside])
     iv = np.diff(times)
     intended = 1.0 / fps if fps else (float(np.median(iv)) if iv.size else float("nan"))
     jit = np.abs(iv - intended)
@@ -225,6 +234,8 @@ def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args,
         "stalls": int((iv > 1.5 * intended).sum()),
         "held": stats1.repeated - stats0.repeated, "dropped": stats1.dropped - stats0.dropped,
         "pacer_tick_jitter_ms": {"p50": stats1.jitter_p50_ms, "p99": stats1.jitter_p99_ms},
+        "send_ms": {"p50": pct(send_ms, 50), "p99": pct(send_ms, 99),
+                    "max": float(send_ms.max()) if send_ms.size else float("nan")},
         "largest_intervals_ms": sorted((round(v * 1e3, 1) for v in iv), reverse=True)[:12],
         "gc": gc_pauses.summary(), "gil_switch_interval_ms": switch_interval * 1e3,
         **chunk_stats(run),
@@ -248,11 +259,13 @@ def follow_variant(gen, wrapped, variant: str, args, tag: str) -> dict:
     if "freeze" in settings:
         gc.collect()
         gc.freeze()
+    gen.defer_clean_pass = "deferred" in settings
     try:
         gen.reset()
         out = live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, tag, headroom=headroom)
     finally:
         pacer_module._SwitchInterval.acquire = acquire
+        del gen.defer_clean_pass  # back to the class default
         if "freeze" in settings:
             gc.unfreeze()
     out["variant"] = settings
@@ -333,7 +346,8 @@ def main(argv=None) -> int:
     p.add_argument("--follow-variants", default="",
                    help="extra follow phases after the others, comma list of "
                    "'+'-joined settings: headroom=F (frames), gil=MS (the pacer's GIL switch interval; "
-                   "0 = leave the interpreter's), freeze (gc.freeze() first), e.g. "
+                   "0 = leave the interpreter's), freeze (gc.freeze() first), deferred (every chunk's "
+                   "clean K/V pass at the start of the next step, StreamGenerator.defer_clean_pass), e.g. "
                    "'gil=0,freeze,headroom=4+freeze'")
     p.add_argument("--phases", default="fixed,long,fixed_after,follow_after,follow",
                    help="live/long phases to run, of fixed,long,fixed_after,follow_after,follow")

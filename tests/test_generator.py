@@ -325,17 +325,20 @@ def test_vace_hints_every_step_or_once_per_chunk_and_never_in_the_clean_pass():
     seen = []
     gen.model.register_forward_hook(lambda m, a, k, o: seen.append("hints" in k), with_kwargs=True)
     r = gen.step(req(steps=4))
-    # 4 denoising passes; the clean pass is deferred to the next step (StreamGenerator.flush)
+    # 4 denoising passes; the first chunk's clean pass waits for the next step (StreamGenerator.flush)
     assert hints["n"] == 4 and seen == [True] * 4
     assert "cond note" in r.notices and cond.calls == [(True, 9)]
     assert r.timings_ms["hints"] > 0
     seen.clear()
-    gen.step(req(steps=3, hint_reuse=True))
-    assert hints["n"] == 5 and seen == [False] + [True] * 3 and cond.calls[-1] == (False, 12)
+    gen.step(req(steps=3, hint_reuse=True))  # the first chunk's clean pass, then this one's inline
+    assert hints["n"] == 5 and seen == [False] + [True] * 3 + [False] and cond.calls[-1] == (False, 12)
     seen.clear()
-    gen.flush()
     gen.flush()  # nothing left to run
-    assert seen == [False]
+    assert seen == []
+    gen.defer_clean_pass = True
+    gen.step(req(steps=1))
+    gen.flush()
+    assert seen == [True, False]
     gen.reset()
     assert cond.resets == 1 and gen.next_chunk_frames == 9
 
