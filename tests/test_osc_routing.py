@@ -151,6 +151,9 @@ def test_partial_failures_of_a_pattern_are_reported_and_the_rest_applies(rig, pe
     peer.drain()
     peer.send("/vace/{steps,prompt}", "zz")  # a fine prompt, a bad step count
     assert "/vace/steps" in peer.error("steps")
+    # the error can be sent before the server thread has applied the prompt: wait for that
+    if rig.store.get("prompt") != "zz":
+        peer.expect("/vace/prompt", ["zz"])  # its echo follows the store write
     assert rig.store.get("prompt") == "zz"
 
 
