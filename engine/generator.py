@@ -99,7 +99,7 @@ class StreamGenerator:
     # The first chunk after a reset always defers it (the first frame is out sooner). Later
     # chunks run it inline by default: deferred, its kernel launches overlapped the pacer's
     # output copies and the follow-mode interval jitter p99 rose from 4 to 11 ms on an H200
-    # (docs/PERFORMANCE.md 12.5).
+    # (docs/PERFORMANCE.md 12.4).
     defer_clean_pass = False
 
     def __init__(

@@ -2,7 +2,7 @@
 
 Why: one forward of the 1.3B model is ~800 kernel launches and ~90 compiled-region calls. An
 H200 host spends ~250 ms of Python and launch work per 5-forward chunk whatever the chunk's size
-(docs/PERFORMANCE.md, the profile in section 12.5), so with short chunks (576x320, 1-latent
+(docs/PERFORMANCE.md, the profile in section 12.4), so with short chunks (576x320, 1-latent
 chunks) the GPU waits for the host. A graph replays a captured forward with one launch.
 
 A graph bakes in every tensor address and every Python value its forward read. So each graph is
