@@ -218,7 +218,9 @@ class ForwardGraphs:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: the pacer's output copies and the annotator thread keep using CUDA on
+        # their own streams while this thread captures (the default "global" mode would fail them)
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             out = fn()
         return graph.replay, out
 
