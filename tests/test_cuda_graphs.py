@@ -125,3 +125,19 @@ def test_real_cuda_graphs_replay_the_normal_stream():
     d = graphed.describe()["cuda_graphs"]
     assert d["replays"] > 0 and d["failed"] == 0, d
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_status_reports_captures_and_fallbacks():
+    from vacelive.bridge.run.loop import RunLoop, graph_status
+    from vacelive.bridge.store import ParamStore
+
+    assert graph_status({"captures": 6, "fallbacks": 2, "graphs": 6}) == {"graph_captures": 6, "graph_fallbacks": 2}
+    assert graph_status("CUDA graphs need a CUDA device") == {"graph_captures": 0, "graph_fallbacks": 0}
+    gen = make("rerun", vace=False)
+    for _ in range(5):
+        gen.step(ChunkRequest(prompts=[Prompt("a")], steps=1))
+    loop = RunLoop(gen, ParamStore(), lambda f: None, pacer_options={"start": False})
+    loop.describe = gen.describe()  # what the loop keeps after each chunk
+    status = loop.status()
+    assert status["graph_captures"] == gen.graphs.captures > 0 and status["graph_fallbacks"] == 0
+    loop.stop()

@@ -150,6 +150,14 @@ def _check_frames(result: Any) -> None:
                         f"{getattr(frames, 'dtype', type(frames).__name__)}; expected uint8 [F,H,W,4]")
 
 
+def graph_status(graphs: Any) -> dict[str, int]:
+    """/vace/status graph_captures / graph_fallbacks from the engine's describe()["cuda_graphs"]
+    (a dict of counters while CUDA graphs run, else a string saying why not)."""
+    counts = graphs if isinstance(graphs, dict) else {}
+    return {"graph_captures": int(counts.get("captures", 0) or 0),
+            "graph_fallbacks": int(counts.get("fallbacks", 0) or 0)}
+
+
 class RunLoop:
     def __init__(
         self,
@@ -269,6 +277,7 @@ class RunLoop:
             "skipped": int(self.skipped),
             # compiles during chunks (engine counters; a remote engine reports it in describe)
             "recompiles": int(self.describe.get("recompiles", 0) or 0),
+            **graph_status(self.describe.get("cuda_graphs")),
             "control_latency_p50_ms": float(lat["p50_ms"]),
             "control_latency_p99_ms": float(lat["p99_ms"]),
             **stage_status(self.stage),
