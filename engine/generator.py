@@ -558,7 +558,7 @@ class StreamGenerator:
     # ---- one chunk ------------------------------------------------------------------------------
     def _generate(self, request: ChunkRequest, steps: int, scale: float, seed: int, notices: list[str], clock,
                   v2v: V2VChunk | None = None):
-        model, kv = self.model, self.kv
+        model = self.model
         plan = self.schedule.plan(steps)
 
         update = self.prompt_state.update(request.prompts, request.transition_chunks, request.blend)
@@ -620,7 +620,7 @@ class StreamGenerator:
             clean = (x0, plan.context_tensor, self.text, start, cond)
             if self.stream is None and (self.defer_clean_pass or self.chunk_index == 0):
                 self._pending_clean = clean  # runs first thing in the next step (step())
-            else:  # MemFlow's memory bank reads the clean K/V right after the chunk
+            else:  # inline, before the decode (MemFlow's memory bank reads the clean K/V after it)
                 if self.stream is not None:
                     self.stream.before_pass("clean")
                 self._clean_pass(*clean)

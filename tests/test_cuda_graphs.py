@@ -81,6 +81,14 @@ def test_the_rope_switch_and_one_latent_chunks_are_graphed_too():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_window_relative_rope_from_the_start_is_graphed_while_the_window_fills():
+    reqs = [dict(prompts=[Prompt("ab"[c // 3 % 2])], steps=1, video=np.zeros((12, H, W, 4), np.uint8))
+            for c in range(7)]
+    plain, graphed = make(False, rope="relative"), make("rerun", rope="relative")
+    assert all(torch.equal(x, y) for x, y in zip(stream(plain, reqs), stream(graphed, reqs)))
+    assert graphed.kv.rope_mode == "relative" and graphed.graphs.fallbacks == 0
+
+
 def test_new_weights_drop_every_graph():
     gen = make("rerun", vace=False)
     for _ in range(5):

@@ -183,7 +183,8 @@ class ForwardGraphs:
                               add_condition=add_condition)
         hints = hints if use_hints else None
         self.text.load(text, self.cross_attns, base.weights_version)
-        shape = (grid[0], attn.rotate_keys, use_hints, add_condition is not None, x.dtype)
+        keys = None if attn.k_freqs is None else tuple(attn.k_freqs.shape)  # window-relative RoPE
+        shape = (grid[0], keys, use_hints, add_condition is not None, x.dtype)
         inputs = self.inputs.get(shape)
         if inputs is None:
             inputs = self.inputs[shape] = _Inputs(attn, x, t, hints, add_condition)
