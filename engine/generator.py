@@ -600,7 +600,7 @@ class StreamGenerator:
                 self.stream.before_pass("denoise", i)
             if vace is not None and scale != 0:
                 if hints is None or not request.hint_reuse:
-                    hints = model.compute_hints(x, t, self.text, add_condition=cond, **vace)
+                    hints = self._hints(x, t, cond, vace)
                     clock.mark("hints")
                 flow = self._forward(x, t, start, hints=hints, context_scale=scale, add_condition=cond)
             else:
@@ -633,6 +633,12 @@ class StreamGenerator:
         frames = frames_to_rgba(decoded)
         clock.mark("output")
         return frames, x0
+
+    def _hints(self, x, t, cond, vace: dict) -> list:
+        """The VACE hint stream for this chunk (graphed when CUDA graphs are on)."""
+        if self.graphs is not None:
+            return self.graphs.hints(x, t, self.text, vace["vace_context"], vace.get("vace_prefix"), cond)
+        return self.model.compute_hints(x, t, self.text, add_condition=cond, **vace)
 
     def _clean_pass(self, x0, context_t, text, start: int, cond) -> None:
         if self.graphs is not None:

@@ -21,11 +21,14 @@ W = H = 32
 
 
 def rerun_capture(fn):
-    """CPU stand-in for a CUDA graph: replaying re-runs fn over the same static buffers."""
+    """CPU stand-in for a CUDA graph: replaying re-runs fn over the same static buffers and
+    writes into the same output tensors (a forward's flow, or the hint stream's list)."""
     out = fn()
 
     def replay():
-        out.copy_(fn())
+        new = fn()
+        for dst, src in zip(out, new) if isinstance(out, list) else [(out, new)]:
+            dst.copy_(src)
 
     return replay, out
 
@@ -41,12 +44,14 @@ def make(graphs, device="cpu", table=24, **kw):
 
 
 def requests(n=14):
-    video = np.random.default_rng(0).integers(0, 255, (12, H, W, 4), dtype=np.uint8)
+    rng = np.random.default_rng(0)
     out = []
-    for c in range(n):
+    for c in range(n):  # a new control video every chunk: the hint graphs' inputs change
+        video = rng.integers(0, 255, (12, H, W, 4), dtype=np.uint8)
         out.append(dict(prompts=[Prompt("ab"[c // 5 % 2])], steps=2, video=video, hint_reuse=c % 2 == 0,
                         context_scale=(1.0, 0.5, 0.0)[c % 3], pose_strength=0.8 if c in (3, 4) else 0.0,
-                        pose_source="rendered", reset=c == 11))
+                        pose_source="rendered", reset=c == 11,
+                        refs=[rng.integers(0, 255, (H, W, 3), dtype=np.uint8)] if c in (6, 12) else None))
     return out
 
 
@@ -60,13 +65,16 @@ def stream(gen, reqs):
 
 
 def test_a_graphed_stream_is_the_normal_stream_bit_for_bit():
-    reqs = requests()  # cuts, hint reuse, scales 1 / 0.5 / 0, pose tokens, past the 24-frame RoPE table, a reset
+    # cuts, hint reuse, scales 1 / 0.5 / 0, pose tokens, reference images (the hint stream's
+    # prefix), past the 24-frame RoPE table, a reset
+    reqs = requests()
     plain, graphed = make(False), make("rerun")
     a, b = stream(plain, reqs), stream(graphed, reqs)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert plain.kv.rope_mode == graphed.kv.rope_mode == "absolute"  # after the reset
     d = graphed.describe()["cuda_graphs"]
     assert d["captures"] >= 6 and d["replays"] > d["captures"] and d["fallbacks"] == 0
+    assert graphed.graphs.hint_graphs  # the VACE hint stream ran as graphs too
     # steady state: three ring positions x (denoising with hints, without, clean pass) at most
     assert d["graphs"] <= 3 * 3 + 12  # plus the window-filling and post-switch plans
 

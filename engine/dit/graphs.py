@@ -15,6 +15,11 @@ static buffers, filled before each replay:
 The graph writes the chunk's K/V straight into the KV cache slots of its plan, as the normal
 forward does; the cache's Python bookkeeping (begin/commit) runs outside the graph, unchanged.
 
+The VACE hint stream (`hints`, the 15 hint blocks over the chunk alone) is graphed the same way,
+keyed on its input shapes (the chunk, the reference prefix, the pose condition): its inputs are
+the latents, the timesteps, the VACE context and the prefix; its outputs (one tensor per hint
+block) are copied into the forward graphs' hint buffers.
+
 The first forward of a key runs normally (its result is that call's result; it also makes
 every lazy choice: kernels, SDPA selections, compiled graphs), then the same forward is captured
 (torch.cuda.graph records on its own stream; nothing runs). Later forwards of the key replay. All graphs share one memory pool: replays
@@ -118,6 +123,29 @@ class _Graph:
         self.out: torch.Tensor | None = None
 
 
+class _HintGraph:
+    """The VACE hint stream of one input shape: static inputs, replay, outputs."""
+
+    def __init__(self, x, t, context, prefix, condition):
+        self.x, self.t, self.context = x.clone(), t.contiguous().clone(), context.clone()
+        self.prefix = None if prefix is None else prefix.clone()
+        self.condition = None if condition is None else condition.clone()
+        self.replay: Callable[[], Any] | None = None
+        self.out: list[torch.Tensor] | None = None
+
+    def fill(self, x, t, context, prefix, condition) -> None:
+        self.x.copy_(x)
+        self.t.copy_(t)
+        self.context.copy_(context)
+        if prefix is not None:
+            self.prefix.copy_(prefix)
+        if condition is not None:
+            self.condition.copy_(condition)
+
+    def run(self, model, text) -> list[torch.Tensor]:
+        return model.compute_hints(self.x, self.t, text, self.context, self.prefix, self.condition)
+
+
 class ForwardGraphs:
     """Graphed forwards of one model and one KV cache (module docstring).
 
@@ -129,12 +157,15 @@ class ForwardGraphs:
         self.model, self.kv = model, kv
         self.base = getattr(model, "base", model)
         self.vace_layers = tuple(getattr(model, "vace_layers", ()))
-        self.cross_attns = [b.cross_attn for b in self.base.blocks]
+        # every block that reads text K/V: the main blocks and the VACE hint blocks
+        self.cross_attns = [b.cross_attn for b in self.base.blocks] + \
+            [b.cross_attn for b in getattr(model, "vace_blocks", ())]
         self.text = StaticText()
         self._capture = capture or self._cuda_capture
         self._pool = None
         self.graphs: dict[GraphKey, _Graph | None] = {}  # None: capture failed, normal path
         self.inputs: dict[tuple, _Inputs] = {}
+        self.hint_graphs: dict[tuple, _HintGraph | None] = {}  # None: capture failed
         self._version: int | None = None
         self.captures = self.replays = self.fallbacks = 0
 
@@ -155,6 +186,7 @@ class ForwardGraphs:
         """Forget every graph (weights, compile or FP8 switches changed what a forward runs)."""
         self.graphs.clear()
         self.inputs.clear()
+        self.hint_graphs.clear()
         self.text = StaticText()
         self._pool = None
 
@@ -168,9 +200,7 @@ class ForwardGraphs:
             raise ValueError(f"got {len(hints)} hints for {len(self.vace_layers)} VACE blocks")
         grid = base.token_grid(x)
         batch = x.shape[0]
-        if base.weights_version != self._version:  # new weights: every graph is stale
-            self.clear()
-            self._version = base.weights_version
+        self._check_version()
         text.sync(base.weights_version)
         t = base.timesteps(t, batch, grid[0])
         attn = kv.begin(start, grid, batch)
@@ -195,6 +225,41 @@ class ForwardGraphs:
         kv.commit(attn)
         self.replays += 1
         return entry.out
+
+    def _check_version(self) -> None:
+        if self.base.weights_version != self._version:  # new weights: every graph is stale
+            self.clear()
+            self._version = self.base.weights_version
+
+    def hints(self, x, t, text, vace_context, vace_prefix=None, add_condition=None) -> list[torch.Tensor]:
+        """model.compute_hints(x, t, text, vace_context, vace_prefix, add_condition), graphed."""
+        model, base = self.model, self.base
+        self._check_version()
+        t = base.timesteps(t, x.shape[0], base.token_grid(x)[0])
+        key = (tuple(x.shape), tuple(vace_context.shape), None if vace_prefix is None else tuple(vace_prefix.shape),
+               None if add_condition is None else tuple(add_condition.shape), x.dtype, base.weights_version)
+        entry = self.hint_graphs.get(key, False)
+        if entry is None:
+            self.fallbacks += 1
+            return model.compute_hints(x, t, text, vace_context, vace_prefix, add_condition)
+        text.sync(base.weights_version)
+        self.text.load(text, self.cross_attns, base.weights_version)
+        if entry is False:
+            g = _HintGraph(x, t, vace_context, vace_prefix, add_condition)
+            out = g.run(model, self.text)  # this call's hints (and every lazy choice)
+            try:
+                g.replay, g.out = self._capture(lambda: g.run(model, self.text))
+                self.hint_graphs[key] = g
+                self.captures += 1
+            except Exception as exc:
+                self.hint_graphs[key] = None
+                log.warning("CUDA graphs: could not capture the VACE hint stream (%s: %s); it runs without a graph",
+                            type(exc).__name__, str(exc).splitlines()[0][:200])
+            return out
+        entry.fill(x, t, vace_context, vace_prefix, add_condition)
+        entry.replay()
+        self.replays += 1
+        return list(entry.out)  # a new list: the forward graphs copy hints when the list changes
 
     def _body(self, g: _Graph) -> torch.Tensor:
         i = g.inputs

@@ -126,7 +126,9 @@ class VaceWanModel(Fp32ParamsMixin, nn.Module):
         p_tokens, p_grid = base.embed_video(prefix)
         if tuple(p_grid[1:]) != tuple(grid[1:]):
             raise ValueError(f"vace_prefix token grid {tuple(p_grid[1:])} != latent token grid {tuple(grid[1:])}")
-        p_e0 = base.embed_time(PREFIX_TIMESTEP, batch, p_grid[0])[1]
+        # a device-side fill, not a host scalar: nothing is copied from the host (CUDA graphs)
+        p_t = torch.full((batch, p_grid[0]), PREFIX_TIMESTEP, dtype=torch.float32, device=p_tokens.device)
+        p_e0 = base.embed_time(p_t, batch, p_grid[0])[1]
         full = (p_grid[0] + grid[0], grid[1], grid[2])
         return torch.cat([p_tokens, tokens], 1), full, torch.cat([p_e0, e0], 1), p_tokens.shape[1]
 
