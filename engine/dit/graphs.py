@@ -22,8 +22,9 @@ block) are copied into the forward graphs' hint buffers.
 
 The first forward of a key runs normally (its result is that call's result; it also makes
 every lazy choice: kernels, SDPA selections, compiled graphs), then the same forward is captured
-(torch.cuda.graph records on its own stream; nothing runs). Later forwards of the key replay. All graphs share one memory pool: replays
-are sequential on one stream and each graph's output is read before the next replay.
+(torch.cuda.graph records on its own stream; nothing runs). Later forwards of the key replay.
+All graphs share one memory pool: replays are sequential on one stream and each graph's output
+is read before the next replay of that graph.
 
 Only the plain KVCache is graphed; pipelines whose cache applies per-chunk Python state (Reward
 Forcing's sink merges, Krea's bias, MemFlow's bank) and a model split over GPUs take the normal
