@@ -23,8 +23,10 @@ block) are copied into the forward graphs' hint buffers.
 The first forward of a key runs normally (its result is that call's result; it also makes
 every lazy choice: kernels, SDPA selections, compiled graphs), then the same forward is captured
 (torch.cuda.graph records on its own stream; nothing runs). Later forwards of the key replay.
-All graphs share one memory pool: replays are sequential on one stream and each graph's output
-is read before the next replay of that graph.
+All graphs share one memory pool, so one graph's scratch memory may overlap another's output:
+replays are sequential on one stream, and each output is used up before any other graph replays
+(a forward's flow by the step's update, the hint stream's by the copy into the forward graphs'
+hint buffers).
 
 Only the plain KVCache is graphed; pipelines whose cache applies per-chunk Python state (Reward
 Forcing's sink merges, Krea's bias, MemFlow's bank) and a model split over GPUs take the normal
