@@ -167,7 +167,7 @@ class GcPauses:
 
 
 def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args, tag: str,
-               headroom: float | None = None) -> dict:
+               headroom: float | None = None, pacer_options: dict | None = None) -> dict:
     """The run loop with paced output for `seconds`, a prompt cut every `cut_every` s."""
     sink_impl = None
     if not args.smoke and sys.platform.startswith("linux"):
@@ -180,7 +180,7 @@ def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args,
     if headroom is not None:
         store.set("pacer_headroom", headroom)
     records = []
-    loop = RunLoop(wrapped, store, sink)
+    loop = RunLoop(wrapped, store, sink, pacer_options=pacer_options or {})
     loop.add_observer(records.append)
     before = recompiles(gen)
     stop = threading.Event()
@@ -247,24 +247,21 @@ def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args,
 
 def follow_variant(gen, wrapped, variant: str, args, tag: str) -> dict:
     """One follow phase (after a reset) under the settings of `variant` (--follow-variants)."""
-    from vacelive.bridge import pacer as pacer_module
-
     settings = dict(item.partition("=")[::2] for item in variant.split("+"))
     headroom = float(settings["headroom"]) if "headroom" in settings else None
-    acquire = pacer_module._SwitchInterval.acquire
-    if "gil" in settings:  # the interval every pacer of this phase asks for (0: none)
+    options = {}
+    if "gil" in settings:  # the switch interval the phase's pacer asks for (0: leave the interpreter's)
         ms = float(settings["gil"])
-        pacer_module._SwitchInterval.acquire = classmethod(
-            lambda cls, seconds: acquire(ms / 1e3 if ms > 0 else None)).__get__(None, pacer_module._SwitchInterval)
+        options["gil_switch_interval"] = ms / 1e3 if ms > 0 else None
     if "freeze" in settings:
         gc.collect()
         gc.freeze()
     gen.defer_clean_pass = "deferred" in settings
     try:
         gen.reset()
-        out = live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, tag, headroom=headroom)
+        out = live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, tag, headroom=headroom,
+                         pacer_options=options)
     finally:
-        pacer_module._SwitchInterval.acquire = acquire
         del gen.defer_clean_pass  # back to the class default
         if "freeze" in settings:
             gc.unfreeze()
