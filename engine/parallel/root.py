@@ -34,6 +34,21 @@ class RemoteHints:
         return self.count
 
 
+def pass_hints(model, what: str, x, t, text, vace_context, vace_prefix, context_scale, hints,
+               block_residuals, attn_mask, add_condition) -> bool:
+    """The checks a parallel DiT's pass shares: no block_residuals / attn_mask, and hints that are
+    this chunk's handle (computed here from vace_context when not given). True when the pass
+    adds hints. `what` names the model in the errors."""
+    if block_residuals or attn_mask is not None:
+        raise ValueError(f"the {what} DiT takes no block_residuals / attn_mask")
+    if context_scale != 0 and hints is None and vace_context is not None:
+        hints = model.compute_hints(x, t, text, vace_context, vace_prefix, add_condition)
+    use = hints is not None and context_scale != 0
+    if use and (not isinstance(hints, RemoteHints) or hints.serial != model._hint_serial):
+        raise ValueError(f"hints must be this chunk's handle from compute_hints of the {what} model")
+    return use
+
+
 class RootKVCache(KVCache):
     """Rank 0's cache: plans every pass; a RoPE mode switch is repeated on every rank."""
 
@@ -118,13 +133,8 @@ class PipelinedModel:
     def _pass(self, x, t, text, kv=None, start_frame: int = 0, *, vace_context=None, vace_prefix=None,
               context_scale: float = 1.0, hints=None, block_residuals=None, attn_mask=None,
               add_condition=None, reply: bool = True):
-        if block_residuals or attn_mask is not None:
-            raise ValueError("the pipelined DiT takes no block_residuals / attn_mask")
-        if context_scale != 0 and hints is None and vace_context is not None:
-            hints = self.compute_hints(x, t, text, vace_context, vace_prefix, add_condition)
-        use_hints = hints is not None and context_scale != 0
-        if use_hints and (not isinstance(hints, RemoteHints) or hints.serial != self._hint_serial):
-            raise ValueError("hints must be this chunk's handle from compute_hints of the pipelined model")
+        use_hints = pass_hints(self, "pipelined", x, t, text, vace_context, vace_prefix, context_scale, hints,
+                               block_residuals, attn_mask, add_condition)
         base = self.base
         tokens, grid = base.embed_video(x)
         tokens = base.add_token_condition(tokens, add_condition)

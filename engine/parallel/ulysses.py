@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from vacelive.engine.dit.attention import TextState, attend
 from vacelive.engine.dit.kv_cache import CacheState, KVCache
-from vacelive.engine.parallel.root import RemoteHints
+from vacelive.engine.parallel.root import RemoteHints, pass_hints
 from vacelive.engine.parallel.wire import Link, PipelineDead
 
 
@@ -224,15 +224,10 @@ class UlyssesModel:
 
     def __call__(self, x, t, text, kv=None, start_frame=0, *, vace_context=None, vace_prefix=None, context_scale=1.0,
                  hints=None, block_residuals=None, attn_mask=None, add_condition=None):
-        if block_residuals or attn_mask is not None:
-            raise ValueError("the sequence-parallel DiT takes no block_residuals / attn_mask")
-        if context_scale != 0 and hints is None and vace_context is not None:
-            hints = self.compute_hints(x, t, text, vace_context, vace_prefix, add_condition)
-        use = hints is not None and context_scale != 0
-        if use and (not isinstance(hints, RemoteHints) or hints.serial != self._hint_serial):
-            raise ValueError("hints must be this chunk's handle from compute_hints of the parallel model")
+        use = pass_hints(self, "sequence-parallel", x, t, text, vace_context, vace_prefix, context_scale, hints,
+                         block_residuals, attn_mask, add_condition)
         base = self.base
-        grid = tuple(s // p for s, p in zip(x.shape[2:], self.cfg.patch_size))
+        grid = base.token_grid(x)
         text.sync(base.weights_version)
         if text.context.shape[0] != x.shape[0]:
             raise ValueError(f"text batch {text.context.shape[0]} != latent batch {x.shape[0]}")
