@@ -39,7 +39,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -53,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_stream import add_stream_args, depth_video, stream_kwargs  # noqa: E402
+from bench_stream import add_stream_args, depth_video, device_name, stream_kwargs  # noqa: E402
 
 from vacelive.bridge.run.generators import GeneratorWrapper  # noqa: E402
 from vacelive.bridge.run.loop import RunLoop  # noqa: E402
@@ -367,7 +366,7 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     t_start = time.perf_counter()
-    out: dict = {"env": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    out: dict = {"env": {"device": device_name(device),
                          "torch": torch.__version__, "size": f"{args.width}x{args.height}", "codec": args.codec,
                          "mode": args.mode, "steps": args.steps, "recache": args.recache, "compile": args.compile,
                          "fp8": args.fp8, "hint_reuse": args.hint_reuse and args.mode == "depth",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,9 +36,7 @@ import bench_stream as bs  # noqa: E402
 from vacelive.bridge.run.loop import RunLoop  # noqa: E402
 from vacelive.bridge.store import ParamStore  # noqa: E402
 from vacelive.bridge.transports.base import FrameHistory, FrameSource  # noqa: E402
-from vacelive.engine.codecs import random_codec  # noqa: E402
-from vacelive.engine.config import WAN_1_3B, tiny_config  # noqa: E402
-from vacelive.engine.factory import make_conditioner, random_dit, random_text_encoder  # noqa: E402
+from vacelive.engine.factory import make_conditioner  # noqa: E402
 from vacelive.engine.generator import StreamGenerator  # noqa: E402
 
 
@@ -133,18 +130,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     compile_options = {}
     if args.smoke:
-        cfg, size, device, dtype = tiny_config(), "tiny", torch.device(args.device or "cpu"), torch.float32
         resolutions = [(64, 48)]
         args.seconds, args.warmup = min(args.seconds, 3.0), min(args.warmup, 1)
         compile_options = {"backend": "eager"}
     else:
-        cfg, size, device, dtype = WAN_1_3B, "full", torch.device(args.device or "cuda"), torch.bfloat16
         resolutions = [bs.parse_res(r) for r in args.res.split(",")]
     t_start = time.perf_counter()
-    model = random_dit(cfg, vace=True, device=device, dtype=dtype)
-    text = random_text_encoder(cfg.text_dim, size="tiny", seq_len=cfg.text_len, device=device, dtype=dtype)
-    codec = random_codec("tae", small=size == "tiny", device=device, dtype=dtype)
-    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    device, dtype, model, text, codec = bs.vace_bench_model(args.smoke, args.device)
+    env = {"device": bs.device_name(device),
            "torch": torch.__version__, "variant": args.variant, **bs.stream_kwargs(args), "steps": args.steps, "codec": "tae",
            "camera_fps": args.camera_fps, "seconds": args.seconds, "mode": "depth",
            "config": "tiny (smoke)" if args.smoke else "wan2.1-1.3b + VACE (random weights)"}

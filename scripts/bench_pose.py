@@ -19,7 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,31 +30,12 @@ from vacelive.engine.conditioning.pose_annotator import (  # noqa: E402
     DET_SIZE, DWPoseAnnotate, DWPoseEstimator, dwpose_files, onnx_providers,
 )
 from vacelive.engine.pose import PoseEmbedding, chunk_pixel_range  # noqa: E402
+from vacelive.engine.dit.sdpa_select import time_samples  # noqa: E402
 from vacelive.engine.pose.conditioner import PoseConditioner  # noqa: E402
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device, iters: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+    times = time_samples(fn, iters, device, warmup)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": iters}
 
 

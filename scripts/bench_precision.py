@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import traceback
@@ -40,11 +39,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_stream as bs  # noqa: E402
-from vacelive.engine.codecs import random_codec  # noqa: E402
-from vacelive.engine.config import WAN_1_3B, tiny_config  # noqa: E402
 from vacelive.engine.dit.attention import sdpa_context, sdpa_selector  # noqa: E402
 from vacelive.engine.dit.fp8 import relative_error  # noqa: E402
-from vacelive.engine.factory import make_conditioner, random_dit, random_text_encoder  # noqa: E402
+from vacelive.engine.factory import make_conditioner  # noqa: E402
 from vacelive.engine.generator import StreamGenerator  # noqa: E402
 
 VARIANTS = {  # in the default run order: the reference, the fast paths, then one switch at a time
@@ -208,18 +205,14 @@ def main(argv=None) -> int:
     if bad:
         raise SystemExit(f"unknown variants {bad}; choose from {list(VARIANTS)}")
     if args.smoke:
-        cfg, size, device, dtype = tiny_config(), "tiny", torch.device(args.device or "cpu"), torch.float32
         resolutions = [(64, 48)]
         args.chunks, args.warmup = min(args.chunks, 2), min(args.warmup, 1)
         args.compile_options = {"backend": "eager"}  # CPU smoke: TorchDynamo only, no compiler
     else:
-        cfg, size, device, dtype = WAN_1_3B, "full", torch.device(args.device or "cuda"), torch.bfloat16
         resolutions = [bs.parse_res(r) for r in args.res.split(",")]
     t_start = time.perf_counter()
-    model = random_dit(cfg, vace=True, device=device, dtype=dtype)
-    text = random_text_encoder(cfg.text_dim, size="tiny", seq_len=cfg.text_len, device=device, dtype=dtype)
-    codec = random_codec("tae", small=size == "tiny", device=device, dtype=dtype)
-    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    device, dtype, model, text, codec = bs.vace_bench_model(args.smoke, args.device)
+    env = {"device": bs.device_name(device),
            "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."), "steps": args.steps,
            "chunks": args.chunks, "config": "tiny (smoke)" if args.smoke else "wan2.1-1.3b + VACE (random weights)",
            "pipeline": "longlive", "codec": "tae", "mode": "depth"}

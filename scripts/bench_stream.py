@@ -69,6 +69,24 @@ def onoff(text: str) -> list[bool]:
     return out
 
 
+def vace_bench_model(smoke: bool, device: str | None):
+    """(device, dtype, DiT + VACE, text encoder, TAE codec) of the
+    VACE stream benches: a tiny model in fp32 on the CPU for --smoke, else a random full-size
+    Wan2.1-1.3B + VACE in bf16 on CUDA (a tiny text encoder either way: prompts are not timed)."""
+    if smoke:
+        cfg, dev, dtype = tiny_config(), torch.device(device or "cpu"), torch.float32
+    else:
+        cfg, dev, dtype = WAN_1_3B, torch.device(device or "cuda"), torch.bfloat16
+    model = random_dit(cfg, vace=True, device=dev, dtype=dtype)
+    text = random_text_encoder(cfg.text_dim, size="tiny", seq_len=cfg.text_len, device=dev, dtype=dtype)
+    codec = random_codec("tae", small=smoke, device=dev, dtype=dtype)
+    return dev, dtype, model, text, codec
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
 def add_stream_args(p) -> None:
     """The generator's per-chunk work switches as bench flags: the stream shape
     (engine.pipelines.shaped_recipe) and `--clean-pass` (approximate unless default), and

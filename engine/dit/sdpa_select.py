@@ -41,7 +41,15 @@ def _is_compiling() -> bool:
 
 def time_ms(fn, reps: int, device: torch.device, name: str = "") -> float:
     """Median of `reps` timings of fn() after one untimed call (CUDA events on CUDA)."""
-    fn()
+    times = sorted(time_samples(fn, reps, device))
+    return times[len(times) // 2]
+
+
+def time_samples(fn, reps: int, device: torch.device, warmup: int = 1) -> list[float]:
+    """Milliseconds of each of `reps` calls of fn() after `warmup` untimed ones (CUDA events on
+    CUDA, so only fn's own GPU work is timed)."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(reps):
         if device.type == "cuda":
@@ -55,8 +63,7 @@ def time_ms(fn, reps: int, device: torch.device, name: str = "") -> float:
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    return times
 
 
 class SdpaSelector:
