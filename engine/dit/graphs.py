@@ -7,8 +7,8 @@ chunks) the GPU waits for the host. A graph replays a captured forward with one 
 
 A graph bakes in every tensor address and every Python value its forward read. So each graph is
 specialised on its `GraphKey` (the KV plan's slot writes and reads, the frame count, the RoPE
-mode, which optional inputs are present, the weights version) and reads everything else from
-static buffers, filled before each replay:
+mode, which optional inputs are present; new weights drop every graph) and reads everything
+else from static buffers, filled before each replay:
   latents x, the per-frame timesteps, the chunk's RoPE rotations (and the attended keys' in
   window-relative mode), each block's text K/V, the VACE hints (multiplied by context_scale
   there, so a live scale never needs a new graph) and the pose condition.
@@ -54,7 +54,6 @@ class GraphKey:
     rotate_keys: bool  # absolute RoPE (keys rotated on write) vs window-relative (rotated on read)
     hints: bool
     condition: bool
-    weights_version: int
     dtype: torch.dtype
 
 
@@ -208,7 +207,7 @@ class ForwardGraphs:
         t = base.timesteps(t, batch, grid[0])
         attn = kv.begin(start, grid, batch)
         key = GraphKey(attn.plan.writes, attn.plan.attend, grid[0], attn.rotate_keys, use_hints,
-                       add_condition is not None, base.weights_version, x.dtype)
+                       add_condition is not None, x.dtype)
         entry = self.graphs.get(key, False)
         if entry is None:  # capture failed once: the normal path
             self.fallbacks += 1
@@ -240,7 +239,7 @@ class ForwardGraphs:
         self._check_version()
         t = base.timesteps(t, x.shape[0], base.token_grid(x)[0])
         key = (tuple(x.shape), tuple(vace_context.shape), None if vace_prefix is None else tuple(vace_prefix.shape),
-               None if add_condition is None else tuple(add_condition.shape), x.dtype, base.weights_version)
+               None if add_condition is None else tuple(add_condition.shape), x.dtype)
         entry = self.hint_graphs.get(key, False)
         if entry is None:
             self.fallbacks += 1
