@@ -159,8 +159,8 @@ def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink
         rows.append(row)
         print(format_row(row), flush=True)
         if row.get("fp8_auto"):  # what --fp8 auto timed and chose, per token count of a forward
-            print("    fp8 auto, one block bf16/fp8 ms: " + ", ".join(
-                f"{r['rows']}: {r.get('bf16_ms')}/{r.get('fp8_ms')}{' FP8' if r.get('fp8') else ''}"
+            print("    fp8 auto, one block bf16/fp8/ffn-fp8 ms: " + ", ".join(
+                f"{r['rows']}: {r.get('bf16_ms')}/{r.get('fp8_ms')}/{r.get('ffn_ms')} {r.get('choice', 'bf16')}"
                 for r in row["fp8_auto"]), flush=True)
         sink(rows)
     for gen in gens.values():

@@ -42,8 +42,9 @@ class _Text:  # the TextState interface a block reads: the cross-attention K/V
         return self.k, self.v
 
 
-def _fake_timer(fp8_costs, seen, fail=()):
-    """bf16 block: 1 ms; FP8 block: fp8_costs[tokens]. Records what really ran."""
+def _fake_timer(fp8_costs, seen, fail=(), ffn_costs=None):
+    """bf16 block: 1 ms; all-FP8 block: fp8_costs[tokens]; FFN-only FP8 block: ffn_costs[tokens]
+    (2 ms when not given). Records what really ran."""
     def timer(fn, reps, device, name):
         kind, unit, rows = name.split(":")
         if name in fail:
@@ -56,8 +57,18 @@ def _fake_timer(fp8_costs, seen, fail=()):
             ref = block(fn.x, fn.e0, _Text(fn.text_k, fn.text_v), LocalAttention(fn.q_freqs))
             torch.testing.assert_close(out, ref, rtol=0, atol=0)
             return 1.0
+        if kind == "ffn":
+            return (ffn_costs or {}).get(int(rows), 2.0)
         return fp8_costs[int(rows)]
     return timer
+
+
+FFN = {"ffn.0", "ffn.2"}
+EXPECTED_TYPES = {  # which of the block Linears (BLOCK_LINEARS order) each candidate runs in FP8
+    "bf16": [nn.Linear] * len(BLOCK_LINEARS),
+    "fp8": [Fp8Linear] * len(BLOCK_LINEARS),
+    "ffn": [Fp8Linear if n in FFN else nn.Linear for n in BLOCK_LINEARS],
+}
 
 
 def test_fp8_is_kept_exactly_at_the_token_counts_where_the_whole_block_won():
@@ -69,27 +80,57 @@ def test_fp8_is_kept_exactly_at_the_token_counts_where_the_whole_block_won():
     timer = _fake_timer({12: 1.5, 24: 0.5, 36: 0.985}, seen)
     chosen, report = choose_fp8_rows(model, [3, 1, 2, 2], GRID, timer=timer, rounds=2)
     assert chosen == {s: frozenset({24}) for s in SHAPES}
-    assert [s[0] for s in seen] == ["bf16:block:12", "fp8:block:12"] * 2 + ["bf16:block:24", "fp8:block:24"] * 2 + \
-        ["bf16:block:36", "fp8:block:36"] * 2  # alternating rounds
-    for name, types, shape in seen:  # bf16 timings run nn.Linear, FP8 timings all 8 Linears in FP8
-        want = nn.Linear if name.startswith("bf16") else Fp8Linear
-        assert types == [want] * len(BLOCK_LINEARS)
+    assert [s[0] for s in seen] == [f"{c}:block:{n}" for n in (12, 24, 36) for _ in range(2)
+                                    for c in ("bf16", "fp8", "ffn")]  # alternating rounds
+    for name, types, shape in seen:  # each candidate runs exactly its Linears in FP8
+        assert types == EXPECTED_TYPES[name.split(":")[0]]
         assert shape == (1, int(name.rsplit(":", 1)[1]), 64)
     assert all(a is b for a, b in zip(_linears(block), originals))  # the block is put back
+    row = {"unit": "block", "compiled": False, "bf16_ms": 1.0, "ffn_ms": 2.0}
     assert report == [
-        {"unit": "block", "frames": 1, "rows": 12, "compiled": False, "bf16_ms": 1.0, "fp8_ms": 1.5, "fp8": False},
-        {"unit": "block", "frames": 2, "rows": 24, "compiled": False, "bf16_ms": 1.0, "fp8_ms": 0.5, "fp8": True},
-        {"unit": "block", "frames": 3, "rows": 36, "compiled": False, "bf16_ms": 1.0, "fp8_ms": 0.985, "fp8": False},
+        {**row, "frames": 1, "rows": 12, "fp8_ms": 1.5, "choice": "bf16", "fp8": False},
+        {**row, "frames": 2, "rows": 24, "fp8_ms": 0.5, "choice": "fp8", "fp8": True},
+        {**row, "frames": 3, "rows": 36, "fp8_ms": 0.985, "choice": "bf16", "fp8": False},
     ]
     chosen, _ = choose_fp8_rows(model, [1, 2, 3], GRID, margin=0.0, timer=_fake_timer({12: 1.5, 24: 0.5, 36: 0.985}, []))
     assert chosen[(64, 128)] == frozenset({24, 36})
 
 
+def test_ffn_only_fp8_is_kept_for_the_ffn_shapes_where_it_was_the_fastest():
+    """Per token count the fastest candidate wins: where only FFN FP8 beat bf16 (and all-FP8),
+    the two FFN Linear shapes run FP8 at that count and the attention Linears stay bf16."""
+    model = _tiny_model()
+    # 12: all-FP8 fastest; 24: FFN-only fastest; 36: FFN-only beats bf16 by less than the margin
+    timer = _fake_timer({12: 0.5, 24: 0.8, 36: 1.2}, [], ffn_costs={12: 0.6, 24: 0.7, 36: 0.99})
+    chosen, report = choose_fp8_rows(model, [1, 2, 3], GRID, timer=timer)
+    assert [(r["rows"], r["choice"]) for r in report] == [(12, "fp8"), (24, "ffn"), (36, "bf16")]
+    assert chosen == {(64, 64): frozenset({12}), (64, 128): frozenset({12, 24}), (128, 64): frozenset({12, 24})}
+    # the swap that follows it: FFN Linears FP8 at 12 and 24 tokens, attention Linears at 12 only
+    from vacelive.engine.dit.fp8 import Fp8Linears
+    swap = Fp8Linears(model, rows_by_shape=chosen)
+    block = model.blocks[0]
+    assert {n: block.get_submodule(n).rows for n in BLOCK_LINEARS} == {
+        n: frozenset({12, 24}) if n in FFN else frozenset({12}) for n in BLOCK_LINEARS}
+    swap.restore()
+
+
+def test_no_ffn_candidate_when_an_attention_linear_shares_an_ffn_shape():
+    """Choices are keyed by Linear shape: with ffn_dim == dim an FFN-only choice would also switch
+    the attention Linears, which were never timed that way, so the candidate is not offered."""
+    torch.manual_seed(0)
+    model = CausalWanModel(tiny_config(dim=64, ffn_dim=64, num_layers=2)).eval()
+    seen = []
+    chosen, report = choose_fp8_rows(model, [1], GRID, timer=_fake_timer({12: 0.5}, seen), rounds=1)
+    assert [s[0] for s in seen] == ["bf16:block:12", "fp8:block:12"]
+    assert report[0]["ffn_ms"] is None and chosen == {(64, 64): frozenset({12})}
+
+
 def test_each_candidate_keeps_its_fastest_round():
-    costs = {"bf16": iter([2.0, 1.0, 1.5]), "fp8": iter([0.9, 1.2, 1.1])}  # a slow first round (cold clocks)
+    costs = {"bf16": iter([2.0, 1.0, 1.5]), "fp8": iter([0.9, 1.2, 1.1]),  # a slow first round (cold clocks)
+             "ffn": iter([3.0, 3.0, 3.0])}
     chosen, report = choose_fp8_rows(_tiny_model(), [1], GRID, rounds=3,
                                      timer=lambda fn, reps, dev, name: next(costs[name.split(":")[0]]))
-    assert (report[0]["bf16_ms"], report[0]["fp8_ms"], report[0]["fp8"]) == (1.0, 0.9, True)
+    assert (report[0]["bf16_ms"], report[0]["fp8_ms"], report[0]["ffn_ms"], report[0]["fp8"]) == (1.0, 0.9, 3.0, True)
 
 
 def test_a_failed_timing_keeps_bf16_there_and_says_so(caplog):

@@ -139,7 +139,8 @@ def log_speed_choices(gen: Any) -> None:
     if d.get("fp8_mode") == "auto":
         report = getattr(gen, "fp8_report", None) or []
         chosen = sorted({r["rows"] for r in report if r.get("fp8")})
-        timed = "; ".join(f"{r['rows']}: bf16 {r.get('bf16_ms')} / fp8 {r.get('fp8_ms')} ms" for r in report)
+        timed = "; ".join(f"{r['rows']}: bf16 {r.get('bf16_ms')} / fp8 {r.get('fp8_ms')} / ffn {r.get('ffn_ms')} ms"
+                          f" -> {r.get('choice', 'bf16')}" for r in report)
         log.info("fp8 auto: %d block Linears in FP8, at tokens per forward %s (whole-block timings %s)",
                  d.get("fp8_linears", 0), chosen or "none (the bf16 block was as fast or faster everywhere)",
                  timed or "none")

@@ -9,14 +9,18 @@ fuses, or fails to fuse, with its neighbours): timing the Linears one by one cho
 So the unit timed is the unit that runs: one main block of the model (engine.dit.block.WanBlock:
 `modulations` -> `pre_attention` -> self-attention over the block's own keys -> `post_attention`
 with a random 512-token text K/V) at every token count the stream's forwards have (latent frames
-x frame tokens), once with all its block Linears (fp8.BLOCK_LINEARS) in FP8 and once in bf16.
-With compiled blocks both run through torch.compile of the block's methods with the options the
+x frame tokens), in bf16 and with block Linears (fp8.BLOCK_LINEARS) in FP8. With compiled blocks both run through torch.compile of the block's methods with the options the
 model's blocks were compiled with (engine.dit.compile; attention stays eager between them, as
-in the stream); otherwise eagerly. FP8 is kept for a token count only when the FP8 block was
-faster than the bf16 block by `margin`; every block Linear then runs FP8 at exactly those token
-counts and bf16 at all others (Fp8Linears(rows_by_shape=...)). A timing that fails (a kernel
-that refuses the shape, a compile error) keeps bf16 for that token count. The attention over
-the KV cache is the same in both candidates, so leaving it out shifts both timings alike.
+in the stream); otherwise eagerly. Three candidates per token count: bf16, every block Linear in
+FP8 ("fp8"), and only the two feed-forward Linears in FP8 ("ffn"). The FFN matmuls carry about
+two thirds of a block's Linear FLOPs in wide shapes where FP8 pays; the six dim x dim Linears of
+the attention are narrow, and there the activation quantisation can cost what the matmul saves
+(an H200 at 4,680 tokens: the all-FP8 block tied bf16). The fastest candidate is kept for a token
+count when it beat the bf16 block by `margin`; the chosen Linears then run FP8 at exactly those
+token counts and bf16 at all others (Fp8Linears(rows_by_shape=...), keyed by Linear shape, so the
+"ffn" candidate is only offered when no other block Linear shares an FFN shape). A timing that
+fails (a kernel that refuses the shape, a compile error) keeps bf16 for that token count. The
+attention over the KV cache is the same in every candidate, so leaving it out shifts all alike.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from vacelive.engine.dit.fp8 import BLOCK_LINEARS, Fp8Linear, _block_linears
 from vacelive.engine.dit.sdpa_select import time_ms
 
 log = logging.getLogger(__name__)
+FFN_LINEARS = ("ffn.0", "ffn.2")  # the "ffn" candidate (module docstring)
 
 
 def representative_block(model: nn.Module) -> nn.Module:
@@ -75,27 +80,35 @@ def choose_fp8_rows(model: nn.Module, frames: Iterable[int], grid_hw: tuple[int,
                     compile_options: dict | None = None, reps: int = 10, rounds: int = 3, margin: float = 0.03,
                     timer=None, names=BLOCK_LINEARS, text_tokens: int | None = None
                     ) -> tuple[dict[tuple[int, int], frozenset[int]], list[dict[str, Any]]]:
-    """Time one block bf16 against FP8 for every latent frame count in `frames` on a token grid
-    `grid_hw` (h, w after patching); returns ({(in, out): token counts where FP8 is kept} for
-    every block Linear shape of the model, one report row per token count).
+    """Time one block in bf16, all-FP8 and FFN-only FP8 for every latent frame count in `frames` on
+    a token grid `grid_hw` (h, w after patching); returns ({(in, out): token counts where that
+    Linear shape runs FP8} for every block Linear shape of the model, one report row per token
+    count with `bf16_ms`, `fp8_ms`, `ffn_ms` and the `choice`: "bf16", "fp8" or "ffn").
     compile_options: None times the eager block; a dict times torch.compile(method, **options)
     of its COMPILED_METHODS (the options the model's blocks were compiled with).
-    timer(fn, reps, device, name) -> ms with name "bf16:block:<tokens>" / "fp8:block:<tokens>"
-    (default sdpa_select.time_ms; tests inject one). The candidates are timed in `rounds`
-    alternating rounds and each keeps its fastest: GPU clocks ramp up from idle and a busy host
-    adds noise, which one timing per candidate turned into wrong choices on an H200 host."""
+    timer(fn, reps, device, name) -> ms with name "<candidate>:block:<tokens>", candidate bf16,
+    fp8 or ffn (default sdpa_select.time_ms; tests inject one). The candidates are timed in
+    `rounds` alternating rounds and each keeps its fastest: GPU clocks ramp up from idle and a busy
+    host adds noise, which one timing per candidate turned into wrong choices on an H200 host."""
     timer = timer or time_ms
     block = representative_block(model)
     h, w = grid_hw
     text_tokens = text_tokens or getattr(model.cfg, "text_len", 512)
     compiled = compile_options is not None
-    shapes = sorted({(lin.in_features, lin.out_features) for _, _, lin in _block_linears(model, names)})
-    swaps = _block_linears(block, names)
+    shape = lambda lin: (lin.in_features, lin.out_features)  # noqa: E731
+    shapes = sorted({shape(lin) for _, _, lin in _block_linears(model, names)})
+    ffn_names = [n for n in names if n in FFN_LINEARS]
+    ffn_shapes = {shape(lin) for _, _, lin in _block_linears(model, ffn_names)}
+    other_shapes = {shape(lin) for _, _, lin in _block_linears(model, [n for n in names if n not in FFN_LINEARS])}
+    named = [(n, entry) for n in names for entry in _block_linears(block, (n,))]
+    candidates = {"fp8": {n for n, _ in named}}
+    if ffn_names and not ffn_shapes & other_shapes:
+        candidates["ffn"] = set(ffn_names)
     eager = {n: getattr(type(block), n).__get__(block, type(block)) for n in COMPILED_METHODS}
     report: list[dict[str, Any]] = []
-    wins: set[int] = set()
+    wins: dict[str, set[int]] = {c: set() for c in candidates}
     try:
-        fp8_mods = [Fp8Linear(lin) for _, _, lin in swaps]
+        fp8_mods = [Fp8Linear(lin) for _, (_, _, lin) in named]
     except (ValueError, RuntimeError) as exc:  # a Linear FP8 cannot run: bf16 everywhere
         log.warning("fp8 auto: the block Linears cannot run in FP8 (%s); bf16", exc)
         return {s: frozenset() for s in shapes}, report
@@ -106,39 +119,39 @@ def choose_fp8_rows(model: nn.Module, frames: Iterable[int], grid_hw: tuple[int,
         allow_many_graphs()
         methods = {n: torch.compile(fn, **compile_options) for n, fn in eager.items()}
 
-    def use_fp8(on: bool) -> None:
-        for (parent, attr, lin), fp8 in zip(swaps, fp8_mods):
-            setattr(parent, attr, fp8 if on else lin)
+    def use_fp8(which: set[str]) -> None:
+        for (name, (parent, attr, lin)), fp8 in zip(named, fp8_mods):
+            setattr(parent, attr, fp8 if name in which else lin)
 
     with torch.no_grad():
         for f in sorted(set(int(n) for n in frames)):
             rows = f * h * w
             row: dict[str, Any] = {"unit": "block", "frames": f, "rows": rows, "compiled": compiled,
-                                   "bf16_ms": None, "fp8_ms": None, "fp8": False}
+                                   "bf16_ms": None, "fp8_ms": None, "ffn_ms": None, "choice": "bf16", "fp8": False}
             report.append(row)
             try:
                 run = _BlockRun(model, block, methods, f, grid_hw, text_tokens)
                 for _ in range(max(1, rounds)):
-                    ms = timer(run, reps, run.x.device, f"bf16:block:{rows}")
-                    row["bf16_ms"] = round(min(ms, row["bf16_ms"] or ms), 4)
-                    use_fp8(True)
-                    try:
-                        ms = timer(run, reps, run.x.device, f"fp8:block:{rows}")
-                    finally:
-                        use_fp8(False)
-                    row["fp8_ms"] = round(min(ms, row["fp8_ms"] or ms), 4)
+                    for cand, which in (("bf16", set()), *candidates.items()):
+                        use_fp8(which)
+                        try:
+                            ms = timer(run, reps, run.x.device, f"{cand}:block:{rows}")
+                        finally:
+                            use_fp8(set())
+                        key = f"{cand}_ms"
+                        row[key] = round(min(ms, row[key] or ms), 4)
             except Exception as exc:  # a kernel that refuses the shape, a compile error: bf16 here
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                 log.warning("fp8 auto: timing the block at %d tokens failed (%s); bf16 there", rows, row["error"])
                 continue
-            row["fp8"] = row["fp8_ms"] < row["bf16_ms"] * (1 - margin)
-            if row["fp8"]:
-                wins.add(rows)
-    log.info("fp8 auto: %s block timings: FP8 at %s of %d token counts (%s)", "compiled" if compiled else "eager",
-             sorted(wins) if wins else "none", len(report),
-             ", ".join(f"{r['rows']}: bf16 {r['bf16_ms']} / fp8 {r['fp8_ms']} ms" for r in report))
-    chosen = frozenset(wins)
-    return {s: chosen for s in shapes}, report
+            best = min(candidates, key=lambda c: row[f"{c}_ms"])
+            if row[f"{best}_ms"] < row["bf16_ms"] * (1 - margin):
+                row["choice"], row["fp8"] = best, True
+                wins[best].add(rows)
+    log.info("fp8 auto: %s block timings (bf16 / all FP8 / FFN FP8 ms): %s", "compiled" if compiled else "eager",
+             ", ".join(f"{r['rows']}: {r['bf16_ms']} / {r['fp8_ms']} / {r['ffn_ms']} -> {r['choice']}" for r in report))
+    every, ffn_only = frozenset(wins["fp8"]), frozenset(wins.get("ffn", ()))
+    return {s: every | ffn_only if s in ffn_shapes else every for s in shapes}, report
 
 
-__all__ = ["choose_fp8_rows", "representative_block"]
+__all__ = ["FFN_LINEARS", "choose_fp8_rows", "representative_block"]
