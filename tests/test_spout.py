@@ -379,6 +379,27 @@ def test_auto_mode_keeps_cpu_frames_on_the_image_path():
         sink.close()
 
 
+def test_sink_says_whether_it_takes_cuda_frames_without_a_host_copy(monkeypatch):
+    """The run loop stages chunks to host memory unless the sink takes CUDA frames (interop)."""
+    from vacelive.bridge.transports import gl_interop
+    from vacelive.bridge.transports.staging import takes_cuda_frames
+
+    mod = fake_spoutgl(World())
+    sinks = [SpoutSink("a", module=mod, gpu=True), SpoutSink("b", module=mod, gpu=False),
+             SpoutSink("c", module=mod, texture_factory=FakeTexture), SpoutSink("d", module=mod)]
+    try:
+        monkeypatch.setattr(gl_interop, "interop_unavailable_reason", lambda: "no EGL here")
+        assert [takes_cuda_frames(s) for s in sinks] == [True, False, True, False]
+        monkeypatch.setattr(gl_interop, "interop_unavailable_reason", lambda: None)
+        assert takes_cuda_frames(sinks[3])
+        sinks[3]._interop_failed = "cudaGraphicsGLRegisterImage failed"  # a failed interop: host frames
+        assert not takes_cuda_frames(sinks[3])
+        assert not takes_cuda_frames(lambda frame: None) and not takes_cuda_frames(object())
+    finally:
+        for s in sinks:
+            s.close()
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="checks the non-Windows message")
 def test_missing_library_names_the_package():
     with pytest.raises(TransportUnavailable, match="pip install SpoutGL"):

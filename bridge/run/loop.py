@@ -8,8 +8,9 @@ One thread, one chunk at a time, forever:
 3. assemble the request: `request_fields(snapshot)` (bridge/run/request_fields.py) + the newest `generator.next_chunk_frames`
    control frames (FrameHistory.window: never an old backlog) + the newest mask + references and
    extension anchors when they changed;
-4. `generator.step()`; its frames (GPU tensors when local) go to the Pacer, which emits them one
-   by one at a steady rate to the sink (Spout's CUDA zero-copy path takes GPU tensors as they are);
+4. `generator.step()`; its frames (GPU tensors when local) are copied to pinned host memory in one
+   go on this thread (bridge/transports/staging.py says why) and go to the Pacer, which emits them
+   one by one at a steady rate to the sink (Spout's CUDA zero-copy path keeps the GPU tensors);
 5. a chunk that raises is logged and reported (/vace/error) and nothing is pushed: the pacer holds
    the last frame, the output never stops, the next chunk is tried (with a short back-off while
    failures repeat). Notices of the result go to /vace/notice.
@@ -38,6 +39,7 @@ from vacelive.bridge.run.v2v_input import V2VInput
 from vacelive.bridge.run.media import write_png
 from vacelive.bridge.run.request_fields import request_fields
 from vacelive.bridge.store import ParamStore, Snapshot
+from vacelive.bridge.transports.staging import ChunkStager, takes_cuda_frames
 from vacelive.engine.request import ChunkRequest, ChunkResult, Generator
 
 log = logging.getLogger("vacelive.bridge.run")
@@ -184,6 +186,8 @@ class RunLoop:
         self.idle_sleep = idle_sleep
         self.max_backoff = max_backoff
         self.tap = _Tap(sink)
+        # each chunk to pinned host memory on this thread: the pacer thread then makes no CUDA call
+        self._stage = None if takes_cuda_frames(sink) else ChunkStager()
         fps = store.get("output_fps")
         self.pacer = pacer or Pacer(self.tap, target_fps=fps or None, **(pacer_options or {}))
         # control frame read -> output frame sent, per frame (bridge/latency.py)
@@ -459,7 +463,8 @@ class RunLoop:
             self.last_noise_scale = getattr(result, "noise_scale", None)
         self.last_timings = dict(getattr(result, "timings_ms", None) or {})
         if len(result.frames):
-            frames = [result.frames[i] for i in range(len(result.frames))]
+            chunk = self._stage(result.frames) if self._stage is not None else result.frames
+            frames = [chunk[i] for i in range(len(chunk))]
             if not self._throttle:
                 self.latency.register(frames, self._arrived)
             self.pacer.push(frames)

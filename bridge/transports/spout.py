@@ -125,6 +125,17 @@ class SpoutSink(OwnedAdapter, FrameSink):
         sender.setSenderName(self.name)
         self._sender = sender
 
+    def takes_cuda_frames(self) -> bool:
+        """CUDA frames go to the GL texture without a host copy (staging.takes_cuda_frames): asked
+        once by the run loop, which then skips its own staging copy."""
+        if self.gpu is False or self._interop_failed:
+            return False
+        if self.gpu is True or self._texture_factory is not None:
+            return True
+        from .gl_interop import interop_unavailable_reason
+
+        return interop_unavailable_reason() is None
+
     def _use_texture(self, frame: Any) -> bool:
         if self.gpu is False or isinstance(frame, np.ndarray):
             return False
