@@ -109,8 +109,10 @@ def pct(values, q) -> float:
 
 def recompiles(gen) -> dict:
     blocks = gen._restore_compile
+    graphs = gen.describe().get("cuda_graphs")
     return {"recompiles": gen.counters["recompiles"], "compiles_total": compile_count(),
-            "eager_calls": blocks.eager_calls if blocks is not None else 0}
+            "eager_calls": blocks.eager_calls if blocks is not None else 0,
+            "graph_captures": graphs.get("captures", 0) if isinstance(graphs, dict) else 0}
 
 
 def chunk_stats(records) -> dict:
@@ -240,6 +242,7 @@ def live_phase(gen, wrapped, fps: float, seconds: float, cut_every: float, args,
         **chunk_stats(run),
         "recompiles": after["recompiles"] - before["recompiles"],
         "eager_calls": after["eager_calls"] - before["eager_calls"],
+        "graph_captures": after["graph_captures"] - before["graph_captures"],
         "frame_at_end": gen.frame, "rope_mode": gen.kv.rope_mode,
     }
 
@@ -256,12 +259,17 @@ def follow_variant(gen, wrapped, variant: str, args, tag: str) -> dict:
         gc.collect()
         gc.freeze()
     gen.defer_clean_pass = "deferred" in settings
+    limit = None
+    if "inflight" in settings and gen.graphs is not None:  # CUDA graph replays queued at once
+        limit, gen.graphs.in_flight.limit = gen.graphs.in_flight.limit, int(settings["inflight"])
     try:
         gen.reset()
         out = live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, tag, headroom=headroom,
                          pacer_options=options)
     finally:
         del gen.defer_clean_pass  # back to the class default
+        if limit is not None:
+            gen.graphs.in_flight.limit = limit
         if "freeze" in settings:
             gc.unfreeze()
     out["variant"] = settings
@@ -343,7 +351,8 @@ def main(argv=None) -> int:
                    help="extra follow phases after the others, comma list of "
                    "'+'-joined settings: headroom=F (frames), gil=MS (the pacer's GIL switch interval; "
                    "0 = leave the interpreter's), freeze (gc.freeze() first), deferred (every chunk's "
-                   "clean K/V pass at the start of the next step, StreamGenerator.defer_clean_pass), e.g. "
+                   "clean K/V pass at the start of the next step, StreamGenerator.defer_clean_pass), inflight=N "
+                   "(CUDA graph replays queued at once, engine.dit.graphs.InFlight; 0 = no limit), e.g. "
                    "'gil=0,freeze,headroom=4+freeze'")
     p.add_argument("--phases", default="fixed,long,fixed_after,follow_after,follow",
                    help="live/long phases to run, of fixed,long,fixed_after,follow_after,follow")

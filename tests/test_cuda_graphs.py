@@ -157,3 +157,49 @@ def test_status_reports_captures_and_fallbacks():
     status = loop.status()
     assert status["graph_captures"] == gen.graphs.captures > 0 and status["graph_fallbacks"] == 0
     loop.stop()
+
+
+class _Event:
+    """A completion marker that logs what the pacing asked of it."""
+
+    made = 0
+
+    def __init__(self, log):
+        self.log, self.n = log, _Event.made
+        _Event.made += 1
+
+    def record(self):
+        self.log.append(("record", self.n))
+
+    def synchronize(self):
+        self.log.append(("wait", self.n))
+
+
+@pytest.mark.parametrize("limit", [1, 2, 0])
+def test_replays_wait_until_at_most_limit_are_queued(limit):
+    """With `limit` replays queued, the next replay first waits for the oldest (an event
+    synchronize: the GIL is free meanwhile); 0 queues every replay at once."""
+    from vacelive.engine.dit.graphs import InFlight
+
+    log = []
+
+    def capture(fn):
+        replay, out = rerun_capture(fn)
+        return (lambda: (log.append(("replay",)), replay())[1]), out
+
+    gen = make(False)
+    gen.set_cuda_graphs(True, capture=capture)
+    gen.graphs.in_flight = InFlight(limit, event=lambda: _Event(log))
+    stream(gen, requests(6))
+    replays = [i for i, e in enumerate(log) if e == ("replay",)]
+    assert len(replays) > 10
+    recorded = [e[1] for e in log if e[0] == "record"]
+    waited = [e[1] for e in log if e[0] == "wait"]
+    if limit == 0:
+        assert not recorded and not waited
+        return
+    assert len(recorded) == len(replays)  # one marker after each replay
+    assert waited == recorded[:len(replays) - limit]  # oldest first, each once
+    for k, i in enumerate(replays[limit:], start=limit):  # replay k waits for replay k - limit
+        assert ("wait", recorded[k - limit]) in log[:i]
+        assert ("wait", recorded[k - limit + 1]) not in log[:i]
