@@ -1,6 +1,16 @@
 """Device → host staging for sinks that need CPU pixels (shared memory, Spout/Syphon CPU path),
 and the private CUDA stream every output copy runs on.
 
+A CUDA frame is copied with `non_blocking=True` into a reused *pinned* host buffer (a DMA at full
+PCIe speed, no pageable bounce buffer), then one wait. numpy and CPU tensors pass through without a
+copy.
+
+Why a private stream: the pacer sends frames while the generator thread has already queued the
+next chunk's kernels on torch's default stream. A copy issued there waits behind that whole chunk:
+output frames then leave in bursts (measured on an H200 at 832×480: p99 frame interval 85 ms at
+24 fps). Generator frames are complete when `step()` returns (engine.request.ChunkResult), so the
+copy needs no ordering after the producer, only a stream of its own.
+
 The run loop stages each chunk once (ChunkStager), on its own thread right after step() returns,
 so the pacer thread sends host frames and makes no CUDA call at all: a per-frame copy there has to
 get through the CUDA driver while the generator thread is launching the next chunk. Measured on

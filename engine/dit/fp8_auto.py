@@ -9,7 +9,8 @@ fuses, or fails to fuse, with its neighbours): timing the Linears one by one cho
 So the unit timed is the unit that runs: one main block of the model (engine.dit.block.WanBlock:
 `modulations` -> `pre_attention` -> self-attention over the block's own keys -> `post_attention`
 with a random 512-token text K/V) at every token count the stream's forwards have (latent frames
-x frame tokens), in bf16 and with block Linears (fp8.BLOCK_LINEARS) in FP8. With compiled blocks both run through torch.compile of the block's methods with the options the
+x frame tokens), in bf16 and with block Linears (fp8.BLOCK_LINEARS) in FP8. With compiled blocks
+every candidate runs through torch.compile of the block's methods with the options the
 model's blocks were compiled with (engine.dit.compile; attention stays eager between them, as
 in the stream); otherwise eagerly. Three candidates per token count: bf16, every block Linear in
 FP8 ("fp8"), and only the two feed-forward Linears in FP8 ("ffn"). The FFN matmuls carry about
