@@ -458,3 +458,24 @@ def test_a_stopped_control_sender_is_sent_as_one_still_frame(monkeypatch):
     assert released == [1]  # freed memory handed back once, not every chunk
     loop.run_once()
     assert released == [1]
+
+
+def test_host_frames_reach_the_sink_as_they_are():
+    """The run loop stages CUDA chunks to host memory (bridge/transports/staging.py); numpy chunks
+    (a torch-free relay's; numpy arrays have a `device` attribute too) and CPU tensors pass
+    through untouched."""
+    import torch
+
+    from vacelive.bridge.transports.staging import ChunkStager
+
+    stage = ChunkStager()
+    chunk = np.zeros((2, 8, 8, 4), np.uint8)
+    assert stage(chunk) is chunk
+    cpu = torch.zeros(2, 8, 8, 4, dtype=torch.uint8)
+    assert stage(cpu) is cpu
+    loop, gen, store, sent, notes = make_loop()
+    rec = loop.run_once()
+    assert rec.error is None and not notes.errors
+    loop.pacer.tick()
+    assert np.array_equal(np.asarray(sent[0]), np.asarray(rec.result.frames[0]))
+    loop.stop()

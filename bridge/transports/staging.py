@@ -61,8 +61,8 @@ class ChunkStager:
         self._streams = CopyStreams()
 
     def __call__(self, frames: Any) -> Any:
-        device = getattr(frames, "device", None)
-        if device is None or device.type != "cuda":
+        # numpy >= 2 arrays have a `device` too (the string "cpu"): ask for a torch CUDA device
+        if getattr(getattr(frames, "device", None), "type", None) != "cuda":
             return frames
         import torch
 
