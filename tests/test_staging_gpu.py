@@ -3,7 +3,6 @@ reaches host memory while the generator's next chunk is still queued on the defa
 run loop stages each chunk to pinned host memory, so the pacer thread makes no CUDA call."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -41,7 +40,7 @@ class _OnCuda(GeneratorWrapper):
 
     def step(self, request):
         r = super().step(request)
-        r.frames = torch.from_numpy(np.ascontiguousarray(r.frames)).cuda()
+        r.frames = r.frames.cuda()
         torch.cuda.synchronize()
         return r
 
