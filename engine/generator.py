@@ -357,8 +357,8 @@ class StreamGenerator:
     def set_fp8(self, enabled: bool | str, compact: bool = False) -> None:
         """e4m3 block Linears (engine.dit.fp8: quantised once, reversible), or restore bf16.
         enabled: True/"on" (every block Linear), False/"off", or "auto" (engine.dit.fp8_auto: FP8
-        only at the token counts where a whole block measured faster than in bf16 here; on a
-        device without FP8 matmuls "auto" stays bf16).
+        for all block Linears or only the FFN ones, at the token counts where that whole block
+        measured faster than in bf16 here; on a device without FP8 matmuls "auto" stays bf16).
         compact: free the bf16 weights of the swapped Linears (one-way; what lets Krea 14B + VACE
         fit a 40 GB budget): FP8 can then not be turned off nor merged LoRAs rescaled; with
         compact, "auto" is "on" (no bf16 weights to fall back to)."""

@@ -391,13 +391,16 @@ def main(argv=None) -> int:
 
     phases = {v.strip() for v in args.phases.split(",") if v.strip()}
 
-    def over_budget(phase: str) -> bool:
-        if phase != "exact" and phase not in phases:
-            return True  # not asked for
+    def past_budget(phase: str) -> bool:
         if args.budget and time.perf_counter() - t_start > args.budget:
             save(phase, {"skipped": f"past the {args.budget:g} s budget"})
             return True
         return False
+
+    def over_budget(phase: str) -> bool:
+        if phase != "exact" and phase not in phases:
+            return True  # not asked for
+        return past_budget(phase)
 
     def sync():
         if device.type == "cuda":
@@ -464,10 +467,8 @@ def main(argv=None) -> int:
         gen.reset()
         save("follow", live_phase(gen, wrapped, 0.0, args.follow_seconds, args.cut_every, args, "b"))
     for i, variant in enumerate(v for v in args.follow_variants.split(",") if v.strip()):
-        if args.budget and time.perf_counter() - t_start > args.budget:
-            save(f"follow_variant_{variant}", {"skipped": f"past the {args.budget:g} s budget"})
-            continue
-        save(f"follow_variant_{variant}", follow_variant(gen, wrapped, variant, args, f"v{i}"))
+        if not past_budget(f"follow_variant_{variant}"):
+            save(f"follow_variant_{variant}", follow_variant(gen, wrapped, variant, args, f"v{i}"))
     if args.compare_exact and not over_budget("exact"):
         other = "exact" if args.recache == "newest" else "newest"
         gen.recache = other

@@ -175,8 +175,6 @@ class InFlight:
             ev = self._event()
             ev.record()
             self._queued.append(ev)
-        else:
-            self._queued.clear()
 
 
 class ForwardGraphs:
