@@ -686,8 +686,7 @@ class StreamGenerator:
         cond = self.pose.condition_for(start, n) if self.pose is not None else None
         if self.stream is not None:
             self.stream.before_pass("recache")
-        getattr(self.model, "context_pass", self.model)(latents, context_t, self.text, self.kv, start,
-                                                        add_condition=cond)
+        self._clean_pass(latents, context_t, self.text, start, cond)  # graphed like a clean pass
         self.counters["recaches"] += 1
 
     def _ensure_rope_room(self, notices: list[str]) -> None:

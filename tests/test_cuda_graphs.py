@@ -76,7 +76,9 @@ def test_a_graphed_stream_is_the_normal_stream_bit_for_bit():
     assert d["captures"] >= 6 and d["replays"] > d["captures"] and d["fallbacks"] == 0
     assert graphed.graphs.hint_graphs  # the VACE hint stream ran as graphs too
     # steady state: three ring positions x (denoising with hints, without, clean pass) at most
-    assert d["graphs"] <= 3 * 3 + 12  # plus the window-filling and post-switch plans
+    recaches = [k for k in graphed.graphs.graphs if k.frames == 12]  # the two cuts' 12-frame re-caches
+    assert len(recaches) == graphed.counters["recaches"] == 2
+    assert d["graphs"] <= 3 * 3 + 12 + len(recaches)  # plus the window-filling and post-switch plans
 
 
 def test_the_rope_switch_and_one_latent_chunks_are_graphed_too():
