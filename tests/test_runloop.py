@@ -479,3 +479,31 @@ def test_host_frames_reach_the_sink_as_they_are():
     loop.pacer.tick()
     assert np.array_equal(np.asarray(sent[0]), np.asarray(rec.result.frames[0]))
     loop.stop()
+
+
+def test_staged_chunks_are_freed_by_the_stager_once_the_pacer_cannot_hold_them():
+    """ChunkStager keeps the newest staged buffers covering what the pacer can hold (its capacity
+    + the held frame), so a buffer's last reference drops on the staging thread, not the pacer's."""
+    import gc
+    import weakref
+
+    import torch
+
+    from vacelive.bridge.transports.staging import ChunkStager
+
+    stage = ChunkStager(keep_frames=37)
+    bufs = [torch.zeros(12, 2, 2, 4, dtype=torch.uint8) for _ in range(6)]
+    alive = [weakref.ref(b) for b in bufs]
+    for b in bufs:
+        stage.keep(b)
+    del bufs, b
+    gc.collect()
+    # 4 x 12 = 48 frames kept: without the oldest of them, 36 < 37 frames would be left
+    assert [r() is not None for r in alive] == [False, False, True, True, True, True]
+    small = ChunkStager(keep_frames=37)
+    for _ in range(20):  # 4-frame chunks: 10 kept (40 frames; 36 without the oldest)
+        small.keep(torch.zeros(4, 1, 1, 4, dtype=torch.uint8))
+    assert len(small._kept) == 10
+    loop, *_ = make_loop()
+    assert loop._stage is not None and loop._stage.keep_frames == loop.pacer.capacity + 1
+    loop.stop()

@@ -186,10 +186,12 @@ class RunLoop:
         self.idle_sleep = idle_sleep
         self.max_backoff = max_backoff
         self.tap = _Tap(sink)
-        # each chunk to pinned host memory on this thread: the pacer thread then makes no CUDA call
-        self._stage = None if takes_cuda_frames(sink) else ChunkStager()
         fps = store.get("output_fps")
         self.pacer = pacer or Pacer(self.tap, target_fps=fps or None, **(pacer_options or {}))
+        # each chunk to pinned host memory on this thread, kept until the pacer cannot hold a frame
+        # of it (+1: the held frame): the pacer thread then makes no CUDA call
+        self._stage = None if takes_cuda_frames(sink) else \
+            ChunkStager(keep_frames=int(getattr(self.pacer, "capacity", 36)) + 1)
         # control frame read -> output frame sent, per frame (bridge/latency.py)
         self.latency = LatencyTracker()
         self.tap.listeners.append(self.latency.sent)
