@@ -284,10 +284,11 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
                 "frame so far (a still input)."),
     StatusField("recompiles", "int", "graphs", "torch.compile compilations that happened inside "
                 "chunks (each stalls its chunk, a shape the start-up warm-up missed); 0 on a healthy "
-                "show, always 0 without --compile."),
+                "show, always 0 without --compile or --compile-codec."),
     StatusField("graph_captures", "int", "graphs", "CUDA graphs captured so far with --cuda-graphs "
-                "(one per cache-slot layout, in the first chunks after a start or reset; each costs "
-                "its chunk about one extra forward of host work); 0 without --cuda-graphs."),
+                "(one per cache-slot layout, in the first chunks after a start or reset, and with "
+                "--clean-pass reuse at the first prompt cut of each layout; each costs its chunk "
+                "about one extra forward of host work); 0 without --cuda-graphs."),
     StatusField("graph_fallbacks", "int", "forwards", "DiT forwards that ran without a CUDA graph "
                 "because their capture failed (logged once per layout); 0 on a healthy show."),
     StatusField("control_latency_p50_ms", "float", "ms", "Control-to-output latency, median over the "

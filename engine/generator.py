@@ -244,7 +244,8 @@ class StreamGenerator:
                     progress: bool = True, pose_weights: str | None = None,
                     pose_proj: str | None = None, recache: str = "exact", clean_pass: str = "exact",
                     kv_window: int | None = None, chunk_latents: int | None = None,
-                    first_chunk_latents: int | None = None, cuda_graphs: bool = False) -> "StreamGenerator":
+                    first_chunk_latents: int | None = None, cuda_graphs: bool = False,
+                    compile_codec: bool = False) -> "StreamGenerator":
         """Load the recipe's real weights from the models folder (engine.models_dir). Raises
         MissingWeightsError listing every missing file before loading anything. Pose tokens:
         UniAnimate-DiT's pose CNNs from `pose_weights` or the models folder (engine.pose.build),
@@ -263,7 +264,8 @@ class StreamGenerator:
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=rec, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
                    pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window,
-                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents, cuda_graphs=cuda_graphs)
+                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents, cuda_graphs=cuda_graphs,
+                   compile_codec=compile_codec)
 
     @classmethod
     def random(cls, size: str = "tiny", width: int = 832, height: int = 480, codec: str = "wan",
@@ -272,7 +274,7 @@ class StreamGenerator:
                compile: bool = False, fp8: bool = False, sdpa: str = "auto", cfg=None,
                recache: str = "exact", clean_pass: str = "exact", kv_window: int | None = None,
                chunk_latents: int | None = None, first_chunk_latents: int | None = None,
-               cuda_graphs: bool = False) -> "StreamGenerator":
+               cuda_graphs: bool = False, compile_codec: bool = False) -> "StreamGenerator":
         """Random weights: size "tiny" (tiny DiT, codec and umT5; CPU tests and demo) or "full"
         (the recipe's full-size DiT: Wan2.1-1.3B, or 14B for krea-realtime, + full codec; GPU
         benchmarks). dtype defaults to fp32 on CPU, bf16 elsewhere.
@@ -292,7 +294,8 @@ class StreamGenerator:
         return cls(parts.model, parts.codec, parts.text_encoder, recipe=recipe, width=width, height=height,
                    conditioner=parts.conditioner, loras=parts.loras, rope=rope, compile=compile, fp8=fp8, sdpa=sdpa,
                    pose=pose, recache=recache, clean_pass=clean_pass, kv_window=kv_window,
-                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents, cuda_graphs=cuda_graphs)
+                   chunk_latents=chunk_latents, first_chunk_latents=first_chunk_latents, cuda_graphs=cuda_graphs,
+                   compile_codec=compile_codec)
 
     # ---- speed switches -----------------------------------------------------------------------
     @property
@@ -456,6 +459,7 @@ class StreamGenerator:
             "rope": self.rope,
             "rope_mode": self.kv.rope_mode,
             "compile": self.compiled,
+            "compile_codec": getattr(self.codec, "compiled_methods", None) is not None,
             "fp8": self.fp8,
             "fp8_mode": self.fp8_mode,
             "fp8_linears": self._fp8.count if self._fp8 is not None else 0,

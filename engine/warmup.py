@@ -16,9 +16,9 @@ the 1024-frame table end). `reachable_shapes` lists every one a recipe can produ
 
 `warm_up` runs each of them once through the generator's model and KV cache with zero inputs,
 under the generator's SDPA setting and no_grad (what dynamo guards on), then `real_chunks` real
-chunks (codec, conditioner, allocator), and resets the stream. With compiled blocks it records
-the signatures and seals them: a signature outside the set later runs eagerly (and is counted)
-instead of compiling mid-show.
+chunks (codec, conditioner with a blank control video, allocator), and resets the stream. With
+compiled blocks or a compiled codec it records the signatures and seals them: a signature
+outside the set later runs eagerly (and is counted) instead of compiling mid-show.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -98,15 +99,18 @@ def warm_up(gen, real_chunks: int = 2) -> dict[str, Any]:
     shapes = reachable_shapes(gen.recipe, rope=gen.rope, recache=gen.recache,
                               vace=hasattr(model, "compute_hints"))
     compiled = gen._restore_compile  # engine.dit.compile.CompiledBlocks or None
+    codec_compiled = getattr(gen.codec, "compiled_methods", None)  # Codec.use_compile
     counters = dict(gen.counters)
     t0, c0 = time.perf_counter(), compile_count()
     h, w = gen.height // 8, gen.width // 8
     dev = gen.device
-    warming = compiled.warming() if compiled is not None else contextlib.nullcontext()
     failed: list[str] = []
     gen._warming_up = True
     try:
-        with torch.no_grad(), sdpa_context(gen.sdpa), warming:
+        with torch.no_grad(), sdpa_context(gen.sdpa), contextlib.ExitStack() as warming:
+            for c in (compiled, codec_compiled):
+                if c is not None:
+                    warming.enter_context(c.warming())
             text = model.prepare_text(torch.zeros(1, 1, cfg.text_dim, device=dev, dtype=gen.dtype))
             t = torch.zeros((), device=dev)
             for shape in shapes:
@@ -118,7 +122,10 @@ def warm_up(gen, real_chunks: int = 2) -> dict[str, Any]:
                                 shape, type(exc).__name__, exc)
             gen.reset()
             for i in range(real_chunks):
-                gen.step(ChunkRequest(prompts=[Prompt("warm-up")], steps=gen.schedule.max_steps))
+                # a control video when VACE can read one: the codec's encode shapes compile too
+                video = None if gen.conditioner is None else \
+                    np.zeros((gen.next_chunk_frames, gen.height, gen.width, 4), np.uint8)
+                gen.step(ChunkRequest(prompts=[Prompt("warm-up")], steps=gen.schedule.max_steps, video=video))
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
     finally:
@@ -128,6 +135,7 @@ def warm_up(gen, real_chunks: int = 2) -> dict[str, Any]:
         gen.counters.update(counters)
     report = {"shapes": len(shapes), "compiles": compile_count() - c0,
               "signatures": len(compiled.allowed) if compiled is not None else 0,
+              "codec_signatures": len(codec_compiled.allowed) if codec_compiled is not None else 0,
               "seconds": round(time.perf_counter() - t0, 2), "failed": failed}
     log.info("warm-up: %d forward shapes (%s), %d compiles, %.1f s", report["shapes"],
              ", ".join(f"{s.kind}/{s.rope_mode}/{s.frames}" for s in shapes), report["compiles"], report["seconds"])

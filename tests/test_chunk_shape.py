@@ -106,3 +106,26 @@ def test_cli_flags_reach_the_generator_and_multi_gpu_refuses_them():
     cfg.gpus, cfg.device, cfg.pipeline = 2, "cpu", "longlive"
     with pytest.raises(ConfigError, match="drop --clean-pass reuse, --cuda-graphs"):
         shard_spec(cfg, "float32")
+
+
+def test_compile_codec_reaches_the_generator_warms_up_and_multi_gpu_refuses_it(monkeypatch):
+    from vacelive.bridge.run import generators
+    from vacelive.bridge.run.parallel import shard_spec
+    from vacelive.engine.generator import StreamGenerator
+
+    built, warmed = {}, []
+
+    def fake_random(size, **kw):
+        built.update(kw)
+        return "gen"
+
+    monkeypatch.setattr(StreamGenerator, "random", staticmethod(fake_random))
+    monkeypatch.setattr(generators, "warm_up", warmed.append)
+    monkeypatch.setattr(generators, "log_speed_choices", lambda gen: None)
+    cfg = _serve_args("--compile-codec", "--random-weights", "tiny", "--device", "cpu", "--sdpa", "default")
+    assert generators.build_local_generator(cfg) == "gen"
+    assert built["compile_codec"] is True and built["compile"] is False
+    assert warmed == ["gen"]  # the codec's shapes compile at start, not in the show
+    cfg.gpus, cfg.pipeline = 2, "longlive"
+    with pytest.raises(ConfigError, match="--compile-codec"):
+        shard_spec(cfg, "float32")

@@ -203,3 +203,29 @@ def test_every_pipeline_warms_up_and_then_never_compiles(fresh_dynamo, recipe):
         gen.step(ChunkRequest(prompts=[Prompt("ab"[c % 2])], steps=1))
     assert gen.counters["recompiles"] == 0 and gen._restore_compile.eager_calls == 0
     assert gen.kv.rope_mode == ("absolute" if recipe == "krea-realtime" else "relative")
+
+
+def test_a_compiled_codec_is_warmed_up_and_sealed_with_the_dit(fresh_dynamo):
+    """--compile-codec: the warm-up's real chunks carry a control video, so the codec's encode
+    (VACE) and decode shapes, first chunk and steady state, compile at start; then a stream with
+    control video, a cut and a reset compiles nothing, and a shape the warm-up never saw runs
+    eagerly (counted) instead of compiling."""
+    cfg = tiny_config(num_layers=2).with_(rope_max_positions=24)
+    gen = StreamGenerator.random("tiny", width=W, height=H, codec="tae", cfg=cfg)
+    gen.set_compile(True, backend="eager")
+    gen.codec.use_compile(backend="eager")
+    compiled = gen.codec.compiled_methods
+    report = gen.warm_up()
+    names = {key[0] for key in compiled.allowed}
+    assert compiled.sealed and names == {"_encode_chunk", "_decode_chunk"} and report["codec_signatures"] == 2
+    assert gen.describe()["compile_codec"] is True
+    rng = np.random.default_rng(0)
+    for c in range(8):
+        video = rng.integers(0, 255, (gen.next_chunk_frames, H, W, 4), dtype=np.uint8)
+        gen.step(ChunkRequest(prompts=[Prompt("ab"[c // 3 % 2])], steps=1, video=video, reset=c == 5))
+    assert gen.counters["recompiles"] == 0 and compiled.eager_calls == 0
+    before = compile_count()
+    gen.codec.encode(torch.zeros(1, 3, 5, 16, 16))  # a clip shape no stream here has
+    assert compile_count() == before and compiled.eager_calls == 1
+    gen.codec.use_compile(False)
+    assert gen.codec.compiled_methods is None and "_decode_chunk" not in vars(gen.codec)

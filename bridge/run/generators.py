@@ -96,7 +96,8 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
                  clean_pass=getattr(cfg, "clean_pass", None) or "exact",
                  kv_window=getattr(cfg, "kv_window", None), chunk_latents=getattr(cfg, "chunk_latents", None),
                  first_chunk_latents=getattr(cfg, "first_chunk_latents", None),
-                 cuda_graphs=bool(getattr(cfg, "cuda_graphs", False)))
+                 cuda_graphs=bool(getattr(cfg, "cuda_graphs", False)),
+                 compile_codec=bool(getattr(cfg, "compile_codec", False)))
     vace = vace_available()
     if not vace:
         log.warning("VACE conditioning is not in this build: text-only generation (control video, "
@@ -117,7 +118,7 @@ def build_local_generator(cfg: argparse.Namespace) -> Any:
                                               text_placement=cfg.text_placement, **speed)
     except (ValueError, FileNotFoundError) as exc:  # bad size/pipeline, MissingWeightsError
         raise ConfigError(str(exc)) from None
-    if speed["compile"]:
+    if speed["compile"] or speed["compile_codec"]:
         warm_up(gen)
     elif speed["sdpa"] == "auto" and str(cfg.device).startswith("cuda"):
         # one eager pass over every reachable shape: --sdpa auto times its kernels now, not in the show
@@ -150,8 +151,8 @@ def warm_up(gen: Any) -> None:
     """Compile every shape the stream can reach before the show (engine.warmup); a failure is
     logged and the show starts anyway (the shapes then compile when first used, and
     /vace/status/recompiles counts them)."""
-    print("vacelive: compiling the DiT for every shape the stream can reach (--compile; once per "
-          "start, about a minute)", file=sys.stderr, flush=True)
+    print("vacelive: compiling for every shape the stream can reach (--compile / --compile-codec; "
+          "once per start, up to about a minute)", file=sys.stderr, flush=True)
     try:
         report = gen.warm_up()
     except Exception as exc:

@@ -22,8 +22,8 @@ def wants_parallel(cfg: argparse.Namespace) -> bool:
 def shard_spec(cfg: argparse.Namespace, dtype: str) -> Any:
     from vacelive.engine.parallel.launch import ShardSpec, check_spec, torchrun_env
 
-    if cfg.compile or str(cfg.fp8) not in ("off", "False", "None", ""):
-        raise ConfigError("--gpus > 1 runs the eager bf16 path for now: drop --compile / --fp8")
+    if cfg.compile or getattr(cfg, "compile_codec", False) or str(cfg.fp8) not in ("off", "False", "None", ""):
+        raise ConfigError("--gpus > 1 runs the eager bf16 path for now: drop --compile / --compile-codec / --fp8")
     shaped = [flag for flag, on in (("--clean-pass reuse", (getattr(cfg, "clean_pass", None) or "exact") != "exact"),
                                     ("--kv-window", getattr(cfg, "kv_window", None) is not None),
                                     ("--chunk-latents", getattr(cfg, "chunk_latents", None) is not None),

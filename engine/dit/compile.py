@@ -12,9 +12,11 @@ stores un-rotated keys) is its own graph, and a signature met for the first time
 the spot (seconds for a whole model). `CompiledBlocks.warming()` records the signatures a
 warm-up produces (engine.warmup runs every forward shape the stream can reach); once sealed, a
 signature that the warm-up did not see runs the block's eager methods instead of compiling, and
-is counted (`eager_calls`). `compile_count()` counts TorchDynamo frame compilations (every first
-compile and every recompile, of any compiled function in the process): the generator reads it
-around each chunk and reports a compile during a show (engine.generator).
+is counted (`eager_calls`). The sealing itself (CompiledMethods) serves the codecs' per-chunk
+encode/decode functions too (`--compile-codec`). `compile_count()` counts TorchDynamo frame
+compilations (every first compile and every recompile, of any compiled function in the
+process): the generator reads it around each chunk and reports a compile during a show
+(engine.generator).
 """
 from __future__ import annotations
 
@@ -68,22 +70,26 @@ def allow_many_graphs(limit: int = 512) -> None:
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
 
 
-class CompiledBlocks:
-    """The compiled pure parts of every block of one model, with a closed set of signatures once
-    a warm-up has sealed it. Calling the object restores the eager methods."""
+class CompiledMethods:
+    """torch.compile of named methods of some objects (instance attributes shadow the class's
+    methods), with a closed set of signatures once a warm-up has sealed it. Serves the DiT blocks
+    (CompiledBlocks) and the codecs' chunk functions (engine.codecs.base.Codec.use_compile).
+    Calling the object restores the eager methods."""
 
-    def __init__(self, model: nn.Module, **compile_kwargs):
+    def __init__(self, targets, what: str, **compile_kwargs):
+        """targets: [(object, method names)]; what: names them in the log."""
         allow_many_graphs()
-        self.blocks = [m for m in model.modules() if all(hasattr(m, n) for n in COMPILED_METHODS)]
-        self.compile_kwargs = dict(compile_kwargs)  # what else compiles block methods uses the same (fp8_auto)
+        self.targets = [(obj, tuple(names)) for obj, names in targets]
+        self.what = what
+        self.compile_kwargs = dict(compile_kwargs)  # what else compiles such methods uses the same (fp8_auto)
         self.allowed: set[tuple] | None = None  # None: not sealed, every call is compiled
         self.eager_calls = 0
         self._warming = False
         self._warned: set[tuple] = set()
-        for block in self.blocks:
-            for name in COMPILED_METHODS:
-                eager = getattr(block, name)
-                setattr(block, name, self._dispatch(name, torch.compile(eager, **compile_kwargs), eager))
+        for obj, names in self.targets:
+            for name in names:
+                eager = getattr(obj, name)
+                setattr(obj, name, self._dispatch(name, torch.compile(eager, **compile_kwargs), eager))
 
     def _dispatch(self, name: str, compiled: Callable, eager: Callable) -> Callable:
         def call(*args):
@@ -98,8 +104,8 @@ class CompiledBlocks:
             self.eager_calls += 1
             if key not in self._warned:
                 self._warned.add(key)
-                log.warning("compiled DiT blocks: %s called with a signature the start-up warm-up did not "
-                            "compile (%s); running it eagerly", name, key[1:])
+                log.warning("%s: %s called with a signature the start-up warm-up did not compile (%s); "
+                            "running it eagerly", self.what, name, key[1:])
             return eager(*args)
 
         return call
@@ -109,7 +115,7 @@ class CompiledBlocks:
         return self.allowed is not None
 
     @contextlib.contextmanager
-    def warming(self) -> Iterator["CompiledBlocks"]:
+    def warming(self) -> Iterator["CompiledMethods"]:
         """Calls inside compile and add their signatures to the allowed set; afterwards the set is
         sealed (signatures outside it run eagerly). Nested or repeated warm-ups add to it."""
         if self.allowed is None:
@@ -121,11 +127,20 @@ class CompiledBlocks:
             self._warming = False
 
     def restore(self) -> None:
-        for block in self.blocks:
-            for name in COMPILED_METHODS:
-                block.__dict__.pop(name, None)
+        for obj, names in self.targets:
+            for name in names:
+                # nn.Module keeps plain attributes in __dict__ too
+                obj.__dict__.pop(name, None)
 
     __call__ = restore
+
+
+class CompiledBlocks(CompiledMethods):
+    """The compiled pure parts of every block of one model (main and VACE blocks)."""
+
+    def __init__(self, model: nn.Module, **compile_kwargs):
+        self.blocks = [m for m in model.modules() if all(hasattr(m, n) for n in COMPILED_METHODS)]
+        super().__init__([(b, COMPILED_METHODS) for b in self.blocks], "compiled DiT blocks", **compile_kwargs)
 
 
 def compile_blocks(model: nn.Module, **compile_kwargs) -> CompiledBlocks:
