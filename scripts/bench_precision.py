@@ -17,8 +17,9 @@ Variants (exact = eager, bf16 Linears, PyTorch's default attention kernel, hints
 clean K/V pass, the recipe's KV window): sdpa-auto, sdpa-cudnn, fp8-on, fp8-auto, hint-reuse,
 clean-reuse, window-9 (a 9-frame KV window instead of 12), and the compiled fast paths fast
 (compile + fp8 on + hint reuse + sdpa auto), fast-reuse (+ clean pass reuse), fast-auto (fp8 auto
-instead of on), fast-auto-reuse and fast-auto-reuse-w9 (+ the 9-frame window). Rows that would start after --budget seconds are
-listed as skipped; the JSON is rewritten after every row.
+instead of on), fast-auto-reuse and fast-auto-reuse-w9 (+ the 9-frame window). Suffixes: "-cc"
+compiles the codec too, "-graphs" (last) replays the DiT as CUDA graphs. Rows that would start
+after --budget seconds are listed as skipped; the JSON is rewritten after every row.
 
     python scripts/bench_precision.py --res 832x480 --out prec.json
     python scripts/bench_precision.py --smoke          # CPU, tiny model (end-to-end check)
@@ -63,12 +64,16 @@ VARIANTS = {  # in the default run order: the reference, the fast paths, then on
     "sdpa-cudnn": (False, "off", "cudnn", False, "exact", None),
 }
 GRAPHS = "-graphs"  # any variant name + "-graphs": the same with --cuda-graphs (engine.dit.graphs)
+CODEC = "-cc"  # any variant name + "-cc" (before -graphs): the codec compiled too (--compile-codec)
 
 
 def spec(variant: str) -> tuple:
-    """(compile, fp8, sdpa, hint_reuse, clean_pass, kv_window, cuda_graphs) of a variant name."""
+    """(compile, fp8, sdpa, hint_reuse, clean_pass, kv_window, cuda_graphs, compile_codec) of a
+    variant name."""
     graphs = variant.endswith(GRAPHS)
-    return VARIANTS[variant.removesuffix(GRAPHS)] + (graphs,)
+    base = variant.removesuffix(GRAPHS)
+    codec = base.endswith(CODEC)
+    return VARIANTS[base.removesuffix(CODEC)] + (graphs, codec)
 
 
 def forward_error(gen: StreamGenerator, x, t, text_state, ref) -> dict:
@@ -81,7 +86,7 @@ def forward_error(gen: StreamGenerator, x, t, text_state, ref) -> dict:
 
 
 def configure(gen: StreamGenerator, variant: str, compile_options: dict) -> None:
-    compiled, fp8, sdpa, _, clean, _, graphs = spec(variant)
+    compiled, fp8, sdpa, _, clean, _, graphs, compile_codec = spec(variant)
     gen.set_fp8("off")
     gen.set_compile(False)
     if compiled:
@@ -90,6 +95,7 @@ def configure(gen: StreamGenerator, variant: str, compile_options: dict) -> None
         # speed), so each compiled variant starts from empty caches.
         torch._dynamo.reset()
     gen.set_compile(compiled, **(compile_options if compiled else {}))
+    gen.codec.use_compile(compile_codec, **{k: v for k, v in compile_options.items() if k == "backend"})
     gen.sdpa = sdpa
     gen.clean_pass = clean
     try:
@@ -123,9 +129,9 @@ def bench_resolution(model, text, codec, res, args, device, dtype, t_start, sink
     exact_frames = exact_flow = None
     for variant in args.variants:
         row = {"resolution": f"{w}x{h}", "mode": "depth", "codec": "tae", "steps": args.steps, "variant": variant}
-        compiled, fp8, sdpa, reuse, clean, window, graphs = spec(variant)
+        compiled, fp8, sdpa, reuse, clean, window, graphs, compile_codec = spec(variant)
         row.update(compile=compiled, fp8=fp8, sdpa=sdpa, hint_reuse=reuse, clean_pass=clean, kv_window=window,
-                   cuda_graphs=graphs)
+                   cuda_graphs=graphs, compile_codec=compile_codec)
         if time.perf_counter() - t_start > args.budget:
             row["skipped"] = f"budget {args.budget:.0f} s spent"
             rows.append(row)
@@ -201,7 +207,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     args.compile_options = {}
-    bad = [v for v in args.variants if v.removesuffix(GRAPHS) not in VARIANTS]
+    bad = [v for v in args.variants if v.removesuffix(GRAPHS).removesuffix(CODEC) not in VARIANTS]
     if bad:
         raise SystemExit(f"unknown variants {bad}; choose from {list(VARIANTS)}")
     if args.smoke:

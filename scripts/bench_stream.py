@@ -89,21 +89,23 @@ def device_name(device: torch.device) -> str:
 
 def add_stream_args(p) -> None:
     """The generator's per-chunk work switches as bench flags: the stream shape
-    (engine.pipelines.shaped_recipe) and `--clean-pass` (approximate unless default), and
-    `--cuda-graphs` (exact)."""
+    (engine.pipelines.shaped_recipe) and `--clean-pass` (approximate unless default),
+    `--cuda-graphs` (exact) and `--compile-codec`."""
     p.add_argument("--clean-pass", choices=("exact", "reuse"), default="exact",
                    help="the generator's clean_pass (reuse: one DiT forward fewer per chunk)")
     p.add_argument("--chunk-latents", type=int, default=None, help="latent frames per chunk after the first")
     p.add_argument("--first-chunk-latents", type=int, default=None, help="latent frames of the first chunk")
     p.add_argument("--kv-window", type=int, default=None, help="latent frames of the KV window")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the DiT forwards as CUDA graphs")
+    p.add_argument("--compile-codec", action="store_true", help="torch.compile the codec's chunk functions "
+                   "(Codec.use_compile)")
 
 
 def stream_kwargs(args) -> dict:
     """StreamGenerator keyword arguments of add_stream_args' flags."""
     return {"clean_pass": args.clean_pass, "chunk_latents": args.chunk_latents,
             "first_chunk_latents": args.first_chunk_latents, "kv_window": args.kv_window,
-            "cuda_graphs": args.cuda_graphs}
+            "cuda_graphs": args.cuda_graphs, "compile_codec": args.compile_codec}
 
 
 def depth_video(width: int, height: int, frames: int = 48) -> np.ndarray:
@@ -390,8 +392,6 @@ def main(argv=None) -> int:
     p.add_argument("--hint-reuse", default="off", help="on/off list (depth mode): hints once per chunk")
     p.add_argument("--rope", default="auto", help="comma list of auto,relative (relative = the endless "
                    "mode's steady-state cost: keys re-rotated at attention time)")
-    p.add_argument("--compile-codec", action="store_true", help="torch.compile the codecs' chunk functions "
-                   "(Codec.use_compile) for every run")
     p.add_argument("--text-encoder", choices=["tiny", "full"], default="tiny",
                    help="full: also time the full-size umT5-XXL encode of one prompt")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -433,9 +433,6 @@ def main(argv=None) -> int:
     model = random_dit(cfg, vace="depth" in modes, device=device, dtype=dtype)
     text = random_text_encoder(cfg.text_dim, size="tiny", seq_len=cfg.text_len, device=device, dtype=dtype)
     codec_objs = {c: random_codec(c, small=size == "tiny", device=device, dtype=dtype) for c in codecs}
-    if args.compile_codec:
-        for codec in codec_objs.values():
-            codec.use_compile(True)
     sync(device)
     build_s = time.perf_counter() - t0
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30

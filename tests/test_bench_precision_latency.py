@@ -20,16 +20,17 @@ def _load(name):
 
 def test_bench_precision_smoke(tmp_path):
     out = tmp_path / "prec.json"
-    rc = _load("bench_precision").main(["--smoke", "--variants", "exact,fp8-auto,clean-reuse,fast-auto",
+    rc = _load("bench_precision").main(["--smoke", "--variants", "exact,fp8-auto,clean-reuse,fast-auto,fast-auto-cc",
                                         "--out", str(out)])
     assert rc == 0
     rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["exact"]["exact_path"] is True
-    for name in ("fp8-auto", "clean-reuse", "fast-auto"):
+    for name in ("fp8-auto", "clean-reuse", "fast-auto", "fast-auto-cc"):
         assert "error" not in rows[name], rows[name]
         assert {"fps", "fwd_max", "fwd_rel", "psnr_db"} <= set(rows[name])
     assert rows["clean-reuse"]["fwd_max"] == 0.0  # one forward does not involve the clean pass
     assert isinstance(rows["fp8-auto"]["fp8_auto"], list) and rows["fp8-auto"]["fp8_auto"]
+    assert rows["fast-auto-cc"]["compile_codec"] is True and rows["fast-auto"]["compile_codec"] is False
 
 
 def test_bench_latency_smoke(tmp_path):
