@@ -10,7 +10,8 @@ rewrites their KV slots (engine.generator, `_recache`):
             ~1.6x a plain chunk and the output cadence breaks (docs/PERFORMANCE.md).
   "newest"  n = min(chunk, F) with chunk = the recipe's latent frames per chunk: only the newest
             chunk's frames, in one forward of exactly a chunk's shape (the clean pass's compiled
-            graph, and with CUDA graphs the previous chunk's clean-pass graph: the same slots). With LongLive's sink 3 + window 12 and 3-frame chunks, the cut chunk attends
+            graph, and with CUDA graphs the previous chunk's clean-pass graph: the same slots).
+            With LongLive's sink 3 + window 12 and 3-frame chunks, the cut chunk attends
             the sink (old prompt in both modes: global sink), 6 earlier frames and itself; "exact"
             re-caches all 6, "newest" the 3 newest, which are also the only earlier frames the
             next chunk still attends. From the second chunk after the cut on, both modes attend

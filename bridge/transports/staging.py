@@ -94,6 +94,7 @@ class ChunkStager:
         while self._kept_frames - len(self._kept[0]) >= self.keep_frames:
             self._kept_frames -= len(self._kept.popleft())
 
+
 class HostStager:
     def __init__(self) -> None:
         self._buf = None  # pinned torch tensor, reused while the frame shape stays the same

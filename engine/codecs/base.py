@@ -251,8 +251,9 @@ class Codec(nn.Module):
             self.compiled_methods.restore()
             self.compiled_methods = None
         if enabled:
-            self.compiled_methods = CompiledMethods([(self, ("_encode_chunk", "_decode_chunk"))], f"compiled {self.name}",
-                                                    mode=mode, dynamic=False, backend=backend)
+            self.compiled_methods = CompiledMethods([(self, ("_encode_chunk", "_decode_chunk"))],
+                                                    f"compiled {self.name}", mode=mode, dynamic=False,
+                                                    backend=backend)
         return self
 
     @property
