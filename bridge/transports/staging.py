@@ -45,6 +45,15 @@ class CopyStreams:
         frame.record_stream(stream)
         return stream
 
+    def to_host(self, dst: Any, frame: Any) -> None:
+        """Copy CUDA `frame` into pinned host tensor `dst` on the private stream, and wait for it."""
+        import torch
+
+        stream = self.for_frame(frame)
+        with torch.cuda.stream(stream):
+            dst.copy_(frame, non_blocking=True)
+        stream.synchronize()
+
 
 def takes_cuda_frames(sink: Any) -> bool:
     """Whether `sink` sends CUDA frames without a host copy (its own `takes_cuda_frames()`)."""
@@ -80,10 +89,7 @@ class ChunkStager:
         import torch
 
         buf = torch.empty(tuple(frames.shape), dtype=frames.dtype, pin_memory=True)
-        stream = self._streams.for_frame(frames)
-        with torch.cuda.stream(stream):
-            buf.copy_(frames, non_blocking=True)
-        stream.synchronize()
+        self._streams.to_host(buf, frames)
         self.keep(buf)
         return buf
 
@@ -110,8 +116,5 @@ class HostStager:
         check_rgba(frame)
         if self._buf is None or tuple(self._buf.shape) != tuple(frame.shape):
             self._buf = torch.empty(tuple(frame.shape), dtype=torch.uint8, pin_memory=True)
-        stream = self._streams.for_frame(frame)
-        with torch.cuda.stream(stream):
-            self._buf.copy_(frame, non_blocking=True)
-        stream.synchronize()
+        self._streams.to_host(self._buf, frame)
         return self._buf.numpy()
